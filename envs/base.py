@@ -1,0 +1,76 @@
+"""The contracts every simulator adapter implements (see DESIGN.md, "Contracts").
+
+An adapter turns one simulator into `Env`: it resets to a fixed, numbered initial state of a
+task, steps with a 7-D action and returns `Observation`s oriented exactly as the policy was
+trained on. It never decides when an episode ends for the table: the harness does that from
+the suite's protocol (LIBERO stops at the first success, SimplerEnv reads success at the last
+step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Observation:
+    """What a policy sees at one control step.
+
+    `images` maps camera name -> HxWx3 uint8, already rotated / cropped as the policy expects.
+    It is empty on steps the harness asked not to render (rendering dominates the cost of a
+    CPU step, and a chunked policy only looks at one step in L).
+    `privileged` carries simulator ground truth (object poses, ...) for scripted experts; a
+    learned policy must never read it.
+    """
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+    instruction: str
+    privileged: dict[str, Any] = field(default_factory=dict)
+
+
+class Env(Protocol):
+    """One simulator instance. Not thread-safe; the runner gives each worker its own."""
+
+    def reset(self, task: str, episode_index: int, seed: int) -> Observation:
+        """Start episode `episode_index` of `task` from its fixed initial state."""
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool, bool, dict]:
+        """Apply one action; return (observation, done, success, info).
+
+        `done` is the simulator's own terminal signal (not the step budget: the harness counts
+        steps). `success` is the task predicate at this step. With `render=False` the returned
+        observation has no images.
+        """
+
+    def render_frame(self) -> np.ndarray:
+        """The cameras side by side (HxWx3 uint8) for videos, at the current state."""
+
+    def close(self) -> None: ...
+
+
+class SimulatorMissing(RuntimeError):
+    """A simulator package or system library is not installed; the message names the fix."""
+
+
+class InvalidAction(ValueError):
+    """An action of the wrong shape, or with NaN / Inf, reached an env."""
+
+
+def check_action(action: np.ndarray, action_dim: int) -> np.ndarray:
+    """Refuse actions a simulator would silently accept and corrupt its state with."""
+    action = np.asarray(action, dtype=np.float64)
+    if action.shape != (action_dim,):
+        raise InvalidAction(
+            f"action has shape {action.shape}, expected ({action_dim},): check the policy's "
+            f"action_dim against the suite (a {action_dim}-D delta end-effector + gripper action)"
+        )
+    if not np.all(np.isfinite(action)):
+        raise InvalidAction(
+            f"action contains NaN or Inf: {action.tolist()}; the policy diverged or its "
+            "normalisation statistics are broken"
+        )
+    return action
