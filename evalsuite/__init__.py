@@ -1,0 +1,1 @@
+"""The evaluation harness: suites, episode plans, the Ray runner, the run store, tables, videos, CLI."""
