@@ -52,7 +52,15 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
-class SimulatorMissing(RuntimeError):
+class SetupError(RuntimeError):
+    """An episode cannot be run as the protocol specifies (missing simulator, missing asset file).
+
+    The harness stops the run with this message instead of recording a failure: a failure
+    caused by a missing table mesh is not a measurement of the policy.
+    """
+
+
+class SimulatorMissing(SetupError):
     """A simulator package or system library is not installed; the message names the fix."""
 
 

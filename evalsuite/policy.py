@@ -8,6 +8,7 @@ from that key so that an episode's outcome never depends on batching or on which
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -47,3 +48,42 @@ class RandomPolicy:
 
     def reset(self, episode_key: str) -> None:
         pass
+
+
+# -- which policy a run uses -------------------------------------------------------------------
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to build the run's policy; shipped to the policy server, which builds it there."""
+
+    kind: str  # "asyncvla" (from a checkpoint), "scripted" (the suite's expert), "random"
+    checkpoint: str | None = None
+    mode: str = "asyncvla"  # asyncvla | sfm | random-mask (AsyncVLA inference modes)
+    threshold: float = 0.5
+    expert_factory: str | None = None
+    action_dim: int = 7
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return {"asyncvla": "asyncvla", "scripted": "scripted", "random": "random"}[self.kind]
+
+    @property
+    def episode_mode(self) -> str:
+        """The mode part of an episode id: the inference mode for a model, else the policy kind."""
+        return self.mode if self.kind == "asyncvla" else self.kind
+
+
+def build_policy(spec: PolicySpec) -> Policy:
+    if spec.kind == "random":
+        return RandomPolicy(action_dim=spec.action_dim)
+    if spec.kind == "scripted":
+        if not spec.expert_factory:
+            raise ValueError("this suite has no scripted expert; use --policy random or --ckpt PATH")
+        from evalsuite.suites.spec import import_object
+
+        return import_object(spec.expert_factory)()
+    if spec.kind == "asyncvla":
+        import asyncvla
+
+        return asyncvla.load(spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device)
+    raise ValueError(f"unknown policy kind {spec.kind!r}; expected asyncvla, scripted or random")

@@ -22,7 +22,9 @@ class SuiteSpec:
     tasks: tuple[TaskSpec, ...]
     env_factory: str  # "module:function" returning an Env; imported lazily inside the worker
     env_kwargs: dict[str, Any]
-    end_on_success: bool  # True: stop at the first success (LIBERO); False: run the budget, read success at the end
+    end_on_success: (
+        bool  # True: stop at the first success (LIBERO); False: run the budget, read success at the end
+    )
     action_dim: int
     protocol: dict[str, Any]  # every value a result depends on; written to run.json and the table header
     layout: str = "per_task"  # table layout name (evalsuite.tables / evalsuite.layouts)

@@ -1,0 +1,269 @@
+"""`asyncvla-eval`: evaluate a policy on a suite (or a family of suites), rebuild tables, record demos.
+
+    asyncvla-eval SUITE_OR_FAMILY [--ckpt PATH | --policy scripted|random] [--mode ...] ...
+    asyncvla-eval report RUN_DIR
+    asyncvla-eval record-demos SUITE --out DIR ...
+
+Exit codes: 0 done, 1 the run stopped on an error it could not recover from, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from envs.base import SetupError
+from evalsuite.evaluate import EvalConfig, dry_run, evaluate, report
+from evalsuite.plan import PlanError
+from evalsuite.policy import PolicySpec
+from evalsuite.runner import RunAborted, RunOptions
+from evalsuite.store import RunDirError, RunStore
+from evalsuite.suites import registry
+from evalsuite.suites.spec import SuiteSpec
+
+log = logging.getLogger("asyncvla-eval")
+
+COMMANDS = ("report", "record-demos", "list")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message says what to change."""
+
+
+def resolve_suites(name: str, only: str | None) -> list[SuiteSpec]:
+    """A suite name, or a family name that stands for several suites (e.g. `libero` = the paper's four)."""
+    suites = registry()
+    if name in suites:
+        chosen = [suites[name]]
+    else:
+        chosen = [s for s in suites.values() if s.family == name]
+        if not chosen:
+            families = sorted({s.family for s in suites.values() if s.family})
+            raise UsageError(
+                f"unknown suite {name!r}; suites: {', '.join(sorted(suites))}; families: {', '.join(families)}"
+            )
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in suites]
+        if unknown:
+            raise UsageError(
+                f"unknown suite(s) in --suites: {', '.join(unknown)}; available: {', '.join(sorted(suites))}"
+            )
+        chosen = [suites[n] for n in wanted]
+    return chosen
+
+
+def resolve_checkpoint(path: str) -> str:
+    if path == "demo":
+        from asyncvla import demo_checkpoint
+
+        return str(demo_checkpoint())
+    if not Path(path).exists():
+        raise UsageError(f"checkpoint {path!r} does not exist; pass a checkpoint directory (or 'demo')")
+    return path
+
+
+def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
+    """`--set KEY=VALUE` changes a key of the suite's env_kwargs; unknown keys are refused."""
+    import dataclasses
+    import json
+
+    kwargs = dict(suite.env_kwargs)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in kwargs:
+            raise UsageError(
+                f"--set {key}: suite {suite.name!r} has no such option; options: {', '.join(sorted(kwargs))}"
+            )
+        try:
+            kwargs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            kwargs[key] = raw
+    return dataclasses.replace(suite, env_kwargs=kwargs)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncvla-eval", description="Evaluate a policy on a simulated benchmark suite."
+    )
+    p.add_argument(
+        "suite", help="suite or family name (e.g. tabletop, libero, libero_spatial, simpler-widowx)"
+    )
+    p.add_argument("--suites", help="comma-separated suites of the family to run")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--ckpt", help="AsyncVLA checkpoint directory, or 'demo' for the shipped tabletop model")
+    who.add_argument("--policy", choices=["scripted", "random"], help="a policy that needs no checkpoint")
+    p.add_argument(
+        "--mode",
+        default="asyncvla",
+        choices=["asyncvla", "sfm", "random-mask"],
+        help="AsyncVLA inference mode (default: asyncvla = SFM, rater, AFM)",
+    )
+    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
+    p.add_argument("--device", default="auto", help="policy device: auto, cpu, cuda")
+    p.add_argument("--episodes-per-task", type=int, help="episodes per task (default: the suite's)")
+    p.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--workers", type=int, default=2, help="env workers; 0 runs inline without Ray")
+    p.add_argument("--address", help="Ray cluster address to join (default: start a local cluster)")
+    p.add_argument("--out", help="run directory (default: runs/<suite>-<policy>-<mode>-seed<S>)")
+    p.add_argument(
+        "--video",
+        default="first",
+        choices=["none", "first", "all"],
+        help="first = the first success and the first failure of each task",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="env seed (default: the suite's protocol seed or 0)"
+    )
+    p.add_argument("--replan-steps", type=int, help="actions executed per chunk (default: the whole chunk)")
+    p.add_argument("--max-steps", type=int, help="override every task's step budget (recorded in run.json)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite env option"
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="retries of a crashed episode before it is an error"
+    )
+    p.add_argument(
+        "--episode-timeout", type=float, default=1800.0, help="seconds before a hung episode is retried"
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="policy server: largest batch")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="policy server: longest wait to fill a batch"
+    )
+    p.add_argument(
+        "--retry-errors", action="store_true", help="on resume, run episodes recorded as errors again"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the episode plan and run nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
+    suites = [apply_overrides(s, args.set) for s in resolve_suites(args.suite, args.suites)]
+    if args.ckpt:
+        kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
+    elif args.policy:
+        kind, checkpoint = args.policy, None
+    else:
+        raise UsageError("choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random")
+    if kind == "scripted" and not suites[0].expert_factory:
+        raise UsageError(
+            f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
+        )
+    if args.replan_steps is not None and args.replan_steps < 1:
+        raise UsageError("--replan-steps must be at least 1")
+    if args.workers < 0:
+        raise UsageError("--workers must be 0 (inline) or more")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = PolicySpec(
+        kind=kind,
+        checkpoint=checkpoint,
+        mode=args.mode,
+        threshold=args.threshold,
+        expert_factory=suites[0].expert_factory,
+        action_dim=suites[0].action_dim,
+        device=device,
+    )
+    seed = args.seed if args.seed is not None else int(suites[0].protocol.get("seed", 0))
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
+    )
+    options = RunOptions(
+        workers=args.workers,
+        address=args.address,
+        replan_steps=args.replan_steps,
+        max_steps=args.max_steps,
+        video=args.video,
+        retries=args.retries,
+        episode_timeout_s=args.episode_timeout,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    return EvalConfig(
+        suites=suites,
+        policy=policy,
+        out=out,
+        seed=seed,
+        tasks=tasks,
+        episodes_per_task=args.episodes_per_task,
+        options=options,
+        retry_errors=args.retry_errors,
+        command=["asyncvla-eval", *argv],
+    )
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    args = eval_parser().parse_args(argv)
+    config = config_from_args(args, argv)
+    if args.dry_run:
+        print(f"episode plan for {', '.join(s.name for s in config.suites)} ({config.policy.episode_mode}):")
+        print(dry_run(config))
+        return 0
+    summary = evaluate(config, show_progress=not args.quiet)
+    print(summary.markdown)
+    print(f"run directory: {summary.run_dir}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="asyncvla-eval report", description="Rebuild the tables of a run directory."
+    )
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    manifest = RunStore(args.run_dir).read_manifest()
+    suites = registry()
+    missing = [n for n in manifest["suites"] if n not in suites]
+    if missing:
+        raise UsageError(f"run uses suites this installation does not know: {', '.join(missing)}")
+    print(report(Path(args.run_dir), [suites[n] for n in manifest["suites"]]).markdown)
+    return 0
+
+
+def cmd_record_demos(argv: list[str]) -> int:
+    from evalsuite import demos
+
+    return demos.main(argv)
+
+
+def cmd_list(argv: list[str]) -> int:
+    for name, suite in sorted(registry().items()):
+        episodes = sum(t.episodes for t in suite.tasks)
+        print(f"{name:<24} family={suite.family or '-':<16} tasks={len(suite.tasks):<4} episodes={episodes}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"report": cmd_report, "record-demos": cmd_record_demos, "list": cmd_list}
+    try:
+        if argv and argv[0] in handlers:
+            return handlers[argv[0]](argv[1:])
+        return cmd_evaluate(argv)
+    except (UsageError, PlanError, RunDirError, SetupError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"asyncvla-eval: error: {msg}", file=sys.stderr)
+        return 2
+    except RunAborted as e:
+        print(
+            f"asyncvla-eval: error: {e}\n(recorded episodes are kept; fix the cause and re-run the same "
+            "command to resume)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""One evaluation run end to end: plan, open (or resume) the run directory, run, write tables.
+
+The CLI, the ablation command and the nightly job all call `evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from evalsuite import manifest as mf
+from evalsuite.plan import describe_plan, plan_episodes
+from evalsuite.policy import PolicySpec
+from evalsuite.records import EpisodeRecord, EpisodeSpec
+from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
+from evalsuite.store import RunStore
+from evalsuite.suites.spec import SuiteSpec
+from evalsuite.tables import build_tables, protocol_header, records_frame, write_tables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    suites: list[SuiteSpec]
+    policy: PolicySpec
+    out: Path
+    seed: int = 0
+    tasks: list[str] | None = None
+    episodes_per_task: int | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+    retry_errors: bool = False
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    plan: list[EpisodeSpec]
+    records: list[EpisodeRecord]  # every record of the plan, old and new
+    tables: dict[str, pd.DataFrame]
+    markdown: str
+
+
+def protocol_values(suite: SuiteSpec, options: RunOptions) -> dict:
+    values = {
+        **suite.protocol,
+        "env_kwargs": suite.env_kwargs,
+        "end_on_success": suite.end_on_success,
+        "step_budgets": sorted({t.max_steps for t in suite.tasks})
+        if options.max_steps is None
+        else [options.max_steps],
+    }
+    return values
+
+
+def build_manifest(config: EvalConfig) -> dict:
+    policy = config.policy
+    return {
+        "command": config.command,
+        "created": mf.now_iso(),
+        "suites": [s.name for s in config.suites],
+        "tasks": config.tasks,
+        "episodes_per_task": config.episodes_per_task,
+        "seed": config.seed,
+        "policy": {**dataclasses.asdict(policy), "name": policy.name},
+        "checkpoint": policy.checkpoint,
+        "checkpoint_sha256": mf.checkpoint_sha256(policy.checkpoint) if policy.checkpoint else None,
+        "replan_steps": config.options.replan_steps or "full chunk",
+        "protocol": {s.name: protocol_values(s, config.options) for s in config.suites},
+        "options": dataclasses.asdict(config.options),
+        "versions": mf.package_versions(),
+        "git": mf.git_commit(),
+        "host": mf.host_info(),
+    }
+
+
+def plan_for(config: EvalConfig) -> list[EpisodeSpec]:
+    return plan_episodes(
+        config.suites, config.policy.episode_mode, config.seed, config.tasks, config.episodes_per_task
+    )
+
+
+def dry_run(config: EvalConfig) -> str:
+    return describe_plan(plan_for(config))
+
+
+def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
+    plan = plan_for(config)
+    store = RunStore(config.out)
+    done = store.open(build_manifest(config))
+    planned = {spec.id for spec in plan}
+    done = {k: r for k, r in done.items() if k in planned}
+    if config.retry_errors:
+        done = {k: r for k, r in done.items() if r.success is not None}
+    todo = [spec for spec in plan if spec.id not in done]
+    log.info("%d episodes planned, %d already recorded, %d to run", len(plan), len(done), len(todo))
+    videos = VideoSlots(config.options.video, done)
+    specs = {spec.id: spec for spec in plan}
+
+    def sink(record: EpisodeRecord, video: bytes | None) -> EpisodeRecord:
+        if video is not None and videos.keep(record):
+            record.video = store.write_video(
+                video_name(specs[record.episode_id], bool(record.success)), video
+            )
+        store.append(record)
+        return record
+
+    start = time.perf_counter()
+    progress = Progress(len(plan), done) if show_progress else None
+    try:
+        if todo:
+            run_plan(
+                todo,
+                {s.name: s for s in config.suites},
+                config.policy,
+                config.options,
+                sink,
+                videos,
+                progress,
+            )
+    finally:
+        if progress:
+            progress.close()
+        store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), finished=mf.now_iso())
+    return report(config.out, config.suites, plan)
+
+
+def report(run_dir: Path, suites: list[SuiteSpec], plan: list[EpisodeSpec] | None = None) -> RunSummary:
+    """(Re)build the tables of a run directory from its records."""
+    store = RunStore(run_dir)
+    manifest = store.read_manifest()
+    records = list(store.load_records().values())
+    if plan is not None:
+        order = {spec.id: i for i, spec in enumerate(plan)}
+        records = sorted((r for r in records if r.episode_id in order), key=lambda r: order[r.episode_id])
+    frame = records_frame(records, suites)
+    tables = build_tables(frame, suites)
+    markdown = write_tables(tables, Path(run_dir) / "tables", protocol_header(manifest))
+    return RunSummary(Path(run_dir), plan or [], records, tables, markdown)

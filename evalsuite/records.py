@@ -1,0 +1,63 @@
+"""Episode identity and outcome: what the plan hands out and what the run store keeps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One planned episode. Its id is stable: the same command always plans the same ids."""
+
+    suite: str
+    task: str
+    episode_index: int  # episode k uses the task's fixed initial state k
+    seed: int
+    variant: str  # e.g. the SimplerEnv variant; "" where a suite has none
+    mode: str  # policy and inference mode, e.g. "asyncvla", "sfm", "scripted"
+
+    @property
+    def id(self) -> str:
+        variant = self.variant or "-"
+        return f"{self.suite}/{self.task}/{variant}/ep{self.episode_index:03d}/seed{self.seed}/{self.mode}"
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode, as written to episodes.jsonl.
+
+    `success` is None when the episode crashed `attempts` times: an error is neither a success
+    nor a failure and never enters a success rate.
+    """
+
+    episode_id: str
+    suite: str
+    task: str
+    episode_index: int
+    seed: int
+    variant: str
+    mode: str
+    success: bool | None
+    steps: int
+    wall_time_s: float
+    error: str | None = None
+    video: str | None = None
+    attempts: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_spec(cls, spec: EpisodeSpec, **fields: Any) -> EpisodeRecord:
+        return cls(
+            episode_id=spec.id,
+            suite=spec.suite,
+            task=spec.task,
+            episode_index=spec.episode_index,
+            seed=spec.seed,
+            variant=spec.variant,
+            mode=spec.mode,
+            **fields,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)

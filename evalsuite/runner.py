@@ -1,0 +1,307 @@
+"""Run an episode plan: inline (`--workers 0`) or on Ray (env-worker actors + a batching policy server).
+
+Recovery uses Ray's own mechanisms: env workers are actors with `max_restarts=-1`, so a worker
+that segfaults or is killed for hanging comes back by itself; the driver keeps a pool of episode
+futures with `ray.wait`, retries a crashed episode up to `retries` times on a fresh simulator,
+then records it as an error. Errors that retrying cannot fix (a missing simulator or asset, a
+policy emitting NaN or wrong-sized actions) stop the run with their message; every record
+written so far stays in the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from envs.base import InvalidAction, SetupError
+from evalsuite.episode import EpisodeResult, run_episode
+from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.records import EpisodeRecord, EpisodeSpec
+from evalsuite.suites.spec import SuiteSpec, import_object
+
+log = logging.getLogger(__name__)
+
+FATAL_ERRORS = (SetupError, InvalidAction)
+
+
+class RunAborted(RuntimeError):
+    """A fatal error (bad input, missing simulator or asset) stopped the run; records are kept."""
+
+
+@dataclass
+class RunOptions:
+    workers: int = 2
+    address: str | None = None
+    replan_steps: int | None = None
+    max_steps: int | None = None
+    video: str = "first"  # none | first | all
+    retries: int = 2  # extra attempts after the first
+    episode_timeout_s: float | None = 1800.0
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+
+
+class VideoSlots:
+    """Which episodes to record: all, none, or the first success and first failure of each task."""
+
+    def __init__(self, mode: str, done: dict[str, EpisodeRecord]):
+        if mode not in ("none", "first", "all"):
+            raise ValueError(f"--video must be none, first or all, got {mode!r}")
+        self.mode = mode
+        self.filled = {(r.suite, r.task, bool(r.success)) for r in done.values() if r.video}
+
+    def wanted(self, spec: EpisodeSpec) -> bool:
+        if self.mode == "all":
+            return True
+        if self.mode == "none":
+            return False
+        return not {(spec.suite, spec.task, True), (spec.suite, spec.task, False)} <= self.filled
+
+    def keep(self, record: EpisodeRecord) -> bool:
+        if record.success is None or self.mode == "none":
+            return False
+        slot = (record.suite, record.task, record.success)
+        if self.mode == "first" and slot in self.filled:
+            return False
+        self.filled.add(slot)
+        return True
+
+
+def video_name(spec: EpisodeSpec, success: bool) -> str:
+    safe = spec.id.replace("/", "__")
+    return f"{safe}__{'success' if success else 'failure'}.mp4"
+
+
+class Progress:
+    def __init__(self, total: int, done: dict[str, EpisodeRecord]):
+        self.bar = tqdm(total=total, initial=len(done), unit="ep", dynamic_ncols=True, desc="episodes")
+        self.successes = sum(1 for r in done.values() if r.success)
+        self.finished = sum(1 for r in done.values() if r.success is not None)
+        self.errors = sum(1 for r in done.values() if r.success is None)
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def update(self, record: EpisodeRecord) -> None:
+        if record.success is None:
+            self.errors += 1
+        else:
+            self.finished += 1
+            self.successes += int(record.success)
+        self.steps += record.steps
+        rate = self.successes / self.finished if self.finished else 0.0
+        sps = self.steps / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(success=f"{100 * rate:.1f}%", errors=self.errors, steps_per_s=f"{sps:.1f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+RecordSink = Callable[[EpisodeRecord, bytes | None], EpisodeRecord]
+
+
+def run_plan(
+    todo: list[EpisodeSpec],
+    suites: dict[str, SuiteSpec],
+    policy: PolicySpec,
+    options: RunOptions,
+    sink: RecordSink,
+    videos: VideoSlots,
+    progress: Progress | None = None,
+) -> list[EpisodeRecord]:
+    """Run every episode of `todo`; `sink` stores each record (and its video) as it finishes."""
+    if options.workers == 0:
+        return _run_inline(todo, suites, policy, options, sink, videos, progress)
+    return _run_ray(todo, suites, policy, options, sink, videos, progress)
+
+
+def _error_record(spec: EpisodeSpec, error: str, attempts: int) -> EpisodeRecord:
+    return EpisodeRecord.for_spec(
+        spec, success=None, steps=0, wall_time_s=0.0, error=error, attempts=attempts
+    )
+
+
+# -- inline ------------------------------------------------------------------------------------
+def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
+    policy = build_policy(policy_spec)
+    envs: dict[str, object] = {}
+    records = []
+    try:
+        for spec in todo:
+            suite = suites[spec.suite]
+            for attempt in range(1, options.retries + 2):
+                if spec.suite not in envs:
+                    envs[spec.suite] = import_object(suite.env_factory)(**suite.env_kwargs)
+                try:
+                    policy.reset(spec.id)
+                    result = run_episode(
+                        envs[spec.suite],
+                        suite,
+                        spec,
+                        policy.act,
+                        options.replan_steps,
+                        options.max_steps,
+                        record_video=videos.wanted(spec),
+                    )
+                    result.record.attempts = attempt
+                    break
+                except FATAL_ERRORS as e:
+                    raise RunAborted(str(e)) from e
+                except Exception as e:  # a crashed simulator: start a fresh one and retry
+                    log.warning("episode %s attempt %d crashed: %s", spec.id, attempt, e)
+                    _close_quietly(envs.pop(spec.suite))
+                    result = EpisodeResult(_error_record(spec, _describe(e), attempt))
+            records.append(sink(result.record, result.video))
+            if progress:
+                progress.update(records[-1])
+    finally:
+        for env in envs.values():
+            _close_quietly(env)
+    return records
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+class EnvWorker:
+    """One simulator per worker process, reused across episodes of the same suite."""
+
+    def __init__(self, suites: dict[str, SuiteSpec]):
+        self.suites = suites
+        self.env = None
+        self.env_suite: str | None = None
+
+    def run(self, spec: EpisodeSpec, server, replan_steps, max_steps, record_video) -> EpisodeResult:
+        import ray
+
+        suite = self.suites[spec.suite]
+        if self.env_suite != spec.suite:
+            self._close()
+            self.env = import_object(suite.env_factory)(**suite.env_kwargs)
+            self.env_suite = spec.suite
+
+        def act(observations, keys):
+            return np.stack(ray.get([server.act.remote(o, k) for o, k in zip(observations, keys)]))
+
+        try:
+            return run_episode(self.env, suite, spec, act, replan_steps, max_steps, record_video=record_video)
+        except Exception:
+            self._close()  # the simulator may be in any state now; the retry gets a fresh one
+            raise
+
+    def _close(self) -> None:
+        if self.env is not None:
+            _close_quietly(self.env)
+        self.env, self.env_suite = None, None
+
+
+def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    from evalsuite.policy_server import start_policy_server
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=options.address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
+    num_gpus = 1 if policy_spec.device.startswith("cuda") else 0
+    server = start_policy_server(policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus)
+    try:
+        ray.get(server.info.remote())  # surfaces a bad checkpoint before any env is built
+    except (RayTaskError, RayActorError) as e:
+        raise RunAborted(f"the policy could not be built: {_cause_text(e)}") from e
+    workers = [worker_cls.remote(suites) for _ in range(options.workers)]
+    queue = deque(todo)
+    attempts: Counter[str] = Counter()
+    inflight: dict = {}  # ref -> (worker, spec, start time)
+    timed_out: set = set()
+    idle = list(workers)
+    records = []
+    try:
+        while queue or inflight:
+            while idle and queue:
+                spec = queue.popleft()
+                worker = idle.pop()
+                attempts[spec.id] += 1
+                ref = worker.run.remote(
+                    spec, server, options.replan_steps, options.max_steps, videos.wanted(spec)
+                )
+                inflight[ref] = (worker, spec, time.monotonic())
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                worker, spec, _ = inflight.pop(ref)
+                idle.append(worker)
+                try:
+                    result = ray.get(ref)
+                    result.record.attempts = attempts[spec.id]
+                except RayTaskError as e:
+                    if isinstance(e.cause, FATAL_ERRORS):
+                        raise RunAborted(str(e.cause)) from e
+                    result = _retry_or_error(spec, _cause_text(e), attempts, options, queue)
+                except (RayActorError, GetTimeoutError) as e:
+                    reason = (
+                        f"timed out after {options.episode_timeout_s:.0f} s"
+                        if ref in timed_out
+                        else f"env worker died ({type(e).__name__})"
+                    )
+                    result = _retry_or_error(spec, reason, attempts, options, queue)
+                if result is None:
+                    continue
+                records.append(sink(result.record, result.video))
+                if progress:
+                    progress.update(records[-1])
+            if options.episode_timeout_s:
+                now = time.monotonic()
+                for ref, (worker, spec, t0) in inflight.items():
+                    if ref not in timed_out and now - t0 > options.episode_timeout_s:
+                        log.warning(
+                            "episode %s exceeded %.0f s; restarting its worker",
+                            spec.id,
+                            options.episode_timeout_s,
+                        )
+                        timed_out.add(ref)
+                        ray.kill(worker, no_restart=False)  # Ray restarts it; the ref fails
+    finally:
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        ray.kill(server, no_restart=True)
+        if started_here:
+            ray.shutdown()
+    return records
+
+
+def _retry_or_error(spec, reason, attempts, options, queue) -> EpisodeResult | None:
+    if attempts[spec.id] <= options.retries:
+        log.warning("episode %s failed (%s); retrying (attempt %d)", spec.id, reason, attempts[spec.id] + 1)
+        queue.appendleft(spec)
+        return None
+    return EpisodeResult(_error_record(spec, reason, attempts[spec.id]))
+
+
+def _cause_text(e) -> str:
+    cause = getattr(e, "cause", None) or e
+    return _describe(cause)
+
+
+def _describe(e: BaseException) -> str:
+    last = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+    where = f" at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno}" if last else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _close_quietly(env) -> None:
+    try:
+        env.close()
+    except Exception as e:  # closing a crashed simulator may fail too; nothing to do about it
+        log.debug("env close failed: %s", e)

@@ -1,0 +1,153 @@
+"""Success-rate tables: per task, per suite, in the paper's layouts; Markdown, CSV and LaTeX.
+
+Rates are fractions in [0, 1] in the DataFrames and percent in rendered tables. Errors (episodes
+that crashed on every attempt) are counted apart and never enter n.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+from statsmodels.stats.proportion import proportion_confint
+
+from evalsuite.records import EpisodeRecord
+from evalsuite.suites.spec import SuiteSpec, import_object
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval; (0, 1) when there is no episode to judge by."""
+    if n == 0:
+        return 0.0, 1.0
+    alpha = 2 * (1 - _normal_cdf(z))
+    lo, hi = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    return float(lo), float(hi)
+
+
+def _normal_cdf(z: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.cdf(z))
+
+
+def records_frame(records: list[EpisodeRecord], suites: list[SuiteSpec]) -> pd.DataFrame:
+    """One row per episode, with the task's meta (task family, variant, ...) as columns."""
+    meta = {(s.name, t.name): t.meta for s in suites for t in s.tasks}
+    rows = []
+    for r in records:
+        row = r.to_json_dict()
+        row.pop("info", None)
+        for key, value in meta.get((r.suite, r.task), {}).items():
+            row.setdefault(key, value)
+        rows.append(row)
+    columns = list(EpisodeRecord.__dataclass_fields__)
+    columns.remove("info")
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+def rate_row(success: pd.Series) -> dict:
+    """Counts, rate and interval of one group of episodes (success: True / False / None)."""
+    finished = success.dropna().astype(bool)
+    n, k = len(finished), int(finished.sum())
+    lo, hi = wilson_interval(k, n)
+    return {
+        "episodes": n,
+        "successes": k,
+        "errors": int(success.isna().sum()),
+        "success_rate": k / n if n else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+    }
+
+
+def group_rates(records: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    if records.empty:
+        return pd.DataFrame(
+            columns=[*by, "episodes", "successes", "errors", "success_rate", "ci_low", "ci_high"]
+        )
+    rows = [
+        {**dict(zip(by, key if isinstance(key, tuple) else (key,))), **rate_row(g["success"])}
+        for key, g in records.groupby(by, sort=False, dropna=False)
+    ]
+    return pd.DataFrame(rows)
+
+
+def per_task_table(records: pd.DataFrame) -> pd.DataFrame:
+    return group_rates(records, ["suite", "task"])
+
+
+def per_suite_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Pooled over the suite's episodes, plus the unweighted mean of task rates (the papers' 'Avg.')."""
+    suites = group_rates(records, ["suite"])
+    if suites.empty:
+        return suites
+    tasks = per_task_table(records)
+    suites["mean_of_tasks"] = suites["suite"].map(tasks.groupby("suite")["success_rate"].mean())
+    return suites
+
+
+def per_task_layout(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, pd.DataFrame]:
+    """The default layout: every task with its interval, then every suite."""
+    return {"per_task": per_task_table(records), "per_suite": per_suite_table(records)}
+
+
+def build_tables(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, pd.DataFrame]:
+    tables = per_task_layout(records, suites)
+    for layout in dict.fromkeys(s.layout for s in suites):  # each layout once, in suite order
+        if layout in ("per_task", ""):
+            continue
+        tables.update(import_object(layout)(records, suites))
+    return tables
+
+
+def reference_table(name: str) -> pd.DataFrame:
+    """A table of the paper's published numbers (percent), e.g. reference_table("libero")."""
+    text = resources.files("evalsuite.reference").joinpath(f"{name}.csv").read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+# -- rendering -------------------------------------------------------------------------------
+PERCENT_COLUMNS = ("success_rate", "ci_low", "ci_high", "mean_of_tasks")
+
+
+def to_display(table: pd.DataFrame) -> pd.DataFrame:
+    """Fractions -> percent with one decimal, interval as 'lo-hi', for humans."""
+    out = table.copy()
+    if {"ci_low", "ci_high"} <= set(out.columns):
+        out["95% CI"] = [
+            f"{100 * lo:.1f}-{100 * hi:.1f}" for lo, hi in zip(out.pop("ci_low"), out.pop("ci_high"))
+        ]
+    for col in PERCENT_COLUMNS:
+        if col in out.columns:
+            out[col] = (100 * out[col].astype(float)).round(1)
+    return out.rename(columns={"success_rate": "success %", "mean_of_tasks": "mean of tasks %"})
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, header: str) -> str:
+    """Write each table as .md/.csv/.tex; return the Markdown of all of them (what the CLI prints)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [header]
+    for name, table in tables.items():
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+        shown = to_display(table)
+        markdown = shown.to_markdown(index=False)
+        (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
+        (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, na_rep="--", float_format="%.1f"))
+        parts.append(f"### {name}\n\n{markdown}")
+    return "\n\n".join(parts) + "\n"
+
+
+def protocol_header(manifest: dict) -> str:
+    """The values a result depends on, printed above every table."""
+    lines = [
+        f"run: {manifest.get('policy', {}).get('name', '?')} mode={manifest.get('policy', {}).get('mode', '?')} "
+        f"seed={manifest.get('seed')} replan_steps={manifest.get('replan_steps')}",
+    ]
+    if manifest.get("checkpoint_sha256"):
+        lines.append(f"checkpoint: {manifest.get('checkpoint')} sha256={manifest['checkpoint_sha256'][:16]}")
+    for suite, values in manifest.get("protocol", {}).items():
+        lines.append(f"protocol {suite}: " + json.dumps(values, sort_keys=True, default=str))
+    return "\n".join(f"> {line}" for line in lines)
