@@ -133,7 +133,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, header: str) ->
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=False)
         shown = to_display(table)
-        markdown = shown.to_markdown(index=False)
+        markdown = shown.to_markdown(index=False, floatfmt=".1f")
         (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
         (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, na_rep="--", float_format="%.1f"))
         parts.append(f"### {name}\n\n{markdown}")
@@ -143,7 +143,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, header: str) ->
 def protocol_header(manifest: dict) -> str:
     """The values a result depends on, printed above every table."""
     lines = [
-        f"run: {manifest.get('policy', {}).get('name', '?')} mode={manifest.get('policy', {}).get('mode', '?')} "
+        f"run: {_policy_label(manifest.get('policy', {}))} "
         f"seed={manifest.get('seed')} replan_steps={manifest.get('replan_steps')}",
     ]
     if manifest.get("checkpoint_sha256"):
@@ -151,3 +151,9 @@ def protocol_header(manifest: dict) -> str:
     for suite, values in manifest.get("protocol", {}).items():
         lines.append(f"protocol {suite}: " + json.dumps(values, sort_keys=True, default=str))
     return "\n".join(f"> {line}" for line in lines)
+
+
+def _policy_label(policy: dict) -> str:
+    if policy.get("kind") == "asyncvla":
+        return f"asyncvla mode={policy.get('mode')} threshold={policy.get('threshold')}"
+    return str(policy.get("kind", "?"))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 from evalsuite.suites.spec import SuiteSpec, TaskSpec, import_object
 
 _FAMILIES = ["tabletop", "libero", "simpler"]
+# Extra registry modules (comma-separated import paths, each exporting SUITES): a user's own
+# suites, or the toy suites of the test-suite, without editing this package.
+EXTRA_MODULES_ENV = "ASYNCVLA_SUITE_MODULES"
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +25,9 @@ def registry() -> dict[str, SuiteSpec]:
                 raise
             continue
         for suite in module.SUITES:
+            suites[suite.name] = suite
+    for name in filter(None, os.environ.get(EXTRA_MODULES_ENV, "").split(",")):
+        for suite in importlib.import_module(name.strip()).SUITES:
             suites[suite.name] = suite
     return suites
 

@@ -1,0 +1,95 @@
+"""`asyncvla-eval` on bad input: one-line error, exit code 2, run directory intact; kill -9 + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from evalsuite.cli import main
+
+
+def _eval(tmp_path, *args):
+    return main([*args, "--out", str(tmp_path / "run"), "-q"])
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no-such-suite", "--policy", "random"], "unknown suite 'no-such-suite'"),
+        (["toy", "--policy", "random", "--tasks", "fly"], "unknown task(s) fly"),
+        (["toy", "--policy", "random", "--episodes-per-task", "7"], "has 6 fixed initial states"),
+        (["toy", "--ckpt", "/no/such/checkpoint"], "checkpoint '/no/such/checkpoint' does not exist"),
+        (["toy"], "choose a policy"),
+        (["toy", "--policy", "random", "--set", "colour=red"], "has no such option"),
+        (["toy-missing", "--policy", "random", "--workers", "0"], "pip install toy-sim"),
+        (["toy-nan", "--policy", "scripted", "--workers", "0"], "NaN or Inf"),
+        (["toy-wrongdim", "--policy", "scripted", "--workers", "0"], "needs [L, 7] actions"),
+    ],
+)
+def test_bad_input_stops_with_a_clear_message_and_exit_code_2(toy_suites, tmp_path, capsys, args, message):
+    assert _eval(tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("asyncvla-eval: error:")
+
+
+def test_bad_actions_through_ray_also_stop_the_run(toy_suites, tmp_path, capsys):
+    assert _eval(tmp_path, "toy-nan", "--policy", "scripted", "--workers", "2") == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+
+
+def test_a_fatal_error_keeps_the_records_already_written(toy_suites, tmp_path, capsys):
+    assert _eval(tmp_path, "toy", "--policy", "scripted", "--workers", "0", "--tasks", "reach") == 0
+    episodes = tmp_path / "run" / "episodes.jsonl"
+    before = episodes.read_text()
+    # same run directory, a different policy: refused before anything is touched
+    assert _eval(tmp_path, "toy", "--policy", "random", "--workers", "0", "--tasks", "reach") == 2
+    assert "different 'policy'" in capsys.readouterr().err
+    assert episodes.read_text() == before
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(toy_suites, tmp_path, capsys):
+    assert _eval(tmp_path, "toy", "--policy", "random", "--dry-run", "--episodes-per-task", "4") == 0
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and out.rstrip().endswith("8")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_rebuilds_the_tables_from_the_records(toy_suites, tmp_path, capsys):
+    assert _eval(tmp_path, "toy", "--policy", "scripted", "--workers", "0") == 0
+    table = (tmp_path / "run" / "tables" / "per_task.csv").read_text()
+    (tmp_path / "run" / "tables" / "per_task.csv").unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "tables" / "per_task.csv").read_text() == table
+
+
+def test_kill_9_then_the_same_command_resumes_without_loss_or_duplicates(toy_suites, tmp_path):
+    """A real SIGKILL of a running evaluation, then the same command: same final table as one clean run."""
+    slow = ["toy", "--policy", "random", "--workers", "0", "-q", "--set", "goal=1.0"]
+    env = {**os.environ, "ASYNCVLA_TOY_STEP_DELAY": "0.05"}
+    cmd = [sys.executable, "-m", "evalsuite.cli", *slow, "--out", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    episodes = tmp_path / "killed" / "episodes.jsonl"
+    deadline = time.time() + 120
+    while len(_lines(episodes)) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = len(_lines(episodes))
+    assert 3 <= recorded < 12, "the kill must land mid-run"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean = [sys.executable, "-m", "evalsuite.cli", *slow, "--out", str(tmp_path / "clean")]
+    subprocess.run(clean, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    ids = [json.loads(line)["episode_id"] for line in _lines(episodes)]
+    assert len(ids) == len(set(ids)) == 12
+    killed_table = (tmp_path / "killed" / "tables" / "per_task.csv").read_text()
+    assert killed_table == (tmp_path / "clean" / "tables" / "per_task.csv").read_text()
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["resumed"] == 1

@@ -1,0 +1,92 @@
+"""The runner's mechanics on the toy simulator (tests/toy_suite.py): parallel == inline,
+crash recovery through Ray actor restarts, errors kept apart from failures."""
+
+import dataclasses
+
+import pytest
+
+from evalsuite.evaluate import EvalConfig, evaluate
+from evalsuite.policy import PolicySpec
+from evalsuite.runner import RunOptions
+
+
+def _outcomes(summary):
+    return {r.episode_id: (r.success, r.steps) for r in summary.records}
+
+
+def _config(suite, out, policy="random", workers=2, **options):
+    spec = PolicySpec(kind=policy, expert_factory=suite.expert_factory)
+    return EvalConfig(
+        suites=[suite], policy=spec, out=out, options=RunOptions(workers=workers, video="none", **options)
+    )
+
+
+def test_outcomes_do_not_depend_on_workers_or_batching(toy_suites, tmp_path):
+    """The random policy draws from keys (episode id, step), so 0, 1 and 2 workers agree exactly."""
+    suite = toy_suites("toy")
+    inline = evaluate(_config(suite, tmp_path / "inline", workers=0), show_progress=False)
+    parallel = evaluate(_config(suite, tmp_path / "ray", workers=2, max_batch=2), show_progress=False)
+    assert len(inline.records) == 12
+    assert _outcomes(inline) == _outcomes(parallel)
+    successes = sum(r.success for r in inline.records)
+    assert 0 < successes < 12  # the random policy neither always wins nor always loses here
+
+
+def _faulty(suite, tmp_path, faults):
+    kwargs = {
+        "inner_factory": suite.env_factory,
+        "inner_kwargs": suite.env_kwargs,
+        "faults": faults,
+        "state_dir": str(tmp_path / "faults"),
+    }
+    return dataclasses.replace(suite, env_factory="envs.faults:make_env", env_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_crashing_episode_is_retried_and_a_persistent_crash_becomes_an_error(toy_suites, tmp_path, workers):
+    suite = _faulty(toy_suites("toy"), tmp_path, {"raise": {"1": 1, "3": -1}})
+    summary = evaluate(
+        _config(
+            suite,
+            tmp_path / "run",
+            policy="scripted",
+            workers=workers,
+            retries=2,
+        ),
+        show_progress=False,
+    )
+    by_index = {(r.task, r.episode_index): r for r in summary.records}
+    retried = by_index[("reach", 1)]
+    assert retried.success is True and retried.attempts == 2 and retried.error is None
+    broken = by_index[("reach", 3)]
+    assert broken.success is None and broken.attempts == 3 and "InjectedCrash" in broken.error
+    per_task = summary.tables["per_task"].set_index("task")
+    assert per_task.loc["reach", "episodes"] == 5 and per_task.loc["reach", "errors"] == 1
+    assert per_task.loc["reach", "success_rate"] == 1.0  # the error is neither a success nor a failure
+
+
+def test_a_segfaulting_worker_is_restarted_by_ray_and_the_episode_finishes(toy_suites, tmp_path):
+    suite = _faulty(toy_suites("toy"), tmp_path, {"segfault": {"2": 1}})
+    summary = evaluate(
+        _config(
+            suite,
+            tmp_path / "run",
+            policy="scripted",
+            workers=2,
+            retries=1,
+        ),
+        show_progress=False,
+    )
+    record = next(r for r in summary.records if r.task == "reach" and r.episode_index == 2)
+    assert record.success is True and record.attempts == 2
+    assert all(r.error is None for r in summary.records)
+
+
+def test_a_hung_episode_times_out_and_is_retried(toy_suites, tmp_path):
+    suite = _faulty(toy_suites("toy"), tmp_path, {"hang": {"0": 1}})
+    summary = evaluate(
+        _config(suite, tmp_path / "run", policy="scripted", workers=1, retries=1, episode_timeout_s=4.0),
+        show_progress=False,
+    )
+    record = next(r for r in summary.records if r.task == "reach" and r.episode_index == 0)
+    assert record.success is True and record.attempts == 2
