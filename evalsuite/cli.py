@@ -3,6 +3,7 @@
     asyncvla-eval SUITE_OR_FAMILY [--ckpt PATH | --policy scripted|random] [--mode ...] ...
     asyncvla-eval report RUN_DIR
     asyncvla-eval record-demos SUITE --out DIR ...
+    asyncvla-eval ablations SUITE --ckpt UNIFIED --sfm-ckpt SFM_TRAINED ...
 
 Exit codes: 0 done, 1 the run stopped on an error it could not recover from, 2 bad input.
 """
@@ -25,7 +26,7 @@ from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger("asyncvla-eval")
 
-COMMANDS = ("report", "record-demos", "list")
+COMMANDS = ("report", "record-demos", "list", "ablations")
 
 
 class UsageError(ValueError):
@@ -237,6 +238,12 @@ def cmd_record_demos(argv: list[str]) -> int:
     return demos.main(argv)
 
 
+def cmd_ablations(argv: list[str]) -> int:
+    from evalsuite import ablations
+
+    return ablations.main(argv)
+
+
 def cmd_list(argv: list[str]) -> int:
     for name, suite in sorted(registry().items()):
         episodes = sum(t.episodes for t in suite.tasks)
@@ -247,7 +254,12 @@ def cmd_list(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"report": cmd_report, "record-demos": cmd_record_demos, "list": cmd_list}
+    handlers = {
+        "report": cmd_report,
+        "record-demos": cmd_record_demos,
+        "list": cmd_list,
+        "ablations": cmd_ablations,
+    }
     try:
         if argv and argv[0] in handlers:
             return handlers[argv[0]](argv[1:])
