@@ -1,0 +1,5 @@
+"""SimplerEnv (WidowX / Bridge and Google robot) adapter; the simulator is imported lazily."""
+
+from envs.simpler.adapter import make_env
+
+__all__ = ["make_env"]

@@ -1,0 +1,1 @@
+"""Fake `simpler_env` (see ../README.md): only what the adapter imports."""
