@@ -1,0 +1,205 @@
+"""LIBERO as an `Env`, following PROTOCOL.md (openpi's and OpenVLA-OFT's evaluation clients).
+
+Per episode: `env.seed(seed)`, `env.reset()`, `env.set_init_state(init_states[k])`, then 10
+no-op steps `[0]*6 + [-1]` that let objects settle; they are neither counted nor seen by the
+policy. The policy sees both cameras at 256x256 rotated 180 degrees and the 8-D state
+(end-effector position, axis-angle orientation, two gripper joints); it sends 7-D delta
+end-effector actions with gripper -1 = open, +1 = close. LIBERO's `done` is its success predicate.
+
+Rendering only the steps whose images are used: robosuite samples its camera observables inside
+the substeps of a control step (the first substep of each sampling period), so rendering after
+the step would give different images. Instead the camera observables stay enabled (so their
+sampling clocks tick exactly as in the reference loop) and only their sensor is gated: on steps
+whose images nobody uses, the sensor returns a placeholder instead of rendering. Rendering never
+changes the physics, so states stay bit-identical and the images of rendered steps are the
+reference images (measured: scripts/bench_libero.py, results/libero/).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.base import Observation, SetupError, check_action
+from envs.libero.package import LiberoModules, import_libero
+from envs.libero.tasks import SUITE_TASKS
+
+log = logging.getLogger(__name__)
+
+NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # gripper -1 = open
+# robosuite observable name -> camera name in Observation.images (and in the demo format)
+CAMERAS = {"agentview_image": "agentview", "robot0_eye_in_hand_image": "wrist"}
+ACTION_DIM = 7
+STATE_DIM = 8
+
+
+@dataclass(frozen=True)
+class LiberoConfig:
+    suite: str = "libero_spatial"
+    resolution: int = 256  # both cameras, square (openpi and OFT render 256 and resize in the client)
+    settle_steps: int = 10
+    rotate_180: bool = True  # img[::-1, ::-1]: robosuite renders upside down (OpenGL convention)
+    skip_unused_renders: bool = True  # gate the camera sensors on steps rendered with render=False
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITE_TASKS:
+            raise ValueError(f"unknown LIBERO suite {self.suite!r}; choose one of {', '.join(SUITE_TASKS)}")
+        if self.resolution < 16:
+            raise ValueError(f"resolution must be at least 16 pixels, got {self.resolution}")
+        if self.settle_steps < 0:
+            raise ValueError(f"settle_steps must be >= 0, got {self.settle_steps}")
+
+
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """robosuite's `quat2axisangle` (x, y, z, w), the formula the LIBERO demos were written with.
+
+    It keeps angles in [0, 2 pi) instead of canonicalising to [0, pi] as scipy does; a model
+    trained on LIBERO data expects exactly this.
+    """
+    quat = np.asarray(quat, dtype=np.float64)
+    w = np.clip(quat[..., 3], -1.0, 1.0)
+    den = np.sqrt(1.0 - w * w)
+    angle = 2.0 * np.arccos(w)
+    safe = np.where(np.isclose(den, 0.0), 1.0, den)
+    out = quat[..., :3] * (angle / safe)[..., None]
+    return np.where(np.isclose(den, 0.0)[..., None], 0.0, out)
+
+
+def libero_state(raw: dict) -> np.ndarray:
+    """The 8-D proprio state of PROTOCOL.md from a robosuite observation dict."""
+    return np.concatenate(
+        [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+    ).astype(np.float32)
+
+
+class LiberoEnv:
+    """One LIBERO simulator; a new task rebuilds it (about 10 s here), episodes of a task reuse it."""
+
+    def __init__(self, config: LiberoConfig, modules: LiberoModules | None = None):
+        self.config = config
+        self.lib = modules or import_libero()
+        self.suite = self.lib.benchmark.get_benchmark_dict()[config.suite]()
+        self.task_ids = {self.suite.get_task(i).name: i for i in range(self.suite.n_tasks)}
+        self._env = None
+        self._task: str | None = None
+        self._init_states: np.ndarray | None = None
+        self._instruction = ""
+        self._render_now = True
+        self._real_renders = 0  # camera sensor calls that rendered (checked by `step`)
+        self._last_images: dict[str, np.ndarray] = {}
+        self.skip_unused_renders = config.skip_unused_renders
+
+    # -- episode -----------------------------------------------------------------------------
+    def reset(self, task: str, episode_index: int, seed: int) -> Observation:
+        if task not in self.task_ids:
+            known = ", ".join(list(self.task_ids)[:5])
+            raise SetupError(
+                f"task {task!r} is not in LIBERO suite {self.config.suite!r} (first tasks: {known})"
+            )
+        if task != self._task:
+            self._open(task)
+        if not 0 <= episode_index < len(self._init_states):
+            raise SetupError(
+                f"episode {episode_index} of {task!r}: the task ships {len(self._init_states)} initial "
+                f"states (episodes 0..{len(self._init_states) - 1}); lower --episodes-per-task"
+            )
+        # LIBERO's seed() is np.random.seed: reseeding per episode makes episode k independent of
+        # which episodes this worker ran before (openpi seeds once per task env, sequentially).
+        self._env.seed(seed)
+        self._env.reset()
+        self._gate_cameras()
+        self._render_now = False
+        raw = self._env.set_init_state(self._init_states[episode_index])
+        for i in range(self.config.settle_steps):
+            self._render_now = i == self.config.settle_steps - 1 or not self.skip_unused_renders
+            raw, _, _, _ = self._env.step(list(NOOP_ACTION))
+        if self.config.settle_steps == 0:  # set_init_state rendered with the gate closed
+            self._render_now = True
+            raw = self._env.regenerate_obs_from_state(self._init_states[episode_index])
+        return self._observation(raw, render=True)
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool, bool, dict]:
+        action = check_action(action, ACTION_DIM)
+        self._render_now = render or not self.skip_unused_renders
+        before = self._real_renders
+        raw, reward, done, info = self._env.step(action.tolist())
+        if render and self._real_renders == before:
+            # The camera sampled in an earlier step (never seen with robosuite 1.4's clocks); keep
+            # results exact by rendering every step from now on.
+            log.warning("LIBERO camera sample fell outside its step; rendering every step from now on")
+            self.skip_unused_renders = False
+            raise RuntimeError("camera sample outside its control step; episode must be retried")
+        success = bool(done)  # LIBERO sets done = _check_success() after every step
+        return self._observation(raw, render), success, success, {"reward": float(reward)}
+
+    def render_frame(self) -> np.ndarray:
+        """Both cameras side by side as the policy sees them (explicit render if the step had none)."""
+        images = self._last_images or self._explicit_render()
+        return np.concatenate([images[c] for c in CAMERAS.values()], axis=1)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+            self._task = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _open(self, task: str) -> None:
+        self.close()
+        task_id = self.task_ids[task]
+        spec = self.suite.get_task(task_id)
+        bddl = os.path.join(self.lib.get_libero_path("bddl_files"), spec.problem_folder, spec.bddl_file)
+        if not os.path.isfile(bddl):
+            raise SetupError(f"LIBERO task file {bddl} is missing; reinstall: pip install -e '.[libero]'")
+        size = self.config.resolution
+        self._env = self.lib.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=size, camera_widths=size)
+        self._init_states = np.asarray(self.suite.get_task_init_states(task_id))
+        self._task, self._instruction = task, spec.language
+
+    def _gate_cameras(self) -> None:
+        """Wrap the camera sensors (robosuite re-creates them on every hard reset)."""
+        observables = self._env.env._observables  # robosuite keeps no public accessor for sensors
+        for name in CAMERAS:
+            real = observables[name]._sensor
+            blank = np.zeros((self.config.resolution, self.config.resolution, 3), dtype=np.uint8)
+
+            def gated(obs_cache, real=real, blank=blank):
+                if self._render_now:
+                    self._real_renders += 1
+                    return real(obs_cache)
+                return blank
+
+            gated.__modality__ = getattr(real, "__modality__", "image")
+            observables[name]._sensor = gated  # set_sensor() would render once to validate it
+
+    def _observation(self, raw: dict, render: bool) -> Observation:
+        images = {}
+        if render:
+            images = {cam: self._orient(raw[name]) for name, cam in CAMERAS.items()}
+        self._last_images = images
+        return Observation(images=images, state=libero_state(raw), instruction=self._instruction)
+
+    def _orient(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image, dtype=np.uint8)
+        return np.ascontiguousarray(image[::-1, ::-1]) if self.config.rotate_180 else image
+
+    def _explicit_render(self) -> dict[str, np.ndarray]:
+        size = self.config.resolution
+        sim = self._env.sim
+        return {
+            cam: self._orient(sim.render(camera_name=name.removesuffix("_image"), width=size, height=size))
+            for name, cam in CAMERAS.items()
+        }
+
+
+def make_env(**kwargs) -> LiberoEnv:
+    """Factory named by the suite registry (`envs.libero:make_env`); kwargs are `LiberoConfig` fields."""
+    unknown = set(kwargs) - set(LiberoConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(
+            f"unknown LIBERO env option(s) {sorted(unknown)}; known: {sorted(LiberoConfig.__dataclass_fields__)}"
+        )
+    return LiberoEnv(LiberoConfig(**kwargs))
