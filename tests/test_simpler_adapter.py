@@ -23,6 +23,7 @@ from evalsuite.episode import run_episode
 from evalsuite.records import EpisodeSpec
 from evalsuite.suites import registry
 
+gymnasium = pytest.importorskip("gymnasium")
 FAKES = Path(__file__).resolve().parent / "fakes" / "simpler"
 
 

@@ -1,4 +1,7 @@
-"""SimplerEnv tables in the paper's layouts (Tables 2, 3, 4) and the sim-vs-real metrics.
+"""SimplerEnv tables in the paper's layouts (Tables 2 and 3) and the sim-vs-real metrics.
+
+Table 4 (ablations) is `asyncvla-eval ablations simpler-widowx ...` (evalsuite/ablations.py): it runs
+the Table 2 tasks once per variant; each variant's run directory also gets its own Table 2.
 
 Aggregation follows SimplerEnv's `tools/calc_metrics_evaluation_videos.py` (see
 `protocol/simpler/README.md` sec. 5): every reported number is an unweighted mean of per-variant
@@ -25,11 +28,6 @@ WIDOWX_TASKS = {  # harness task -> paper column (reference/simpler_widowx.csv)
 }
 GOOGLE_TASKS = {"pick_coke_can": ["pick_coke_can"], "move_near": ["move_near"]}
 GOOGLE_TASKS |= {"drawer": ["open_drawer", "close_drawer"], "put_in_drawer": ["put_in_drawer"]}
-ABLATION_ROWS = {  # inference mode -> row of reference/ablation_widowx.csv
-    "asyncvla": "AsyncVLA",
-    "sfm": "w/o AFM inference",
-    "random-mask": "w/o confidence rater",
-}
 PAPER_MODEL = "AsyncVLA"
 
 
@@ -95,14 +93,6 @@ def widowx_layout(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, p
     for mode, sel in records.groupby("mode", sort=False):
         suffix = "" if mode == "asyncvla" or records["mode"].nunique() == 1 else f"_{mode}"
         tables[f"table2_widowx{suffix}"] = widowx_table(sel, paper.loc[PAPER_MODEL])
-    ablation = reference_table("ablation_widowx").set_index("variant")
-    modes = [m for m in records["mode"].unique() if m in ABLATION_ROWS]
-    if len(modes) > 1:  # Table 4 compares inference modes on the Table 2 tasks
-        parts = [
-            widowx_table(records[records["mode"] == m], ablation.loc[ABLATION_ROWS[m]]).assign(mode=m)
-            for m in modes
-        ]
-        tables["table4_ablation"] = pd.concat(parts, ignore_index=True)
     return tables
 
 

@@ -120,7 +120,7 @@ class FakeCustomSceneEnv(gym.Env):
         info = {
             "elapsed_steps": self._elapsed_steps,
             "success": np.bool_(success),
-            "episode_stats": self.episode_stats,
+            "episode_stats": OrderedDict(self.episode_stats),
         }
         if "Drawer" in self.env_id:
             info["qpos"] = float(self.closed)
