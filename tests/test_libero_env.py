@@ -113,3 +113,32 @@ def test_bad_episode_index_and_task_are_setup_errors(env):
         env.reset(TASK, 50, 7)
     with pytest.raises(SetupError, match="not in LIBERO suite"):
         env.reset("no_such_task", 0, 7)
+
+
+def test_hdf5_reader_shows_training_what_the_env_shows(env, tmp_path):
+    """A demo written the way LIBERO's create_dataset.py writes it reads back as the env's Observation."""
+    import json
+
+    import h5py
+    from robosuite.utils import transform_utils
+
+    from envs.libero.dataset import read_hdf5
+
+    obs = env.reset(TASK, 2, 7)
+    raw = env._env.env._get_observations()
+    with h5py.File(tmp_path / "demo.hdf5", "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": obs.instruction})
+        g = data.create_group("demo_0")
+        g["actions"] = np.zeros((1, 7))
+        o = g.create_group("obs")
+        o["agentview_rgb"] = raw["agentview_image"][None]
+        o["eye_in_hand_rgb"] = raw["robot0_eye_in_hand_image"][None]
+        o["ee_pos"] = raw["robot0_eef_pos"][None]
+        o["ee_ori"] = transform_utils.quat2axisangle(raw["robot0_eef_quat"].copy())[None]
+        o["gripper_states"] = raw["robot0_gripper_qpos"][None]
+    demo = next(read_hdf5(tmp_path / "demo.hdf5"))
+    for cam in ("agentview", "wrist"):
+        assert np.array_equal(demo.images[cam][0], obs.images[cam])
+    np.testing.assert_allclose(demo.state[0], obs.state, rtol=1e-6)
+    assert demo.instruction == obs.instruction
