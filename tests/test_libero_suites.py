@@ -131,3 +131,37 @@ def test_headless_keeps_user_choice_and_names_missing_packages(monkeypatch):
     monkeypatch.setattr(headless, "osmesa_available", lambda: False)
     with pytest.raises(SimulatorMissing, match="libegl1.*libosmesa6"):
         headless.choose_gl_backend()
+
+
+def test_upstream_libero_gets_a_config_instead_of_a_stdin_prompt(tmp_path, monkeypatch):
+    """Upstream LIBERO reads $LIBERO_CONFIG_PATH/config.yaml (default ~/.libero) at import and
+    prompts on stdin without it; we write one naming the package's folders (faked here)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import yaml
+
+    from envs.libero import package
+
+    pkg = tmp_path / "site" / "libero" / "libero"
+    pkg.mkdir(parents=True)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[str(pkg)])
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LIBERO_CONFIG_PATH", raising=False)
+    monkeypatch.setattr(package, "CONFIG_DIR", tmp_path / "cfg")
+    package.prepare_upstream_config()
+    written = yaml.safe_load((tmp_path / "cfg" / "config.yaml").read_text())
+    assert set(written) == set(package.PATH_KEYS)
+    assert written["bddl_files"] == str(pkg / "bddl_files") and written["init_states"] == str(
+        pkg / "init_files"
+    )
+    assert written["assets"] == str(pkg / "assets")
+    import os
+
+    assert os.environ["LIBERO_CONFIG_PATH"] == str(tmp_path / "cfg")
+    # A config the user already has is left alone.
+    (tmp_path / "cfg" / "config.yaml").write_text("benchmark_root: /mine\n")
+    package.prepare_upstream_config()
+    assert (tmp_path / "cfg" / "config.yaml").read_text() == "benchmark_root: /mine\n"

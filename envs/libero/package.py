@@ -44,10 +44,11 @@ def libero_distribution() -> str | None:
     return None
 
 
-def write_upstream_config(package_dir: Path, config_dir: Path = CONFIG_DIR) -> Path:
+def write_upstream_config(package_dir: Path, config_dir: Path | None = None) -> Path:
     """A config.yaml for upstream LIBERO naming its packaged folders (what its first-run prompt writes)."""
     import yaml
 
+    config_dir = config_dir or CONFIG_DIR
     config_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "benchmark_root": str(package_dir),
