@@ -1,0 +1,69 @@
+"""The flow-matching math of AsyncVLA (paper Sec. 3.1-3.3, Alg. 1 and 2), kept visible.
+
+Conventions: tau = 1 is pure noise, tau = 0 the action; the velocity is u = n - a, so an
+Euler step towards the action is a <- a - delta * v. A mask m (1 = masked = generated,
+0 = kept) selects the tokens that move. All randomness takes an explicit torch.Generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BETA_A = 1.5  # tau ~ Beta(1.5, 1) (Alg. 2, following pi0)
+
+
+def sample_train_mask(batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Alg. 2 line 4: y ~ U(0, 1) per sample, then m_l ~ Bernoulli(y) per token. Float (B, L)."""
+    y = torch.rand(batch, 1, generator=generator)
+    return (torch.rand(batch, length, generator=generator) < y).float()
+
+
+def sample_tau(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Alg. 2 line 5: tau ~ Beta(1.5, 1), by inverse CDF (the CDF is x^1.5) so it takes a generator."""
+    u = torch.rand(batch, generator=generator)
+    return u.pow(1.0 / BETA_A)
+
+
+def noisy_actions(a: torch.Tensor, n: torch.Tensor, tau: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Eq. (5): a_tau = a - tau (a - n) * m. a, n: (B, L, A); tau: (B,); m: (B, L)."""
+    return a - tau[:, None, None] * (a - n) * m[..., None]
+
+
+def target_velocity(a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Alg. 2 line 6: the ground-truth velocity u = n - a."""
+    return n - a
+
+
+def masked_flow_loss(v: torch.Tensor, u: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Eq. (4): mean squared velocity error over masked tokens only (and over action dims)."""
+    err = (v - u).pow(2).mean(-1)  # (B, L)
+    return (err * m).sum() / m.sum().clamp(min=1.0)
+
+
+def time_grid(steps: int) -> torch.Tensor:
+    """Uniform Euler schedule 1 -> 0 in `steps` steps (paper A.2: 10)."""
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+def euler_step(a: torch.Tensor, v: torch.Tensor, delta: float, m: torch.Tensor) -> torch.Tensor:
+    """Alg. 1 lines 6-7 / Eq. (1): masked tokens move by -delta * v, unmasked ones stay bit-for-bit."""
+    return torch.where(m[..., None].bool(), a - delta * v, a)
+
+
+def afm_start(sfm_actions: torch.Tensor, noise: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): masked tokens restart from fresh noise, unmasked ones start from (and keep) SFM's value."""
+    return torch.where(m[..., None].bool(), noise, sfm_actions)
+
+
+def rater_mask(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Eq. (3): m_l = 1{p_l < T}."""
+    return (confidence < threshold).float()
+
+
+def pseudo_labels(
+    err: torch.Tensor, alpha: float = 0.01, beta: float = 0.98, eps: float = 1e-6
+) -> torch.Tensor:
+    """Eq. (6): q = 1 - alpha - beta (e - min e) / (max e - min e + eps), per chunk (last dim)."""
+    lo = err.min(dim=-1, keepdim=True).values
+    hi = err.max(dim=-1, keepdim=True).values
+    return 1.0 - alpha - beta * (err - lo) / (hi - lo + eps)

@@ -1,0 +1,43 @@
+"""The confidence rater (paper Sec. 3.2, A.3): how far to trust each SFM action token.
+
+Transformer layers with full attention over the VL tokens' hidden states (from the prefix
+pass whose KV-cache the flow reuses, so the VLM is not run again) and the linearly
+projected SFM actions; a linear rate head and a sigmoid give p_l in (0, 1) per action token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from asyncvla.config import ModelConfig
+
+
+class ConfidenceRater(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.text.hidden_size
+        self.action_proj = nn.Linear(cfg.action_dim, d)
+        # which slot of the chunk a token is: full attention alone is order-blind
+        self.action_pos = nn.Parameter(torch.zeros(cfg.chunk_length, d))
+        self.vl_norm = nn.LayerNorm(d)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=cfg.rater.num_heads,
+            dim_feedforward=cfg.rater.ffn_size,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(layer, cfg.rater.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.rate_head = nn.Linear(d, 1)
+
+    def forward(self, vl_hidden: torch.Tensor, vl_valid: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """vl_hidden (B, P, d), vl_valid (B, P) bool, actions (B, L, A) normalised -> p (B, L)."""
+        act = self.action_proj(actions.to(self.action_proj.weight.dtype)) + self.action_pos
+        x = torch.cat([self.vl_norm(vl_hidden.to(act.dtype)), act], dim=1)
+        pad = torch.cat([~vl_valid, torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)], dim=1)
+        h = self.layers(x, src_key_padding_mask=pad)
+        return torch.sigmoid(self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float())
