@@ -1,0 +1,138 @@
+"""Checkpoint directories: save and load without unpickling, with errors that name the bad file.
+
+Layout:
+    config.json          ModelConfig (asyncvla.config), plus a format tag
+    model.safetensors    backbone + state/action projections + FM head (not the tied lm_head)
+    rater.safetensors    the confidence rater
+    norm_stats.json      state/action mean and std (asyncvla.normalize)
+    tokenizer.json, tokenizer_config.json, ...   tokenizer files (save_pretrained)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from asyncvla.backbone import load_tokenizer
+from asyncvla.config import ModelConfig
+from asyncvla.model import AsyncVLA
+from asyncvla.normalize import NormStats
+
+log = logging.getLogger(__name__)
+
+FORMAT = "asyncvla-checkpoint"
+VERSION = 1
+TIED = "vlm.lm_head.weight"  # tied to the token embeddings, never used for actions
+FILES = ("config.json", "model.safetensors", "rater.safetensors", "norm_stats.json", "tokenizer.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file, or a file is truncated or does not match config.json."""
+
+
+def _split_state(model: AsyncVLA) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    main, rater = {}, {}
+    for key, value in model.state_dict().items():
+        if key == TIED:
+            continue
+        (rater if key.startswith("rater.") else main)[key] = value.detach().contiguous().cpu()
+    return main, rater
+
+
+def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    main, rater = _split_state(model)
+    cfg = model.cfg.to_dict()
+    cfg["backbone_dir"] = None  # the weights are all here now; never reload the base model
+    meta = {"format": FORMAT, "version": VERSION}
+    save_file(main, str(path / "model.safetensors"), metadata={k: str(v) for k, v in meta.items()})
+    save_file(rater, str(path / "rater.safetensors"), metadata={k: str(v) for k, v in meta.items()})
+    stats.save(path / "norm_stats.json")
+    tokenizer.save_pretrained(str(path))
+    (path / "config.json").write_text(json.dumps({**meta, "model": cfg}, indent=1))
+    log.info("saved checkpoint to %s", path)
+    return path
+
+
+def _read_config(path: Path) -> ModelConfig:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not readable JSON ({e}); expected the config.json written by save_checkpoint"
+        ) from e
+    if data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: format is {data.get('format')!r}, expected {FORMAT!r} (not an AsyncVLA checkpoint)"
+        )
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"{path}: version {data.get('version')!r} is not supported; expected {VERSION}")
+    try:
+        return ModelConfig.from_dict(data["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from e
+
+
+def _read_tensors(
+    path: Path, expected: dict[str, torch.Tensor], optional: set[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from e
+    missing = sorted(set(expected) - set(tensors) - optional)
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: does not match config.json: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {tuple(value.shape)}, config.json expects {tuple(expected[key].shape)}"
+            )
+    return tensors
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[AsyncVLA, object, NormStats]:
+    """(model in eval mode, tokenizer, normalisation statistics) from a checkpoint directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: no such checkpoint directory (expected one holding {', '.join(FILES)})"
+        )
+    for name in FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"{path / name} is missing; a checkpoint directory holds {', '.join(FILES)}"
+            )
+    cfg = _read_config(path / "config.json")
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'tokenizer.json'}: cannot load the tokenizer ({e})") from e
+    try:
+        stats = NormStats.load(path / "norm_stats.json", cfg.state_dim, cfg.action_dim)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    model = AsyncVLA(cfg, tokenizer, dtype=dtype)
+    expected = model.state_dict()
+    main = _read_tensors(
+        path / "model.safetensors", {k: v for k, v in expected.items() if not k.startswith("rater.")}, {TIED}
+    )
+    rater = _read_tensors(
+        path / "rater.safetensors", {k: v for k, v in expected.items() if k.startswith("rater.")}
+    )
+    model.load_state_dict({**main, **rater}, strict=False)
+    if TIED in expected and not model.vlm.config.get_text_config().tie_word_embeddings:
+        log.warning("lm_head is not tied; it was not saved and keeps its random init (unused for actions)")
+    return model.to(device).eval(), tokenizer, stats

@@ -1,0 +1,340 @@
+"""`asyncvla-train`: unified policy training (Alg. 2) and confidence-rater training, one or N workers.
+
+    asyncvla-train DATASET --out ckpt/ --stage policy --objective unified --steps 2000
+    asyncvla-train DATASET --out ckpt/ --stage rater --steps 500        # after the policy, backbone frozen
+    asyncvla-train DATASET --out ckpt/ --steps 2000 --num-workers 2     # torch DDP (gloo on CPU, nccl on GPU)
+
+`--out` is a checkpoint directory (asyncvla.load reads it) that also holds the loss log
+(`loss_<stage>.csv`) and the resume state (`train_state_<stage>.pt`, tensors only, loaded with
+weights_only=True). Under `torchrun` the process group comes from the environment, so the same
+command scales to several machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from asyncvla import flow
+from asyncvla.backbone import Preprocessor, VLInputs, build_tiny_tokenizer, load_tokenizer
+from asyncvla.checkpoint import load_checkpoint, save_checkpoint
+from asyncvla.config import OBJECTIVES, ModelConfig
+from asyncvla.datasets import ChunkDataset, Sample, read_dataset
+from asyncvla.model import AsyncVLA
+from asyncvla.normalize import NormStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    out: str
+    stage: str = "policy"  # policy | rater
+    objective: str = "unified"  # unified | sfm (the w/o-unified-training ablation)
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-4  # language model, projections and FM head (paper Sec. 4)
+    vision_lr: float = 2e-5  # vision tower
+    warmup_steps: int = 0
+    seed: int = 0
+    size: str = "tiny"
+    backbone_dir: str | None = None  # local Qwen2.5-VL directory (qwen2.5-vl-3b)
+    init: str | None = None  # rater stage: the policy checkpoint (default: --out)
+    resume: bool = False
+    num_workers: int = 1
+    save_every: int = 500
+    device: str = "cpu"
+
+
+def collate(
+    samples: list[Sample], pre: Preprocessor, stats: NormStats, device
+) -> tuple[VLInputs, torch.Tensor, torch.Tensor]:
+    states = np.stack([stats.normalize_state(s.state) for s in samples])
+    inputs = pre([s.images for s in samples], [s.instruction for s in samples], states)
+    actions = torch.from_numpy(np.stack([stats.normalize_action(s.actions) for s in samples]))
+    pad = torch.from_numpy(np.stack([s.action_pad for s in samples]))
+    return inputs.to(device), actions.to(device), pad.to(device)
+
+
+def rater_loss(
+    model: AsyncVLA, inputs: VLInputs, actions: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Rater stage: SFM actions from the frozen model, Eq. (6) pseudo labels, MSE to the rater's p."""
+    with torch.no_grad():
+        prefix = model.embed_prefix(inputs)
+        cache, hidden = model.encode_prefix(prefix)
+        noise = torch.randn(actions.shape, generator=generator).to(actions.device)
+        sfm = model.integrate(cache, prefix, noise, torch.ones(actions.shape[:2], device=actions.device))
+        q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1))
+    p = model.rater(hidden, prefix.valid, sfm)
+    return (p - q).pow(2).mean()
+
+
+class _StageLoss(nn.Module):
+    """What DDP wraps: forward() is the stage's loss."""
+
+    def __init__(self, model: AsyncVLA, stage: str, objective: str):
+        super().__init__()
+        self.model, self.stage, self.objective = model, stage, objective
+
+    def forward(self, inputs, actions, pad, generator):
+        if self.stage == "rater":
+            return rater_loss(self.model, inputs, actions, generator)
+        return self.model.compute_loss(inputs, actions, pad, self.objective, generator)
+
+
+def _param_groups(model: AsyncVLA, cfg: TrainConfig) -> list[dict]:
+    if cfg.stage == "rater":  # backbone frozen, rater only
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.rater.parameters():
+            p.requires_grad_(True)
+        return [{"params": list(model.rater.parameters()), "lr": cfg.lr}]
+    for p in model.rater.parameters():  # trained after the policy
+        p.requires_grad_(False)
+    vision = list(model.vlm.model.visual.parameters())
+    ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [{"params": vision, "lr": cfg.vision_lr}, {"params": rest, "lr": cfg.lr}]
+
+
+def _cosine(total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
+
+
+def _build(cfg: TrainConfig, dataset: ChunkDataset, info: dict, device) -> tuple[AsyncVLA, object, NormStats]:
+    out = Path(cfg.out)
+    if cfg.resume or cfg.stage == "rater":
+        src = Path(cfg.out if cfg.resume or not cfg.init else cfg.init)
+        return load_checkpoint(src, device=device)
+    sample = dataset[0]
+    model_cfg = ModelConfig.named(
+        cfg.size,
+        cameras=list(info["cameras"]),
+        state_dim=int(sample.state.shape[0]),
+        action_dim=int(sample.actions.shape[1]),
+        backbone_dir=cfg.backbone_dir,
+    )
+    tokenizer = (
+        load_tokenizer(cfg.backbone_dir)
+        if cfg.backbone_dir
+        else build_tiny_tokenizer(model_cfg.text.vocab_size)
+    )
+    torch.manual_seed(cfg.seed)
+    model = AsyncVLA(model_cfg, tokenizer).to(device)
+    stats = dataset.norm_stats()
+    out.mkdir(parents=True, exist_ok=True)
+    return model, tokenizer, stats
+
+
+def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    device = torch.device(cfg.device)
+    if world > 1:
+        if "RANK" not in os.environ:  # spawned by us on one machine
+            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+            torch.cuda.set_device(device)
+    episodes, info = read_dataset(cfg.dataset)
+    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device)
+    dataset = ChunkDataset(episodes, model.cfg.chunk_length)
+    pre = Preprocessor(model.cfg, tokenizer)
+    groups = _param_groups(model, cfg)
+    if device.type == "cuda":
+        model.vlm.gradient_checkpointing_enable()
+    model.train()
+    steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
+    total = cfg.steps if cfg.steps else (cfg.epochs or 1) * steps_per_epoch
+    optim = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _cosine(total, cfg.warmup_steps))
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    out, state_path = Path(cfg.out), Path(cfg.out) / f"train_state_{cfg.stage}.pt"
+    step = 0
+    if cfg.resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=True)  # tensors and numbers only, never arbitrary pickles
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"][rank % len(state["generator"])])
+        step = int(state["step"])
+        log.info("resuming %s training at step %d", cfg.stage, step)
+    net = _StageLoss(model, cfg.stage, cfg.objective)
+    if world > 1:
+        tied = model.vlm.config.get_text_config().tie_word_embeddings
+        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=not tied)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=list,
+        drop_last=len(dataset) >= cfg.batch_size * world,
+    )
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc=f"{cfg.stage}", disable=rank != 0, dynamic_ncols=True)
+    log_path = out / f"loss_{cfg.stage}.csv"
+    log_file = None
+    if rank == 0:
+        new = not (cfg.resume and log_path.is_file())
+        log_file = open(log_path, "w" if new else "a", newline="")  # noqa: SIM115 (kept open for the loop)
+        writer = csv.writer(log_file)
+        if new:
+            writer.writerow(["step", "epoch", "loss", "lr"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def save() -> None:
+        if rank != 0:
+            return
+        save_checkpoint(out, model, tokenizer, stats)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optim.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gens,
+            },
+            state_path,
+        )
+
+    epoch = step // steps_per_epoch
+    while step < total:
+        sampler.set_epoch(epoch)
+        for samples in loader:
+            if step >= total:
+                break
+            inputs, actions, pad = collate(samples, pre, stats, device)
+            with autocast:
+                loss = net(inputs, actions, pad, generator)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            step += 1
+            value = loss.detach()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            if rank == 0:
+                writer.writerow([step, epoch, f"{value.item():.6g}", f"{sched.get_last_lr()[-1]:.3g}"])
+                log_file.flush()
+                bar.set_postfix(loss=f"{value.item():.4f}")
+            bar.update(1)
+            gens = _gather_generators(generator, world)
+            if step % cfg.save_every == 0 or step == total:
+                save()
+        epoch += 1
+    bar.close()
+    if log_file:
+        log_file.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _gather_generators(generator: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's generator state (so a resumed run draws what it would have drawn)."""
+    state = generator.get_state()
+    if world == 1:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(states, state)
+    return states
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train as configured; returns the checkpoint directory."""
+    if cfg.stage not in ("policy", "rater"):
+        raise ValueError(f"unknown stage {cfg.stage!r}; expected policy or rater")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; expected one of {OBJECTIVES}")
+    if cfg.num_workers < 1:
+        raise ValueError("--num-workers must be >= 1")
+    if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs < 1:
+        raise ValueError("--steps / --epochs must be >= 1")
+    log.info("training config: %s", asdict(cfg))
+    if "WORLD_SIZE" in os.environ:  # launched by torchrun (one or several machines)
+        train_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), cfg)
+    elif cfg.num_workers == 1:
+        train_worker(0, 1, cfg)
+    else:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        torch.multiprocessing.spawn(
+            train_worker, args=(cfg.num_workers, cfg), nprocs=cfg.num_workers, join=True
+        )
+    return Path(cfg.out)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(
+        prog="asyncvla-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "dataset", help="asyncvla-episodes directory (info.json) or LeRobot dataset (meta/info.json)"
+    )
+    p.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
+    p.add_argument("--stage", choices=["policy", "rater"], default="policy")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="unified")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int)
+    g.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--vision-lr", type=float, default=2e-5)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["tiny", "qwen2.5-vl-3b"], default="tiny")
+    p.add_argument("--backbone-dir", help="local Qwen2.5-VL-3B-Instruct directory (weights + tokenizer)")
+    p.add_argument("--init", help="rater stage: policy checkpoint to start from (default: --out)")
+    p.add_argument("--resume", action="store_true", help="continue from --out's training state")
+    p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (torch DDP)")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    return TrainConfig(**{k: v for k, v in vars(a).items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = parse_args(argv)
+        run(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"asyncvla-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
