@@ -152,3 +152,36 @@ def test_wrong_layouts_say_what_is_missing(tmp_path):
         list(read_hdf5(tmp_path / "x.hdf5"))
     with pytest.raises(DatasetFormatError, match="meta/info.json"):
         list(read_lerobot(tmp_path))
+
+
+def test_lerobot_v3_layout_with_several_episodes_per_file(tmp_path):
+    """v3: meta/tasks.parquet (task text as the index) and whole episodes packed in one file."""
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v3.0"}))
+    pd.DataFrame({"task_index": [0, 1]}, index=["open the drawer", "close the drawer"]).to_parquet(
+        tmp_path / "meta" / "tasks.parquet"
+    )
+    rows = []
+    for ep, (t, task_index) in enumerate(((3, 1), (2, 0))):
+        for f in range(t):
+            rows.append(
+                {
+                    "observation.images.image": {"bytes": _png(np.full((4, 4, 3), 10 * ep + f, np.uint8))},
+                    "observation.images.wrist_image": {"bytes": _png(np.zeros((4, 4, 3), np.uint8))},
+                    "observation.state": rng.normal(size=8).astype(np.float32),
+                    "action": rng.uniform(-1, 1, 7).astype(np.float32),
+                    "frame_index": f,
+                    "episode_index": ep,
+                    "task_index": task_index,
+                }
+            )
+    path = tmp_path / "data" / "chunk-000" / "file-000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    demos = list(read_lerobot(tmp_path))
+    assert [d.instruction for d in demos] == ["close the drawer", "open the drawer"]
+    assert [len(d.action) for d in demos] == [3, 2]
+    assert [int(im[0, 0, 0]) for im in demos[1].images["agentview"]] == [10, 11]

@@ -134,8 +134,8 @@ def _tasks(root: Path) -> dict[int, str]:
 
 
 def read_lerobot(root: str | Path, rotate_180: bool = False) -> Iterator[Demo]:
-    """Demos of a LeRobot-format LIBERO dataset directory, in episode order."""
-    import pandas as pd
+    """Demos of a LeRobot-format LIBERO dataset directory, file by file (v2.x: one episode per
+    file; v3: whole episodes per file), so a full dataset never sits in memory at once."""
     import pyarrow.parquet as pq
 
     root = Path(root)
@@ -143,29 +143,29 @@ def read_lerobot(root: str | Path, rotate_180: bool = False) -> Iterator[Demo]:
     if not (root / "meta" / "info.json").is_file() or not files:
         raise DatasetFormatError(f"{root}: expected meta/info.json and data/**/*.parquet (LeRobot layout)")
     tasks = _tasks(root)
-    frames = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    cams = next((m for m in LEROBOT_IMAGES if set(m.values()) <= set(frames.columns)), None)
-    if cams is None:
-        options = " or ".join(str(sorted(m.values())) for m in LEROBOT_IMAGES)
-        raise DatasetFormatError(
-            f"{root}: image columns {options} not found; columns: {sorted(frames.columns)}"
-        )
-    state_key = _pick(frames.columns, LEROBOT_STATE, "state", root)
-    action_key = _pick(frames.columns, LEROBOT_ACTION, "action", root)
-    for _episode, group in frames.sort_values(["episode_index", "frame_index"]).groupby(
-        "episode_index", sort=True
-    ):
-        images = {cam: np.stack([_decode(c) for c in group[key]]) for cam, key in cams.items()}
-        if rotate_180:
-            images = {cam: _rotate(v) for cam, v in images.items()}
-        instruction = tasks.get(int(group["task_index"].iloc[0]), "")
-        yield Demo(
-            images,
-            np.stack(group[state_key].to_numpy()).astype(np.float32),
-            np.stack(group[action_key].to_numpy()).astype(np.float32),
-            instruction,
-            instruction.replace(" ", "_"),
-        )
+    for file in files:
+        frames = pq.read_table(file).to_pandas()
+        cams = next((m for m in LEROBOT_IMAGES if set(m.values()) <= set(frames.columns)), None)
+        if cams is None:
+            options = " or ".join(str(sorted(m.values())) for m in LEROBOT_IMAGES)
+            raise DatasetFormatError(
+                f"{file}: image columns {options} not found; columns: {sorted(frames.columns)}"
+            )
+        state_key = _pick(frames.columns, LEROBOT_STATE, "state", file)
+        action_key = _pick(frames.columns, LEROBOT_ACTION, "action", file)
+        ordered = frames.sort_values(["episode_index", "frame_index"])
+        for _episode, group in ordered.groupby("episode_index", sort=True):
+            images = {cam: np.stack([_decode(c) for c in group[key]]) for cam, key in cams.items()}
+            if rotate_180:
+                images = {cam: _rotate(v) for cam, v in images.items()}
+            instruction = tasks.get(int(group["task_index"].iloc[0]), "")
+            yield Demo(
+                images,
+                np.stack(group[state_key].to_numpy()).astype(np.float32),
+                np.stack(group[action_key].to_numpy()).astype(np.float32),
+                instruction,
+                instruction.replace(" ", "_"),
+            )
 
 
 def write_episodes(demos: Iterator[Demo], out: str | Path, source: str, fps: int = 20) -> int:
