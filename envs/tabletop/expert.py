@@ -135,7 +135,9 @@ class TabletopExpert:
             path.append(Waypoint(target.copy(), None, -1.0, hold=3))
         if np.linalg.norm(target[:2] - block[:2]) > 0.01 and target[2] < block[2] + APPROACH_DZ - 0.01:
             path.append(Waypoint(np.array([target[0], target[1], block[2] + APPROACH_DZ]), None, -1.0))
-        return path + [Waypoint(grasp + up, grasp_yaw, -1.0), Waypoint(grasp, grasp_yaw, -1.0)] + close
+        if np.linalg.norm(target[:2] - block[:2]) > 0.006 or target[2] > block[2] + APPROACH_DZ:
+            path.append(Waypoint(grasp + up, grasp_yaw, -1.0))  # above it first; else straight down
+        return path + [Waypoint(grasp, grasp_yaw, -1.0)] + close
 
     # -- how to get there ---------------------------------------------------------------------------
     def _rollout(self, p: dict, waypoints: list[Waypoint]) -> np.ndarray:
