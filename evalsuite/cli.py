@@ -26,7 +26,7 @@ from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger("asyncvla-eval")
 
-COMMANDS = ("report", "record-demos", "list", "ablations")
+COMMANDS = ("report", "record-demos", "list", "ablations", "nightly", "compare")
 
 
 class UsageError(ValueError):
@@ -254,11 +254,15 @@ def cmd_list(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from evalsuite.regression.nightly import cmd_compare, cmd_nightly  # imports this module: not at the top
+
     handlers = {
         "report": cmd_report,
         "record-demos": cmd_record_demos,
         "list": cmd_list,
         "ablations": cmd_ablations,
+        "nightly": cmd_nightly,  # exit 0 nothing significantly worse, 1 something worse, 2 bad input
+        "compare": cmd_compare,
     }
     try:
         if argv and argv[0] in handlers:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  pkgs="libegl1 libosmesa6 libgl1"
+  pkgs="libegl1 libosmesa6 libgl1 chromium"  # chromium: headless screenshot test of the nightly report
   if ! dpkg -s $pkgs >/dev/null 2>&1; then
     apt-get install -y -q $pkgs >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $pkgs >/dev/null; }
   fi
