@@ -139,6 +139,25 @@ def projection(here: dict, scene_here: dict, scene_node: dict, policy_s: float, 
     }
 
 
+def reset_memory(resets: int) -> dict:
+    """Resident memory after each of `resets` resets (robosuite rebuilds the sim on every reset)."""
+    from envs.libero import make_env
+    from evalsuite.suites import get_suite
+
+    suite = get_suite("libero_spatial")
+    env = make_env(**suite.env_kwargs)
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss, times = [], []
+    for k in range(resets):
+        t0 = time.perf_counter()
+        env.reset(suite.tasks[0].name, k % 50, 7)
+        times.append(round(time.perf_counter() - t0, 2))
+        with open("/proc/self/statm") as f:
+            rss.append(round(int(f.read().split()[1]) * page / 2**30, 3))
+    env.close()
+    return {"resets": resets, "rss_gib_after_each": rss, "reset_s_each": times}
+
+
 def export_scene(path: Path) -> int:
     """The compiled scene (meshes and textures included) so a machine without LIBERO can render it."""
     import mujoco
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--project", action="store_true", help="project the 2,000-episode wall time from saved results"
     )
+    p.add_argument("--reset-memory", type=int, help="resident memory after each of N resets")
     p.add_argument("--label", default="local", help="--scene-bench: name of the machine, for the output file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -238,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         scene_node = json.loads((out / "scene" / "scene_bench_h200-egl.json").read_text())
         result = {p: projection(here, scene_here, scene_node, p) for p in (0.1, 0.3)}
         (out / "projection.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.reset_memory:
+        result = {"command": "python scripts/bench_libero.py --reset-memory " + str(args.reset_memory)}
+        result |= {"versions": versions(), **reset_memory(args.reset_memory), "load_avg": os.getloadavg()}
+        (out / "reset_memory.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
     if args.scene_export:
