@@ -185,3 +185,41 @@ def test_lerobot_v3_layout_with_several_episodes_per_file(tmp_path):
     assert [d.instruction for d in demos] == ["close the drawer", "open the drawer"]
     assert [len(d.action) for d in demos] == [3, 2]
     assert [int(im[0, 0, 0]) for im in demos[1].images["agentview"]] == [10, 11]
+
+
+def test_lerobot_v2_video_layout_decodes_each_episode_mp4(tmp_path):
+    """v2.1 with cameras as videos: meta/info.json's video_path names one mp4 per episode and camera."""
+    import imageio.v3 as iio
+
+    info = {
+        "codebase_version": "v2.1",
+        "chunks_size": 1000,
+        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        "features": {
+            "observation.images.image": {"dtype": "video"},
+            "observation.images.wrist_image": {"dtype": "video"},
+        },
+    }
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "info.json").write_text(json.dumps(info))
+    (tmp_path / "meta" / "tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": "open it"}) + "\n")
+    t = 6
+    grey = np.repeat(np.linspace(20, 220, t).astype(np.uint8), 16 * 16 * 3).reshape(t, 16, 16, 3)
+    for key in info["features"]:
+        path = tmp_path / "videos" / "chunk-000" / key / "episode_000000.mp4"
+        path.parent.mkdir(parents=True)
+        iio.imwrite(path, grey, fps=10, codec="libx264")
+    table = {
+        "observation.state": list(np.zeros((t, 8), np.float32)),
+        "action": list(np.ones((t, 7), np.float32)),
+        "frame_index": list(range(t)),
+        "episode_index": [0] * t,
+        "task_index": [0] * t,
+    }
+    (tmp_path / "data" / "chunk-000").mkdir(parents=True)
+    pq.write_table(pa.table(table), tmp_path / "data" / "chunk-000" / "episode_000000.parquet")
+    demo = next(read_lerobot(tmp_path))
+    assert demo.images["agentview"].shape == (t, 16, 16, 3) and demo.instruction == "open it"
+    # h264 is lossy: each frame keeps its grey level to within a few levels
+    levels = demo.images["wrist"].reshape(t, -1).mean(axis=1)
+    np.testing.assert_allclose(levels, grey.reshape(t, -1).mean(axis=1), atol=4)

@@ -10,7 +10,8 @@ Two layouts:
     v3: several episodes per parquet): `meta/info.json`, `meta/tasks.jsonl` or `meta/tasks.parquet`,
     `data/**/*.parquet` with images stored in the parquet as encoded PNG/JPEG. Those conversions
     (openpi's `physical-intelligence/libero`, `HuggingFaceVLA/libero`) were made from data that is
-    already rotated, so no rotation by default; both its column namings are recognised.
+    already rotated, so no rotation by default; both its column namings are recognised. v2.x
+    datasets whose cameras are stored as one mp4 per episode are read too; v3's shared videos not.
 In both the state is the env's 8-D state (eef pos, axis-angle, gripper qpos) and actions keep
 LIBERO's gripper convention (-1 open, +1 close). `write_episodes` stores demos in the project's
 "asyncvla-episodes" v1 format (docs/CONTRACTS.md).
@@ -133,19 +134,41 @@ def _tasks(root: Path) -> dict[int, str]:
     raise DatasetFormatError(f"{root}: no meta/tasks.jsonl or meta/tasks.parquet; not a LeRobot dataset")
 
 
+def _video_frames(root: Path, info: dict, key: str, episode: int) -> np.ndarray:
+    """All frames of one episode's camera video (LeRobot v2.x: one mp4 per episode and camera)."""
+    import imageio.v3 as iio
+
+    template = info.get("video_path")
+    if not template or "{episode_index" not in template:
+        raise DatasetFormatError(
+            f"{root}: images of {key!r} are videos without a per-episode video_path in meta/info.json "
+            "(LeRobot v3 packs episodes into shared videos, not read here); use a v2.x or image-in-parquet copy"
+        )
+    chunk = episode // int(info.get("chunks_size", 1000))
+    path = root / template.format(episode_chunk=chunk, video_key=key, episode_index=episode)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} is missing (video of {key!r}, episode {episode})")
+    return np.asarray(iio.imread(path), dtype=np.uint8)  # bundled ffmpeg has h264 and AV1 (dav1d) decoders
+
+
 def read_lerobot(root: str | Path, rotate_180: bool = False) -> Iterator[Demo]:
     """Demos of a LeRobot-format LIBERO dataset directory, file by file (v2.x: one episode per
-    file; v3: whole episodes per file), so a full dataset never sits in memory at once."""
+    file; v3: whole episodes per file), so a full dataset never sits in memory at once. Camera
+    images are read from the parquet (encoded PNG/JPEG) or, for v2.x video datasets, from the
+    episode's mp4 (lossy: what a model trained on that copy saw)."""
     import pyarrow.parquet as pq
 
     root = Path(root)
     files = sorted((root / "data").glob("**/*.parquet"))
     if not (root / "meta" / "info.json").is_file() or not files:
         raise DatasetFormatError(f"{root}: expected meta/info.json and data/**/*.parquet (LeRobot layout)")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    features = info.get("features", {})
     tasks = _tasks(root)
     for file in files:
         frames = pq.read_table(file).to_pandas()
-        cams = next((m for m in LEROBOT_IMAGES if set(m.values()) <= set(frames.columns)), None)
+        available = set(frames.columns) | {k for k, f in features.items() if f.get("dtype") == "video"}
+        cams = next((m for m in LEROBOT_IMAGES if set(m.values()) <= available), None)
         if cams is None:
             options = " or ".join(str(sorted(m.values())) for m in LEROBOT_IMAGES)
             raise DatasetFormatError(
@@ -154,8 +177,13 @@ def read_lerobot(root: str | Path, rotate_180: bool = False) -> Iterator[Demo]:
         state_key = _pick(frames.columns, LEROBOT_STATE, "state", file)
         action_key = _pick(frames.columns, LEROBOT_ACTION, "action", file)
         ordered = frames.sort_values(["episode_index", "frame_index"])
-        for _episode, group in ordered.groupby("episode_index", sort=True):
-            images = {cam: np.stack([_decode(c) for c in group[key]]) for cam, key in cams.items()}
+        for episode, group in ordered.groupby("episode_index", sort=True):
+            images = {}
+            for cam, key in cams.items():
+                if key in group.columns:
+                    images[cam] = np.stack([_decode(c) for c in group[key]])
+                else:
+                    images[cam] = _video_frames(root, info, key, int(episode))[: len(group)]
             if rotate_180:
                 images = {cam: _rotate(v) for cam, v in images.items()}
             instruction = tasks.get(int(group["task_index"].iloc[0]), "")
