@@ -22,6 +22,7 @@ from envs.tabletop.tasks import BLOCK_HALF, MAX_STEP_POS, MAX_STEP_ROT, PUSH_DIR
 CARRY_Z = 0.15  # grip height while carrying: the block's bottom clears the bowl and a stacked block
 APPROACH_DZ = 0.08  # pre-grasp height above the block's centre
 FINGER_HALF_THICKNESS = 0.005
+PUSH_SPEED = 0.4  # 6 mm per step: the block slides along instead of being knocked away
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Waypoint:
     yaw: float | None  # hand yaw to reach (None: keep the current one)
     grip: float  # -1 open, +1 close, commanded on the way there
     hold: int = 0  # extra steps to stay once there (for the fingers to move)
+    speed: float = 1.0  # fraction of the largest step (pushing fast launches the block)
 
 
 def _yaw(quat: np.ndarray) -> float:
@@ -89,13 +91,20 @@ class TabletopExpert:
         end = np.array([block[0], goal[1] - direction * offset, BLOCK_HALF])
         behind = (block[1] - eef[1]) * direction > offset - 0.01
         if behind and abs(eef[0] - block[0]) < 0.012 and eef[2] < 2 * BLOCK_HALF:
-            return [Waypoint(end, 0.0, 1.0)]
+            # down to push height before moving on: pushing while descending wedges the block
+            # against the table
+            down = np.array([block[0], target[1], BLOCK_HALF])
+            return [Waypoint(down, 0.0, 1.0), Waypoint(end, 0.0, 1.0, speed=PUSH_SPEED)]
         start = np.array([block[0], block[1] - direction * (offset + 0.04), BLOCK_HALF])
         above = start + np.array([0.0, 0.0, 0.07])
         path = []
         if target[2] < above[2] - 0.01:  # low and on the wrong side: go up before crossing over
             path.append(Waypoint(np.array([target[0], target[1], above[2]]), None, 1.0))
-        return path + [Waypoint(above, 0.0, 1.0), Waypoint(start, 0.0, 1.0), Waypoint(end, 0.0, 1.0)]
+        return path + [
+            Waypoint(above, 0.0, 1.0),
+            Waypoint(start, 0.0, 1.0),
+            Waypoint(end, 0.0, 1.0, speed=PUSH_SPEED),
+        ]
 
     def _plan_pick_place(self, p: dict) -> list[Waypoint]:
         block, goal, eef, target = p["obj_pos"], p["goal_pos"], p["eef_pos"], p["target_pos"]
@@ -168,7 +177,7 @@ class TabletopExpert:
     def _move(pos: np.ndarray, quat: np.ndarray, wp: Waypoint) -> np.ndarray:
         """Normalised [-1, 1] translation and rotation taking one step toward the waypoint."""
         trans = (wp.pos - pos) / MAX_STEP_POS
-        trans = trans / max(1.0, float(np.max(np.abs(trans))))
+        trans = trans / max(1.0, float(np.max(np.abs(trans))) / wp.speed)
         goal_quat = _yaw_quat(wp.yaw if wp.yaw is not None else _yaw(quat))
         conj, err = np.zeros(4), np.zeros(4)
         mujoco.mju_negQuat(conj, quat)
