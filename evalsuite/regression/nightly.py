@@ -93,6 +93,10 @@ class Nightly:
             raise UsageError(f"--date must look like 2026-11-27, got {date!r}")
         self.date = date
         self.out_root = Path(args.out_root)
+        if not Path(args.ckpt_dir).is_dir():
+            raise UsageError(
+                f"--ckpt-dir {args.ckpt_dir} is not a directory; pass the directory your training writes checkpoints into"
+            )
         suites = {}
         for name in args.suites:
             for suite in resolve_suites(name, None):
@@ -199,10 +203,6 @@ class Nightly:
 
 def find_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories under root (root itself included), oldest first by config.json's mtime."""
-    if not root.is_dir():
-        raise UsageError(
-            f"--ckpt-dir {root} is not a directory; pass the directory your training writes checkpoints into"
-        )
     found = {p.parent for p in root.rglob(CHECKPOINT_MARKER)}
     return sorted(found, key=lambda d: ((d / CHECKPOINT_MARKER).stat().st_mtime, str(d)))
 
