@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import imageio.v2 as imageio
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -43,4 +44,7 @@ def encode_mp4(frames: list[np.ndarray], fps: int = 20) -> bytes:
 
 def read_mp4(path: str) -> np.ndarray:
     """All frames of a video, [T, H, W, 3] (for tests and reports)."""
-    return np.stack(list(imageio.get_reader(path)))
+    reader = imageio_ffmpeg.read_frames(path)
+    meta = next(reader)
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(frame, np.uint8).reshape(h, w, 3) for frame in reader])
