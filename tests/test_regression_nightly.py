@@ -163,3 +163,25 @@ def test_nightly_bad_input_exits_2(fake_checkpoints, tmp_path, capsys):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 200)
     assert nightly(tmp_path, root, "2026-11-01", "--history", str(tmp_path / "junk.sqlite")) == 2
     assert "not a nightly history database" in capsys.readouterr().err
+
+
+def test_nightly_script_passes_exit_codes_and_holds_a_lock(tmp_path):
+    import fcntl
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "nightly.sh"
+    env = {
+        **os.environ,
+        "CKPT_DIR": str(tmp_path / "missing"),
+        "OUT_ROOT": str(tmp_path / "out"),
+        "DATE": "2026-11-01",
+    }
+    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    log = (tmp_path / "out" / "logs" / "2026-11-01.log").read_text()
+    assert "--ckpt-dir" in log and "is not a directory" in log
+    with open(tmp_path / "out" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a night still running
+        proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "another run holds" in proc.stderr
