@@ -1,6 +1,6 @@
 """Measure the tabletop env's per-step cost and memory, and the scripted expert's success rate.
 
-    python scripts/bench_tabletop_env.py [--episodes 3] [--expert-episodes 50] [--out results/tabletop_env]
+    python scripts/bench_tabletop_env.py [--episodes 3] [--expert-episodes 50] [--noisy-episodes 10]
 
 Step cost, on expert episodes of every task (one process, one env, this machine's CPU + Mesa):
   - physics-only control step (`step(render=False)`), rendered step (`step(render=True)`, both
@@ -9,7 +9,8 @@ Step cost, on expert episodes of every task (one process, one env, this machine'
   - resident memory of the process before and after building (and rendering with) one env.
 Writes step_cost.json and step_cost.md. With --expert-episodes N > 0 also runs the scripted
 expert on the first N shipped initial states of every task (physics only: the expert reads
-ground truth, not images) and writes expert.md. Both files carry the versions and this command.
+ground truth, not images) and writes expert.md; --noisy-episodes adds the same expert with
+Gaussian noise on its motion, a stand-in for a weak policy. Both files carry the versions and this command.
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def expert_episode(env, expert, task, k: int, render: bool):
-    """Run the expert; return (success, steps, actions, per-step seconds)."""
+def expert_episode(env, expert, task, k: int, render: bool, noise: float = 0.0):
+    """Run the expert (plus Gaussian noise on its motion); return (success, steps, actions, step seconds)."""
     obs = env.reset(task.name, k, 0)
     actions, times, success = [], [], False
+    rng = np.random.default_rng([k, len(task.name)])
     while len(actions) < task.max_steps and not success:
-        for action in expert.act([obs], [f"bench/{task.name}/{k}@{len(actions)}"])[0]:
+        chunk = expert.act([obs], [f"bench/{task.name}/{k}@{len(actions)}"])[0]
+        if noise > 0:  # a weak policy: right plan, imprecise motion
+            chunk[:, :6] = np.clip(chunk[:, :6] + rng.normal(0, noise, chunk[:, :6].shape), -1, 1)
+        for action in chunk:
             t0 = time.perf_counter()
             obs, _, success, _ = env.step(action, render=render)
             times.append(time.perf_counter() - t0)
@@ -108,11 +113,11 @@ def measure_steps(episodes: int, image_size: int) -> dict:
     }
 
 
-def measure_expert(episodes: int) -> dict:
+def measure_expert(episodes: int, noise: float = 0.0) -> dict:
     env, expert = make_env(), TabletopExpert()
     rows = {}
     for task in TASKS:
-        results = [expert_episode(env, expert, task, k, render=False)[:2] for k in range(episodes)]
+        results = [expert_episode(env, expert, task, k, False, noise)[:2] for k in range(episodes)]
         steps = [s for ok, s in results if ok]
         rows[task.name] = {
             "success": len(steps),
@@ -162,9 +167,26 @@ def write_step_cost(out: Path, result: dict, command: str) -> None:
     (out / "step_cost.md").write_text("\n".join(lines) + "\n")
 
 
-def write_expert(out: Path, rows: dict, command: str, vers: dict) -> None:
-    total = sum(r["success"] for r in rows.values())
-    n = sum(r["episodes"] for r in rows.values())
+def _success_table(rows: dict) -> list[str]:
+    lines = [
+        "| task | solved | mean steps | max steps | budget | failed episodes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        mean = f"{r['steps_mean']:.1f}" if r["steps_mean"] is not None else "-"
+        lines.append(
+            f"| {name} | {r['success']}/{r['episodes']} | {mean} | {r['steps_max']} | {r['budget']} | "
+            f"{', '.join(map(str, r['failed_episodes'])) or '-'} |"
+        )
+    return lines
+
+
+def _rate(rows: dict) -> tuple[int, int]:
+    return sum(r["success"] for r in rows.values()), sum(r["episodes"] for r in rows.values())
+
+
+def write_expert(out: Path, rows: dict, noisy: dict | None, noise: float, command: str, vers: dict) -> None:
+    total, n = _rate(rows)
     lines = [
         "# Tabletop scripted expert: success on the shipped initial states",
         "",
@@ -176,23 +198,30 @@ def write_expert(out: Path, rows: dict, command: str, vers: dict) -> None:
         "",
         f"**{total} / {n} episodes solved ({100 * total / n:.1f} %).**",
         "",
-        "| task | solved | mean steps | max steps | budget | failed episodes |",
-        "|---|---|---|---|---|---|",
+        *_success_table(rows),
     ]
-    for name, r in rows.items():
-        mean = f"{r['steps_mean']:.1f}" if r["steps_mean"] is not None else "-"
-        lines.append(
-            f"| {name} | {r['success']}/{r['episodes']} | {mean} | {r['steps_max']} | {r['budget']} | "
-            f"{', '.join(map(str, r['failed_episodes'])) or '-'} |"
-        )
+    if noisy:
+        ok, m = _rate(noisy)
+        lines += [
+            "",
+            f"## A weak policy: the expert with N(0, {noise}) noise on its 6 motion dimensions",
+            "",
+            f"Same plan, imprecise motion (noise seeded per episode): **{ok} / {m} solved "
+            f"({100 * ok / m:.1f} %)**, between the expert and zero.",
+            "",
+            *_success_table(noisy),
+        ]
     (out / "expert.md").write_text("\n".join(lines) + "\n")
-    (out / "expert.json").write_text(json.dumps({"versions": vers, "tasks": rows}, indent=2) + "\n")
+    record = {"versions": vers, "tasks": rows, "noisy": {"noise": noise, "tasks": noisy}}
+    (out / "expert.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=3, help="expert episodes per task for the step timing")
     p.add_argument("--expert-episodes", type=int, default=0, help="episodes per task for expert.md (0: skip)")
+    p.add_argument("--noisy-episodes", type=int, default=0, help="episodes per task of the noisy expert")
+    p.add_argument("--noise", type=float, default=0.5, help="std of the noisy expert's motion noise")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--out", type=Path, default=Path("results/tabletop_env"))
     args = p.parse_args(argv)
@@ -204,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         write_step_cost(args.out, result, command)
         print((args.out / "step_cost.md").read_text())
     if args.expert_episodes > 0:
-        write_expert(args.out, measure_expert(args.expert_episodes), command, vers)
+        noisy = measure_expert(args.noisy_episodes, args.noise) if args.noisy_episodes > 0 else None
+        write_expert(args.out, measure_expert(args.expert_episodes), noisy, args.noise, command, vers)
         print((args.out / "expert.md").read_text())
     return 0
 

@@ -26,7 +26,7 @@ def test_suite_lists_ten_tasks_with_budgets_and_fifty_states():
     kinds = {t.meta["kind"] for t in suite.tasks}
     assert kinds == {"place", "stack", "push"}
     budgets = {t.name: t.max_steps for t in suite.tasks}
-    assert budgets["red_on_blue_plate"] == 220 and budgets["push_green_left"] == 160
+    assert budgets["red_on_blue_plate"] == 180 and budgets["push_green_left"] == 120
     assert all(t.episodes == 50 for t in suite.tasks)
     assert suite.end_on_success and suite.action_dim == 7
     states = InitStates()

@@ -39,14 +39,14 @@ class Task:
 
 
 TASKS: tuple[Task, ...] = (
-    Task("red_on_blue_plate", "put the red block on the blue plate", "place", "red_block", "blue_plate", 220),
+    Task("red_on_blue_plate", "put the red block on the blue plate", "place", "red_block", "blue_plate", 180),
     Task(
         "green_on_white_plate",
         "put the green block on the white plate",
         "place",
         "green_block",
         "white_plate",
-        220,
+        180,
     ),
     Task(
         "yellow_on_blue_plate",
@@ -54,17 +54,17 @@ TASKS: tuple[Task, ...] = (
         "place",
         "yellow_block",
         "blue_plate",
-        220,
+        180,
     ),
-    Task("blue_in_bowl", "put the blue block in the bowl", "place", "blue_block", "bowl", 220),
-    Task("red_in_bowl", "put the red block in the bowl", "place", "red_block", "bowl", 220),
+    Task("blue_in_bowl", "put the blue block in the bowl", "place", "blue_block", "bowl", 180),
+    Task("red_in_bowl", "put the red block in the bowl", "place", "red_block", "bowl", 180),
     Task(
         "stack_yellow_on_red",
         "stack the yellow block on the red block",
         "stack",
         "yellow_block",
         "red_block",
-        220,
+        180,
     ),
     Task(
         "stack_blue_on_green",
@@ -72,13 +72,13 @@ TASKS: tuple[Task, ...] = (
         "stack",
         "blue_block",
         "green_block",
-        220,
+        180,
     ),
     Task(
-        "stack_red_on_blue", "stack the red block on the blue block", "stack", "red_block", "blue_block", 220
+        "stack_red_on_blue", "stack the red block on the blue block", "stack", "red_block", "blue_block", 180
     ),
-    Task("push_green_left", "push the green block to the left", "push", "green_block", "left", 160),
-    Task("push_yellow_right", "push the yellow block to the right", "push", "yellow_block", "right", 160),
+    Task("push_green_left", "push the green block to the left", "push", "green_block", "left", 120),
+    Task("push_yellow_right", "push the yellow block to the right", "push", "yellow_block", "right", 120),
 )
 TASK_BY_NAME = {t.name: t for t in TASKS}
 
