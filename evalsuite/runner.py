@@ -227,12 +227,14 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     inflight: dict = {}  # ref -> (worker, spec, start time)
     timed_out: set = set()
     idle = list(workers)
+    last_task: dict = {}  # worker -> (suite, task) of its last episode
     records = []
     try:
         while queue or inflight:
             while idle and queue:
-                spec = queue.popleft()
                 worker = idle.pop()
+                spec = _next_for(worker, queue, last_task)
+                last_task[worker] = (spec.suite, spec.task)
                 attempts[spec.id] += 1
                 ref = worker.run.remote(
                     spec, server, options.replan_steps, options.max_steps, videos.wanted(spec)
@@ -279,6 +281,20 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         if started_here:
             ray.shutdown()
     return records
+
+
+def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:
+    """The next episode for `worker`, preferring its last task: some simulators (LIBERO) rebuild
+    the env on a task change, which costs 10-15 s, so a worker stays on a task while it lasts."""
+    current = last_task.get(worker)
+    if current is not None:
+        for i, spec in enumerate(queue):
+            if (spec.suite, spec.task) == current:
+                del queue[i]
+                return spec
+            if i > 256:  # the plan is task-major; a match, if any, is near the head
+                break
+    return queue.popleft()
 
 
 def _retry_or_error(spec, reason, attempts, options, queue) -> EpisodeResult | None:
