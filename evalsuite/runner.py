@@ -194,6 +194,9 @@ class EnvWorker:
             self._close()  # the simulator may be in any state now; the retry gets a fresh one
             raise
 
+    def ping(self) -> bool:
+        return True
+
     def _close(self) -> None:
         if self.env is not None:
             _close_quietly(self.env)
@@ -224,7 +227,8 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     workers = [worker_cls.remote(suites) for _ in range(options.workers)]
     queue = deque(todo)
     attempts: Counter[str] = Counter()
-    inflight: dict = {}  # ref -> (worker, spec, start time)
+    inflight: dict = {}  # episode ref -> (worker, spec, start time)
+    recovering: dict = {}  # ping ref -> worker being restarted by Ray after a crash
     timed_out: set = set()
     idle = list(workers)
     last_task: dict = {}  # worker -> (suite, task) of its last episode
@@ -240,18 +244,31 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
                     spec, server, options.replan_steps, options.max_steps, videos.wanted(spec)
                 )
                 inflight[ref] = (worker, spec, time.monotonic())
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait([*inflight, *recovering], num_returns=1, timeout=1.0)
             for ref in ready:
+                if ref in recovering:  # a restarted worker answers again: give it work
+                    worker = recovering.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(worker)
+                    except RayActorError:  # still restarting
+                        time.sleep(0.2)
+                        recovering[worker.ping.remote()] = worker
+                    continue
                 worker, spec, _ = inflight.pop(ref)
-                idle.append(worker)
                 try:
                     result = ray.get(ref)
                     result.record.attempts = attempts[spec.id]
+                    idle.append(worker)
                 except RayTaskError as e:
                     if isinstance(e.cause, FATAL_ERRORS):
                         raise RunAborted(str(e.cause)) from e
+                    idle.append(worker)  # the worker survived; it dropped its simulator
                     result = _retry_or_error(spec, _cause_text(e), attempts, options, queue)
                 except (RayActorError, GetTimeoutError) as e:
+                    # segfault, OOM kill or our own kill after a timeout: Ray restarts the actor;
+                    # it gets work again once it answers a ping
+                    recovering[worker.ping.remote()] = worker
                     reason = (
                         f"timed out after {options.episode_timeout_s:.0f} s"
                         if ref in timed_out
