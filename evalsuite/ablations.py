@@ -9,6 +9,10 @@
 
 Each row is an ordinary, resumable run directory under OUT/<row>; the episodes (suite, task,
 episode index, seed) are the same for all four, only the mode part of the id differs.
+`seed_summary` puts several training seeds' tables side by side: each seed's rate, their mean
+and spread, and the Wilson interval of all seeds' episodes pooled. Pass `--data` to write the
+training data size into the table's header (the ordering depends on the data regime:
+shared/notes/ablation-regimes.md).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evalsuite.evaluate import EvalConfig, evaluate
-from evalsuite.tables import rate_row, write_tables
+from evalsuite.tables import rate_row, wilson_interval, write_tables
 
 VARIANTS = (  # (row label, run dir name, which checkpoint, inference mode)
     ("w/o unified training", "wo_unified_training", "sfm", "asyncvla"),
@@ -53,13 +58,54 @@ def ablation_table(results: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
         row["average"] = sum(task_rates) / len(task_rates) if task_rates else float("nan")
         row["pooled CI"] = f"{100 * pooled['ci_low']:.1f}-{100 * pooled['ci_high']:.1f}"
         row["episodes"] = pooled["episodes"]
+        row["successes"] = pooled["successes"]
         row["errors"] = pooled["errors"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def seed_summary(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Training seeds side by side: each seed's task-mean rate, mean and spread, pooled interval.
+
+    `tables` maps a training seed to its `ablation_table`; all must have the four rows in order.
+    """
+    if not tables:
+        raise ValueError("seed_summary needs at least one seed's ablation table")
+    labels = [v[0] for v in VARIANTS]
+    for seed, table in tables.items():
+        if list(table["variant"]) != labels:
+            raise ValueError(f"seed {seed}: rows {list(table['variant'])}, expected {labels}")
+    rows = []
+    for i, label in enumerate(labels):
+        rates = [float(t.iloc[i]["average"]) for t in tables.values()]
+        k = sum(int(t.iloc[i]["successes"]) for t in tables.values())
+        n = sum(int(t.iloc[i]["episodes"]) for t in tables.values())
+        lo, hi = wilson_interval(k, n)
+        row: dict = {"variant": label}
+        row |= {f"seed {s}": r for s, r in zip(tables, rates, strict=True)}
+        row["mean over seeds"] = float(np.mean(rates))
+        row["sd over seeds"] = float(np.std(rates, ddof=1)) if len(rates) > 1 else float("nan")
+        row["pooled episodes"] = n
+        row["pooled successes"] = k
+        row["pooled CI"] = f"{100 * lo:.1f}-{100 * hi:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_percent(table: pd.DataFrame) -> pd.DataFrame:
+    percent = table.copy()
+    for col in percent.columns:
+        if percent[col].dtype.kind == "f":
+            percent[col] = (100 * percent[col]).round(1)
+    return percent
+
+
+def write_seed_summary(summary: pd.DataFrame, out_dir: Path, header: str) -> str:
+    return write_tables({"ablations_seeds": to_percent(summary)}, Path(out_dir), header)
+
+
 def run_ablations(
-    base: EvalConfig, sfm_checkpoint: str, show_progress: bool = True
+    base: EvalConfig, sfm_checkpoint: str, show_progress: bool = True, data_note: str | None = None
 ) -> tuple[pd.DataFrame, str]:
     from evalsuite.tables import records_frame
 
@@ -68,15 +114,13 @@ def run_ablations(
         summary = evaluate(config, show_progress=show_progress)
         results.append((label, records_frame(summary.records, config.suites)))
     table = ablation_table(results)
-    percent = table.copy()
-    for col in percent.columns:
-        if percent[col].dtype.kind == "f":
-            percent[col] = (100 * percent[col]).round(1)
     header = (
         f"> ablations on {', '.join(s.name for s in base.suites)}; unified checkpoint {base.policy.checkpoint}; "
-        f"SFM-trained checkpoint {sfm_checkpoint}; seed {base.seed}; rates in %"
+        f"SFM-trained checkpoint {sfm_checkpoint}; seed {base.seed}; rates in %\n"
+        f"> command: `{' '.join(base.command)}`\n"
+        f"> training data: {data_note or 'not given (pass --data)'}"
     )
-    markdown = write_tables({"ablations": percent}, Path(base.out) / "tables", header)
+    markdown = write_tables({"ablations": to_percent(table)}, Path(base.out) / "tables", header)
     return table, markdown
 
 
@@ -88,12 +132,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--sfm-ckpt", required=True, help="the same model trained with the SFM-only objective"
     )
+    parser.add_argument(
+        "--data", help="training data size, written beside the table (e.g. '10 demos, 1 per task')"
+    )
     args = parser.parse_args(argv)
     if not args.ckpt:
         raise UsageError("ablations need --ckpt UNIFIED_CHECKPOINT and --sfm-ckpt SFM_CHECKPOINT")
     if not args.out:
         args.out = f"runs/ablations-{args.suite}-seed{args.seed or 0}"
     base = config_from_args(args, ["ablations", *argv])
-    _, markdown = run_ablations(base, resolve_checkpoint(args.sfm_ckpt), show_progress=not args.quiet)
+    _, markdown = run_ablations(
+        base, resolve_checkpoint(args.sfm_ckpt), show_progress=not args.quiet, data_note=args.data
+    )
     print(markdown)
     return 0

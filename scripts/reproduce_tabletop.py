@@ -1,0 +1,510 @@
+"""Reproduce the paper's claims on the embedded tabletop suite, on CPU (issue 7).
+
+    python scripts/reproduce_tabletop.py                 # the full run (planned for < 2 h on 2 cores)
+    python scripts/reproduce_tabletop.py --quick         # the reduced run that fits a shared machine
+    python scripts/reproduce_tabletop.py --stages demo-eval,figure
+
+Stages, in order (each skips work whose output already exists, so an interrupted run resumes):
+  record      successful expert demos on the env's split="train" layouts (evalsuite.demos)
+  demo        the demo checkpoint: `asyncvla-train` unified policy, then the rater stage
+  ship        copy the demo checkpoint (weights, loss curves, manifest) to asyncvla/demo/
+  demo-eval   demo checkpoint vs the random policy vs the scripted expert, same episodes
+  ablations   data-limited subset; per training seed: unified and SFM-only models trained with a
+              constant learning rate, a snapshot every K epochs, a rater on the last snapshot each;
+              then Table 4's four rows (evalsuite.ablations) per seed and a mean/spread table
+  efficiency  the snapshots of seed 0 evaluated (SFM inference for both objectives, so the
+              comparison is about training), with the loss curves: Fig. 4 / Fig. 5 layouts
+  figure      the demo checkpoint's per-chunk self-correction view (Fig. 3 layout)
+
+Work files (datasets, checkpoints, run directories) go to --work (default runs/repro, ignored by
+git); tables and figures to --out (default results/tabletop). Every table's header carries the
+command, the seed and the data size. Torch runs single-threaded: on a shared 2-core machine two
+threads per process measured 3-4x slower per step than one (thread contention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+log = logging.getLogger("reproduce_tabletop")
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("record", "demo", "ship", "demo-eval", "ablations", "efficiency", "figure")
+SHIPPED = ("config.json", "model.safetensors", "rater.safetensors", "norm_stats.json")
+SHIPPED += ("tokenizer.json", "tokenizer_config.json", "loss_policy.csv", "loss_rater.csv")
+
+
+@dataclass
+class Plan:
+    """Every size choice of the run (written into results/tabletop/plan.json)."""
+
+    demos_per_task: int = 30  # recorded expert demos per task (300 in all)
+    image_size: int = 56  # the tiny config's image size: rendered at it, no resize
+    demo_steps: int = 3000  # demo checkpoint: policy steps, batch 32
+    demo_batch: int = 32
+    demo_lr: float = 3e-4  # from scratch, so higher than the paper's fine-tuning 1e-4
+    demo_rater_steps: int = 300
+    demo_eval_episodes: int = 10  # per task, for demo / random / expert
+    subset_per_task: int = 3  # data-limited regime (shared/notes/ablation-regimes.md)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 30  # constant learning rate, as in Sec. 4.4
+    snapshot_every: int = 10  # K
+    batch: int = 16
+    lr: float = 3e-4
+    rater_steps: int = 100
+    ablation_episodes: int = 3  # per task and seed, same episodes for the four rows
+    efficiency_episodes: int = 3  # per task, per snapshot
+    workers: int = 3  # env workers of each evaluation
+    figure_episodes: int = 3
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            demo_steps=1200,
+            demo_rater_steps=150,
+            demo_eval_episodes=3,
+            subset_per_task=1,
+            epochs=12,
+            snapshot_every=4,
+            rater_steps=40,
+            ablation_episodes=1,
+            efficiency_episodes=1,
+        )
+
+
+def sh(cmd: list[str]) -> None:
+    log.info("$ %s", shlex.join(cmd))
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def dataset_hash(path: Path) -> str:
+    """sha256 over the episode files' names and bytes, in order (the manifest's data hash)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((path / "episodes").glob("*.npz")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def make_subset(full: Path, out: Path, per_task: int) -> Path:
+    """The first `per_task` demos of each task, as links into the full recording."""
+    if (out / "info.json").is_file():
+        return out
+    info = json.loads((full / "info.json").read_text())
+    (out / "episodes").mkdir(parents=True, exist_ok=True)
+    index, kept = 0, 0
+    for counts in info["tasks"].values():
+        for k in range(counts["episodes"]):
+            if k < per_task:
+                src = (full / "episodes" / f"{index:06d}.npz").resolve()
+                (out / "episodes" / f"{kept:06d}.npz").symlink_to(src)
+                kept += 1
+            index += 1
+    sub = {**info, "num_episodes": kept, "source": f"first {per_task} demos per task of {full}"}
+    (out / "info.json").write_text(json.dumps(sub, indent=2) + "\n")
+    return out
+
+
+def data_note(path: Path) -> str:
+    from asyncvla.datasets import read_dataset
+
+    episodes, info = read_dataset(path)
+    steps = sum(len(e.action) for e in episodes)
+    return f"{len(episodes)} demos ({steps} steps), {len(info['tasks'])} tasks, {info['image_size']} px"
+
+
+def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
+    """The demo checkpoint's two `asyncvla-train` commands: unified policy, then the rater."""
+    train = [sys.executable, "-m", "asyncvla.train", str(demos), "--out", str(demo), "--seed", "0"]
+    return [
+        train
+        + ["--steps", str(plan.demo_steps), "--batch-size", str(plan.demo_batch), "--lr", str(plan.demo_lr)]
+        + ["--vision-lr", str(plan.demo_lr), "--warmup-steps", "50", "--save-every", "200"],
+        train + ["--stage", "rater", "--steps", str(plan.demo_rater_steps), "--batch-size", "32"],
+    ]
+
+
+def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Namespace) -> None:
+    """Copy the checkpoint (no optimizer state) with a manifest and the loss curve into the package."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        shutil.copy2(demo / name, dest / name)
+    rel = [
+        [Path(c).name if c == sys.executable else c for c in cmd] for cmd in demo_commands(plan, demos, demo)
+    ]
+    info = json.loads((demos / "info.json").read_text())
+    manifest = {
+        "made_by": shlex.join(["python", "scripts/reproduce_tabletop.py", *args.argv]),
+        "record_command": info.get("source"),
+        "train_commands": [shlex.join(c).replace(str(ROOT) + "/", "") for c in rel],
+        "data": data_note(demos),
+        "data_sha256": dataset_hash(demos),
+        "plan": dataclasses.asdict(plan),
+        "final_policy_loss_mean_last_100": float(
+            pd.read_csv(demo / "loss_policy.csv")["loss"].tail(100).mean()
+        ),
+        "torch": torch.__version__,
+    }
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage in zip(axes, ("policy", "rater"), strict=True):
+        frame = pd.read_csv(demo / f"loss_{stage}.csv")
+        ax.plot(frame["step"], frame["loss"], lw=0.5, alpha=0.4)
+        ax.plot(frame["step"], frame["loss"].rolling(50, min_periods=1).mean(), lw=1.5)
+        ax.set(title=f"{stage} stage", xlabel="step", ylabel="loss", yscale="log")
+    fig.tight_layout()
+    fig.savefig(dest / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+# --- training with snapshots (Sec. 4.4: constant learning rate, evaluated every K epochs) ---
+
+
+def train_snapshots(data: Path, out: Path, objective: str, seed: int, plan: Plan) -> list[Path]:
+    """Train `objective` for plan.epochs epochs; a checkpoint every K epochs; the loss per step."""
+    from asyncvla.backbone import Preprocessor
+    from asyncvla.checkpoint import save_checkpoint
+    from asyncvla.datasets import ChunkDataset, read_dataset
+    from asyncvla.train import TrainConfig, _build, _param_groups, collate
+
+    snaps = [out / f"epoch{e:03d}" for e in range(1, plan.epochs + 1) if e % plan.snapshot_every == 0]
+    if plan.epochs % plan.snapshot_every:
+        snaps.append(out / f"epoch{plan.epochs:03d}")
+    if all((s / "model.safetensors").is_file() for s in snaps):
+        return snaps
+    cfg = TrainConfig(
+        dataset=str(data), out=str(out), objective=objective, seed=seed, batch_size=plan.batch, lr=plan.lr
+    )
+    cfg.vision_lr = plan.lr  # the vision tower starts from scratch too
+    episodes, info = read_dataset(data)
+    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, "cpu")
+    dataset = ChunkDataset(episodes, model.cfg.chunk_length)
+    pre = Preprocessor(model.cfg, tokenizer)
+    optim = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), weight_decay=0.0)
+    noise = torch.Generator().manual_seed(seed * 1000)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=plan.batch,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=list,
+        drop_last=True,
+    )
+    model.train()
+    rows, step = [], 0
+    for epoch in range(1, plan.epochs + 1):
+        for samples in loader:
+            inputs, actions, pad = collate(samples, pre, stats, "cpu")
+            loss = model.compute_loss(inputs, actions, pad, objective, noise)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            rows.append({"step": step, "epoch": epoch, "loss": float(loss)})
+        log.info("%s seed %d epoch %d loss %.4f", objective, seed, epoch, rows[-1]["loss"])
+        if epoch % plan.snapshot_every == 0 or epoch == plan.epochs:
+            save_checkpoint(out / f"epoch{epoch:03d}", model, tokenizer, stats)
+    pd.DataFrame(rows).to_csv(out / "loss.csv", index=False)
+    return snaps
+
+
+def train_rater(data: Path, ckpt: Path, steps: int, batch: int, seed: int, lr: float) -> None:
+    if (ckpt / "loss_rater.csv").is_file():
+        return
+    sh(
+        [sys.executable, "-m", "asyncvla.train", str(data), "--out", str(ckpt), "--stage", "rater"]
+        + ["--steps", str(steps), "--batch-size", str(batch), "--seed", str(seed), "--lr", str(lr)]
+        + ["--save-every", str(steps), "--device", "cpu"]
+    )
+
+
+# --- evaluation ---
+
+
+def eval_config(policy: list[str], out: Path, episodes: int, plan: Plan, mode: str = "asyncvla"):
+    from evalsuite.cli import config_from_args, eval_parser
+
+    argv = [
+        "tabletop",
+        *policy,
+        "--episodes-per-task",
+        str(episodes),
+        "--set",
+        f"image_size={plan.image_size}",
+    ]
+    argv += ["--workers", str(plan.workers), "--out", str(out), "--video", "none", "--seed", "0", "-q"]
+    if policy[0] == "--ckpt":
+        argv += ["--mode", mode, "--device", "cpu"]
+    return config_from_args(eval_parser().parse_args(argv), argv)
+
+
+def success_frame(config) -> pd.DataFrame:
+    from evalsuite.evaluate import evaluate
+    from evalsuite.tables import records_frame
+
+    summary = evaluate(config, show_progress=False)
+    return records_frame(summary.records, config.suites)
+
+
+def header(title: str, args: argparse.Namespace, extra: str) -> str:
+    return f"> {title}\n> command: `{shlex.join(['python', 'scripts/reproduce_tabletop.py', *args.argv])}`; {extra}"
+
+
+def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
+    from evalsuite.tables import rate_row, write_tables
+
+    work, rows = Path(args.work) / "eval-demo", []
+    policies = [
+        ("scripted expert", ["--policy", "scripted"]),
+        ("AsyncVLA demo checkpoint", ["--ckpt", str(demo)]),
+        ("random policy", ["--policy", "random"]),
+    ]
+    rates = {}
+    for label, policy in policies:
+        name = label.split()[0].lower()
+        frame = success_frame(eval_config(policy, work / name, plan.demo_eval_episodes, plan))
+        stats = rate_row(frame["success"])
+        rates[label] = stats["success_rate"]
+        row = {"policy": label, "success rate": stats["success_rate"]}
+        row["95% CI"] = f"{100 * stats['ci_low']:.1f}-{100 * stats['ci_high']:.1f}"
+        row |= {"episodes": stats["episodes"], "errors": stats["errors"]}
+        row |= {t: g["success"].mean() for t, g in frame.groupby("task", sort=False)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    expert = rates["scripted expert"]
+    table.insert(2, "gap to expert (points)", [100 * (expert - r) for r in table["success rate"]])
+    for col in table.columns:
+        if table[col].dtype.kind == "f" and col != "gap to expert (points)":
+            table[col] = (100 * table[col]).round(1)
+    text = header(
+        "demo checkpoint vs random policy vs scripted expert, same episodes (rates in %)",
+        args,
+        f"env seed 0; {plan.demo_eval_episodes} eval layouts per task; training data {note}",
+    )
+    print(write_tables({"demo_vs_baselines": table}, Path(args.out), text))
+
+
+def stage_ablations(args, plan: Plan, subset: Path, note: str) -> None:
+    from evalsuite.ablations import run_ablations, seed_summary, write_seed_summary
+
+    per_seed = {}
+    for seed in plan.seeds:
+        ckpts = {}
+        for objective in ("unified", "sfm"):
+            snaps = train_snapshots(
+                subset, Path(args.work) / f"seed{seed}" / objective, objective, seed, plan
+            )
+            train_rater(subset, snaps[-1], plan.rater_steps, plan.batch, seed, plan.lr)
+            ckpts[objective] = snaps[-1]
+        base = eval_config(
+            ["--ckpt", str(ckpts["unified"])],
+            Path(args.work) / f"ablations-seed{seed}",
+            plan.ablation_episodes,
+            plan,
+        )
+        base = dataclasses.replace(base, out=Path(args.out) / "ablations" / f"seed{seed}")
+        table, _ = run_ablations(base, str(ckpts["sfm"]), show_progress=False, data_note=note)
+        per_seed[seed] = table
+    summary = seed_summary(per_seed)
+    text = header(
+        "Table 4 layout: mean and spread over training seeds (rates in %)",
+        args,
+        f"training seeds {list(plan.seeds)}; env seed 0; {plan.ablation_episodes} eval layouts per task "
+        f"and seed; data-limited regime: {note}, {plan.epochs} epochs",
+    )
+    print(write_seed_summary(summary, Path(args.out) / "ablations", text))
+
+
+def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
+    from evalsuite.tables import rate_row, write_tables
+
+    seed, rows, losses = plan.seeds[0], [], {}
+    for objective in ("unified", "sfm"):
+        run = Path(args.work) / f"seed{seed}" / objective
+        snaps = train_snapshots(subset, run, objective, seed, plan)
+        losses[objective] = pd.read_csv(run / "loss.csv")
+        for snap in snaps:
+            epoch = int(snap.name.removeprefix("epoch"))
+            config = eval_config(
+                ["--ckpt", str(snap)],
+                Path(args.work) / f"efficiency-{objective}-{snap.name}",
+                plan.efficiency_episodes,
+                plan,
+                mode="sfm",
+            )
+            stats = rate_row(success_frame(config)["success"])
+            per_epoch = losses[objective].groupby("epoch")["loss"].mean()
+            rows.append(
+                {
+                    "objective": objective,
+                    "epoch": epoch,
+                    "train loss (epoch mean)": float(per_epoch.loc[epoch]),
+                    "success rate": 100 * stats["success_rate"],
+                    "95% CI": f"{100 * stats['ci_low']:.1f}-{100 * stats['ci_high']:.1f}",
+                    "episodes": stats["episodes"],
+                }
+            )
+    table = pd.DataFrame(rows)
+    out = Path(args.out) / "efficiency"
+    text = header(
+        "data efficiency (Sec. 4.4 layout): unified vs SFM-only training, both run with SFM inference",
+        args,
+        f"training seed {seed}; env seed 0; {plan.efficiency_episodes} eval layouts per task; data {note}; "
+        f"constant lr {plan.lr}, batch {plan.batch}",
+    )
+    print(write_tables({"efficiency": table}, out, text))
+    plot_efficiency(losses, table, out / "efficiency.png")
+
+
+def plot_efficiency(losses: dict[str, pd.DataFrame], table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for objective, frame in losses.items():
+        per_epoch = frame.groupby("epoch")["loss"].mean()
+        a.plot(per_epoch.index, per_epoch.values, marker=".", label=objective)
+        rows = table[table["objective"] == objective]
+        b.plot(rows["epoch"], rows["success rate"], marker="o", label=objective)
+    a.set(
+        xlabel="epoch", ylabel="training loss (epoch mean)", title="loss vs epoch (cf. Fig. 4)", yscale="log"
+    )
+    b.set(xlabel="epoch", ylabel="success rate (%)", title="success vs epoch (cf. Fig. 5)")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def stage_figure(args, plan: Plan, demo: Path) -> None:
+    """Fig. 3 layout: one chunk per episode, the chunk where the rater remasked the most tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import asyncvla
+    from evalsuite.suites import get_suite
+    from evalsuite.suites.spec import import_object
+
+    policy = asyncvla.load(str(demo), mode="asyncvla")
+    suite = get_suite("tabletop")
+    env = import_object(suite.env_factory)(**{**suite.env_kwargs, "image_size": plan.image_size})
+    tasks = [t.name for t in suite.tasks][: plan.figure_episodes]
+    fig, axes = plt.subplots(3, len(tasks), figsize=(4.2 * len(tasks), 8), squeeze=False)
+    try:
+        for col, task in enumerate(tasks):
+            obs, best, step = env.reset(task, 0, 0), None, 0
+            while step < 48:  # the first six chunks of episode 0
+                key = f"figure/{task}/ep0@{step}"
+                ex = policy.explain(obs, key)
+                if best is None or ex.mask.sum() > best[1].mask.sum():
+                    best = (step, ex)
+                for action in ex.afm_actions:
+                    obs, done, success, _ = env.step(action, render=True)
+                    step += 1
+                    if done or success:
+                        break
+                if done or success:
+                    break
+            at, ex = best
+            t = np.arange(len(ex.sfm_actions))
+            for d, name in enumerate(("dx", "dy", "dz")):
+                axes[0, col].plot(t, ex.sfm_actions[:, d], marker="o", label=f"SFM {name}")
+                axes[2, col].plot(t, ex.afm_actions[:, d], marker="o", label=f"AFM {name}")
+            axes[1, col].bar(t, ex.confidence, color=["tab:red" if m else "tab:green" for m in ex.mask])
+            axes[1, col].axhline(policy.threshold, color="k", ls="--", lw=1)
+            axes[0, col].set_title(f"{task}, chunk at step {at}", fontsize=9)
+            axes[1, col].set(ylim=(0, 1), ylabel="rater confidence (red = remasked)")
+            axes[0, col].set(ylabel="SFM actions")
+            axes[2, col].set(ylabel="AFM actions", xlabel="action token l")
+            axes[0, col].legend(fontsize=7)
+            axes[2, col].legend(fontsize=7)
+    finally:
+        env.close()
+    fig.suptitle(
+        f"self-correction, demo checkpoint, eval layout 0, seed 0 ({' '.join(args.argv)})", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(Path(args.out) / "self_correction.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the reduced configuration (Plan.quick)")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--work", default="runs/repro", help="datasets, checkpoints, run dirs")
+    p.add_argument("--out", default="results/tabletop", help="tables and figures")
+    p.add_argument("--demo-ckpt", help="use this demo checkpoint instead of training one")
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    stages = [s.strip() for s in args.stages.split(",")]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
+    torch.set_num_threads(1)
+    plan = Plan.quick() if args.quick else Plan()
+    work, out = ROOT / args.work, ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(
+        json.dumps({"quick": args.quick, **dataclasses.asdict(plan)}, indent=2) + "\n"
+    )
+    demos = work / "demos"
+    if "record" in stages and not (demos / "info.json").is_file():
+        shutil.rmtree(demos, ignore_errors=True)
+        sh(
+            ["asyncvla-eval", "record-demos", "tabletop", "--out", str(demos)]
+            + ["--episodes-per-task", str(plan.demos_per_task), "--image-size", str(plan.image_size)]
+            + ["--workers", "1", "--seed", "0"]
+        )
+    demo = Path(args.demo_ckpt) if args.demo_ckpt else work / "demo"
+    if "demo" in stages and not args.demo_ckpt and not (demo / "loss_rater.csv").is_file():
+        for cmd in demo_commands(plan, demos, demo):
+            sh(cmd)
+    if "ship" in stages:
+        ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
+    note = data_note(demos) if demos.is_dir() else "?"
+    if "demo-eval" in stages:
+        stage_demo_eval(args, plan, demo, note)
+    subset = make_subset(demos, work / f"subset{plan.subset_per_task}", plan.subset_per_task)
+    sub_note = data_note(subset)
+    if "ablations" in stages:
+        stage_ablations(args, plan, subset, sub_note)
+    if "efficiency" in stages:
+        stage_efficiency(args, plan, subset, sub_note)
+    if "figure" in stages:
+        stage_figure(args, plan, demo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
