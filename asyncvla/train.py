@@ -58,6 +58,7 @@ class TrainConfig:
     num_workers: int = 1
     save_every: int = 500
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads per worker (default: torch's, cores / workers under DDP)
 
 
 def collate(
@@ -149,12 +150,14 @@ def _build(cfg: TrainConfig, dataset: ChunkDataset, info: dict, device) -> tuple
 def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = torch.device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if world > 1:
         if "RANK" not in os.environ:  # spawned by us on one machine
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
             torch.cuda.set_device(device)
@@ -320,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--resume", action="store_true", help="continue from --out's training state")
     p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (torch DDP)")
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads per worker (on a shared machine, 1 is often fastest)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     return TrainConfig(**{k: v for k, v in vars(a).items()})

@@ -1,0 +1,117 @@
+"""Training on the tiny model: Alg. 2 overfits a small dataset, the rater learns to rank errors, resume, CLI errors."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from asyncvla import flow
+from asyncvla.backbone import Preprocessor
+from asyncvla.checkpoint import load_checkpoint
+from asyncvla.datasets import ChunkDataset, Episode, read_dataset, write_asyncvla_episodes
+from asyncvla.train import TrainConfig, collate, main, run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads slow training ~20x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _deterministic(k: int, T: int = 12) -> Episode:
+    """One smooth trajectory per task; the observation (state phase + image colour) determines the chunk."""
+    t = np.arange(T)[:, None]
+    action = np.sin(0.4 * t + np.arange(7) * 0.5 + 1.5 * k).astype(np.float32)
+    state = np.concatenate([np.cos(0.4 * t + k), np.sin(0.4 * t + k), np.zeros((T, 6))], 1).astype(np.float32)
+    images = {c: np.full((T, 56, 56, 3), 60 + 100 * k, np.uint8) for c in ("agentview", "wrist")}
+    return Episode(images, state, action, ["pick up the red cube", "open the drawer"][k])
+
+
+def _eval_loss(ckpt, dataset_dir, objective):
+    model, tok, stats = load_checkpoint(ckpt)
+    ds = ChunkDataset(read_dataset(dataset_dir)[0], model.cfg.chunk_length)
+    inputs, actions, pad = collate(
+        [ds[i] for i in range(len(ds))], Preprocessor(model.cfg, tok), stats, "cpu"
+    )
+    g = torch.Generator().manual_seed(123)  # the same noise, masks and times before and after training
+    with torch.no_grad():
+        return float(
+            np.mean([model.compute_loss(inputs, actions, pad, objective, g).item() for _ in range(8)])
+        )
+
+
+@pytest.mark.parametrize("objective", ["unified", "sfm"])
+def test_tiny_model_overfits_small_dataset(tmp_path, objective):
+    data = write_asyncvla_episodes(
+        tmp_path / "data", [_deterministic(0), _deterministic(1)], fps=10, source="test"
+    )
+    cfg = dict(
+        dataset=str(data), out=str(tmp_path / "ckpt"), batch_size=8, objective=objective, save_every=10**6
+    )
+    run(TrainConfig(**cfg, steps=1, lr=1e-12, vision_lr=1e-12))  # an untrained checkpoint, same init
+    before = _eval_loss(tmp_path / "ckpt", data, objective)
+    run(TrainConfig(**cfg, steps=500, lr=3e-3, vision_lr=3e-3, warmup_steps=20))
+    after = _eval_loss(tmp_path / "ckpt", data, objective)
+    assert before > 1.0 and after < before / 10, (before, after)
+    rows = list(csv.DictReader(open(tmp_path / "ckpt" / "loss_policy.csv")))
+    assert len(rows) == 500 and int(rows[-1]["step"]) == 500
+
+
+def _random_walk(k: int, T: int = 24) -> Episode:
+    """Actions are a random walk from the current state: later tokens of a chunk are less predictable."""
+    rng = np.random.default_rng(k)
+    action = np.cumsum(rng.normal(scale=0.5, size=(T, 7)), axis=0).astype(np.float32)
+    state = np.concatenate([np.zeros((1, 7)), action[:-1]], 0)  # the position before each step
+    state = np.concatenate([state, np.zeros((T, 1))], 1).astype(np.float32)
+    images = {c: np.full((T, 56, 56, 3), 128, np.uint8) for c in ("agentview", "wrist")}
+    return Episode(images, state, action, "follow the path")
+
+
+def test_rater_learns_to_rank_token_errors(tmp_path):
+    data = write_asyncvla_episodes(
+        tmp_path / "data", [_random_walk(k) for k in range(6)], fps=10, source="test"
+    )
+    held_out = [_random_walk(k) for k in range(100, 103)]
+    common = dict(dataset=str(data), out=str(tmp_path / "ckpt"), batch_size=16, save_every=10**6)
+    run(TrainConfig(**common, steps=150, lr=1e-3, vision_lr=1e-3))
+    run(TrainConfig(**common, stage="rater", steps=150, lr=1e-3))
+    model, tok, stats = load_checkpoint(tmp_path / "ckpt")
+    ds = ChunkDataset(held_out, model.cfg.chunk_length)
+    samples = [ds[i] for i in range(len(ds)) if not ds[i].action_pad.any()]
+    inputs, actions, _ = collate(samples, Preprocessor(model.cfg, tok), stats, "cpu")
+    gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
+    r = model.sample_actions(inputs, gens, mode="asyncvla")
+    err = (r.sfm - actions).pow(2).mean(-1)
+    # high confidence should go with low error: rank correlation of (1 - p) with the error, per chunk
+    rho = [spearmanr(1 - p, e).statistic for p, e in zip(r.confidence.numpy(), err.numpy())]
+    assert np.nanmean(rho) > 0.5, np.nanmean(rho)
+    q = flow.pseudo_labels(err)
+    assert ((r.confidence - q).pow(2).mean() < ((0.5 - q) ** 2).mean()).item()  # better than a constant
+
+
+def test_resume_continues_the_run(tmp_path):
+    data = write_asyncvla_episodes(tmp_path / "data", [_deterministic(0)], fps=10, source="test")
+    cfg = dict(dataset=str(data), out=str(tmp_path / "ckpt"), batch_size=4, save_every=2)
+    run(TrainConfig(**cfg, steps=4))
+    first = torch.load(tmp_path / "ckpt" / "train_state_policy.pt", weights_only=True)
+    assert first["step"] == 4
+    run(TrainConfig(**cfg, steps=6, resume=True))
+    state = torch.load(tmp_path / "ckpt" / "train_state_policy.pt", weights_only=True)
+    assert state["step"] == 6
+    rows = list(csv.DictReader(open(tmp_path / "ckpt" / "loss_policy.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # the log continues, it is not rewritten
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "neither an asyncvla-episodes directory" in capsys.readouterr().err
+    data = write_asyncvla_episodes(tmp_path / "data", [_deterministic(0)], fps=10, source="test")
+    assert main([str(data), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    assert "--steps / --epochs must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(data), "--out", str(tmp_path / "o"), "--objective", "afm"])
