@@ -144,7 +144,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
-    suites = [apply_overrides(s, args.set) for s in resolve_suites(args.suite, args.suites)]
+    overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
+    suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
     elif args.policy:

@@ -93,3 +93,13 @@ def test_kill_9_then_the_same_command_resumes_without_loss_or_duplicates(toy_sui
     killed_table = (tmp_path / "killed" / "tables" / "per_task.csv").read_text()
     assert killed_table == (tmp_path / "clean" / "tables" / "per_task.csv").read_text()
     assert json.loads((tmp_path / "killed" / "run.json").read_text())["resumed"] == 1
+
+
+def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(capsys):
+    from evalsuite.cli import config_from_args, eval_parser
+
+    argv = ["simpler-widowx", "--policy", "random", "--backend", "maniskill3"]
+    config = config_from_args(eval_parser().parse_args(argv), argv)
+    assert config.suites[0].env_kwargs["backend"] == "maniskill3"
+    assert main(["tabletop", "--policy", "random", "--backend", "maniskill3", "--dry-run"]) == 2
+    assert "has no such option" in capsys.readouterr().err
