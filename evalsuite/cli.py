@@ -126,6 +126,9 @@ def eval_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite env option"
     )
     p.add_argument(
+        "--backend", help="simulator backend of suites that have several (simpler-widowx: maniskill3)"
+    )
+    p.add_argument(
         "--retries", type=int, default=2, help="retries of a crashed episode before it is an error"
     )
     p.add_argument(
