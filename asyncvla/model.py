@@ -68,10 +68,16 @@ def time_sinusoid(t: torch.Tensor, dim: int, min_period: float, max_period: floa
 
 
 class AsyncVLA(nn.Module):
-    def __init__(self, cfg: ModelConfig, tokenizer, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tokenizer,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg
-        self.vlm = build_vlm(cfg, tokenizer, dtype)
+        self.vlm = build_vlm(cfg, tokenizer, dtype, device)
         self.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         d = cfg.text.hidden_size
         self.state_proj = nn.Linear(cfg.state_dim, d)
@@ -80,7 +86,7 @@ class AsyncVLA(nn.Module):
         self.action_out_proj = nn.Linear(d, cfg.action_dim)  # the FM head
         self.rater = ConfidenceRater(cfg)
         for module in (self.state_proj, self.action_in_proj, self.time_mlp, self.action_out_proj, self.rater):
-            module.to(dtype)
+            module.to(device=device, dtype=dtype)
 
     @property
     def lm(self):

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = build_tiny_tokenizer(512)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = AsyncVLA(cfg, tok, dtype=dtype).to(device).eval()
+    model = AsyncVLA(cfg, tok, dtype=dtype, device=device).eval()
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters())
     rater_params = sum(p.numel() for p in model.rater.parameters())
