@@ -45,6 +45,7 @@ def _eval_loss(ckpt, dataset_dir, objective):
         )
 
 
+@pytest.mark.slow  # 500 training steps: ~20 s on a quiet 2-core machine, 70-100 s when shared
 @pytest.mark.parametrize("objective", ["unified", "sfm"])
 def test_tiny_model_overfits_small_dataset(tmp_path, objective):
     data = write_asyncvla_episodes(
@@ -72,6 +73,7 @@ def _random_walk(k: int, T: int = 24) -> Episode:
     return Episode(images, state, action, "follow the path")
 
 
+@pytest.mark.slow  # policy then rater training: ~20 s quiet, ~80 s on the shared machine
 def test_rater_learns_to_rank_token_errors(tmp_path):
     data = write_asyncvla_episodes(
         tmp_path / "data", [_random_walk(k) for k in range(6)], fps=10, source="test"
