@@ -131,3 +131,13 @@ def test_compare_exit_codes_worse_better_and_bad_input(tmp_path, capsys):
     assert "run.json is missing" in capsys.readouterr().err
     assert main(["compare", good, bad, "--alpha", "2"]) == 2
     assert "alpha must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_task_in_only_one_run_is_not_judged_and_warned_about():
+    base = records("s", "t", rate(5, 10))
+    cand = records("s", "t", rate(5, 10)) + records("s", "new_task", rate(0, 10))
+    c = compare_records(base, cand)
+    tasks = c.tasks.set_index("task")
+    assert tasks.loc["new_task", "verdict"] == "no data" and tasks.loc["t", "verdict"] == SAME
+    assert any("s/new_task has episodes in only one run" in w for w in c.warnings)
+    assert not c.worse
