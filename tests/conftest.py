@@ -20,3 +20,15 @@ def toy_suites(monkeypatch):
     from evalsuite.suites import get_suite
 
     return get_suite
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread per test: CI machines have 2 cores, and oversubscribed threads slow
+    training steps ~20x (measured while Ray workers and the simulator shared them)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,15 +10,6 @@ from asyncvla.config import ModelConfig
 from asyncvla.model import AsyncVLA, make_attention_mask
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads slow training ~20x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     cfg = ModelConfig.named("tiny")

@@ -14,15 +14,6 @@ from asyncvla.datasets import ChunkDataset, Episode, read_dataset, write_asyncvl
 from asyncvla.train import TrainConfig, collate, main, run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 CPU cores are shared, and oversubscribed threads slow training ~20x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _deterministic(k: int, T: int = 12) -> Episode:
     """One smooth trajectory per task; the observation (state phase + image colour) determines the chunk."""
     t = np.arange(T)[:, None]
