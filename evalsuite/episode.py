@@ -69,7 +69,13 @@ def run_episode(
         success=bool(success),
         steps=steps,
         wall_time_s=time.perf_counter() - start,
-        info={"policy_calls": policy_calls, "env_done": bool(done), **_scalars(info)},
+        info={
+            "policy_calls": policy_calls,
+            "env_done": bool(done),
+            # a fingerprint of the trajectory: two runs of an episode that agree here took the same path
+            "final_state": [round(float(x), 6) for x in obs.state],
+            **_scalars(info),
+        },
     )
     video = None
     if record_video and frames:
