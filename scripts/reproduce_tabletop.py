@@ -52,39 +52,38 @@ SHIPPED += ("tokenizer.json", "tokenizer_config.json", "loss_policy.csv", "loss_
 
 @dataclass
 class Plan:
-    """Every size choice of the run (written into results/tabletop/plan.json)."""
+    """Every size choice of the run (written into OUT/plan.json); docs/reproduce.md has the budget."""
 
     demos_per_task: int = 30  # recorded expert demos per task (300 in all)
     image_size: int = 56  # the tiny config's image size: rendered at it, no resize
-    demo_steps: int = 3000  # demo checkpoint: policy steps, batch 32
+    # demo checkpoint: policy steps (batch 32) per phase; a later phase resumes the earlier one
+    # (--resume: optimizer state continues, the cosine restarts over the new total)
+    demo_steps: tuple[int, ...] = (7000,)
     demo_batch: int = 32
     demo_lr: float = 3e-4  # from scratch, so higher than the paper's fine-tuning 1e-4
-    demo_rater_steps: int = 300
-    demo_eval_episodes: int = 10  # per task, for demo / random / expert
-    subset_per_task: int = 3  # data-limited regime (shared/notes/ablation-regimes.md)
+    demo_rater_steps: int = 150
+    demo_eval_episodes: int = 5  # per task, for demo / random / expert
+    subset_per_task: int = 2  # data-limited regime (shared/notes/ablation-regimes.md)
+    heldout_per_task: int = 5  # the last demos of each task: the held-out action-error set
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 30  # constant learning rate, as in Sec. 4.4
-    snapshot_every: int = 10  # K
+    epochs: int = 16  # constant learning rate, as in Sec. 4.4
+    snapshot_every: int = 4  # K
     batch: int = 16
     lr: float = 3e-4
-    rater_steps: int = 100
-    ablation_episodes: int = 3  # per task and seed, same episodes for the four rows
-    efficiency_episodes: int = 3  # per task, per snapshot
-    workers: int = 3  # env workers of each evaluation
+    rater_steps: int = 40
+    ablation_episodes: int = 1  # per task and seed, same episodes for the four rows
+    efficiency_episodes: int = 1  # per task, per snapshot
+    workers: int = 2  # env workers: the runner asks Ray for 1 CPU each, so at most the core count
     figure_episodes: int = 3
 
     @classmethod
     def quick(cls) -> Plan:
+        """What ran on the shared machine (docs/reproduce.md says which numbers come from it)."""
         return cls(
-            demo_steps=1200,
-            demo_rater_steps=150,
+            demo_steps=(2400, 7000),  # 2,400 steps scored 0/30 on tabletop; resumed to 7,000
             demo_eval_episodes=3,
             subset_per_task=1,
             epochs=12,
-            snapshot_every=4,
-            rater_steps=40,
-            ablation_episodes=1,
-            efficiency_episodes=1,
         )
 
 
@@ -102,6 +101,12 @@ def dataset_hash(path: Path) -> str:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_subset(full: Path, out: Path, per_task: int) -> Path:
@@ -132,14 +137,21 @@ def data_note(path: Path) -> str:
 
 
 def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
-    """The demo checkpoint's two `asyncvla-train` commands: unified policy, then the rater."""
+    """The demo checkpoint's `asyncvla-train` commands: per phase, the unified policy trained (or
+    resumed) up to that phase's total step count, then the rater on it."""
     train = [sys.executable, "-m", "asyncvla.train", str(demos), "--out", str(demo), "--seed", "0"]
-    return [
-        train
-        + ["--steps", str(plan.demo_steps), "--batch-size", str(plan.demo_batch), "--lr", str(plan.demo_lr)]
-        + ["--vision-lr", str(plan.demo_lr), "--warmup-steps", "50", "--save-every", "200"],
-        train + ["--stage", "rater", "--steps", str(plan.demo_rater_steps), "--batch-size", "32"],
-    ]
+    commands = []
+    for i, total in enumerate(plan.demo_steps):
+        commands.append(
+            train
+            + ["--steps", str(total), "--batch-size", str(plan.demo_batch), "--lr", str(plan.demo_lr)]
+            + ["--vision-lr", str(plan.demo_lr), "--warmup-steps", "50", "--save-every", "200"]
+            + (["--resume"] if i else [])
+        )
+        commands.append(
+            train + ["--stage", "rater", "--steps", str(plan.demo_rater_steps), "--batch-size", "32"]
+        )
+    return commands
 
 
 def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Namespace) -> None:
@@ -157,7 +169,9 @@ def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Na
     ]
     info = json.loads((demos / "info.json").read_text())
     manifest = {
-        "made_by": shlex.join(["python", "scripts/reproduce_tabletop.py", *args.argv]),
+        "made_by": "python scripts/reproduce_tabletop.py"
+        + (" --quick" if args.quick else "")
+        + " (stages record, demo, ship)",
         "record_command": info.get("source"),
         "train_commands": [shlex.join(c).replace(str(ROOT) + "/", "") for c in rel],
         "data": data_note(demos),
@@ -223,7 +237,7 @@ def train_snapshots(data: Path, out: Path, objective: str, seed: int, plan: Plan
             loss.backward()
             optim.step()
             step += 1
-            rows.append({"step": step, "epoch": epoch, "loss": float(loss)})
+            rows.append({"step": step, "epoch": epoch, "loss": loss.item()})
         log.info("%s seed %d epoch %d loss %.4f", objective, seed, epoch, rows[-1]["loss"])
         if epoch % plan.snapshot_every == 0 or epoch == plan.epochs:
             save_checkpoint(out / f"epoch{epoch:03d}", model, tokenizer, stats)
@@ -239,6 +253,49 @@ def train_rater(data: Path, ckpt: Path, steps: int, batch: int, seed: int, lr: f
         + ["--steps", str(steps), "--batch-size", str(batch), "--seed", str(seed), "--lr", str(lr)]
         + ["--save-every", str(steps), "--device", "cpu"]
     )
+
+
+# --- held-out action error: a continuous measure next to success (which sits at 0 % for
+# models trained on a handful of demos, where every variant ties) ---
+
+
+def heldout_samples(demos: Path, per_task: int, stride: int = 4) -> list:
+    """Every `stride`-th step of the last `per_task` demos of each task: never in a subset."""
+    from asyncvla.datasets import ChunkDataset, read_dataset
+
+    episodes, info = read_dataset(demos)
+    chosen, index = [], 0
+    for counts in info["tasks"].values():
+        n = counts["episodes"]
+        chosen += episodes[index + n - per_task : index + n]
+        index += n
+    dataset = ChunkDataset(chosen, 8)
+    return [dataset[i] for i in range(0, len(dataset), stride)]
+
+
+def action_error(ckpt: Path, mode: str, samples: list, batch: int = 32) -> np.ndarray:
+    """Per-sample squared error of the executed chunk to the expert's, per action dim in units of
+    the expert's spread (dims the expert never moves count in raw units), padding excluded.
+    The noise comes from fixed keys, so every variant sees the same draws."""
+    from types import SimpleNamespace
+
+    import asyncvla
+
+    policy = asyncvla.load(str(ckpt), mode=mode)
+    true = np.stack([s.actions for s in samples])
+    valid = ~np.stack([s.action_pad for s in samples])
+    std = true.reshape(-1, true.shape[-1]).std(0)
+    std[std < 1e-6] = 1.0
+    errors = []
+    for start in range(0, len(samples), batch):
+        part = samples[start : start + batch]
+        obs = [SimpleNamespace(images=x.images, state=x.state, instruction=x.instruction) for x in part]
+        keys = [f"heldout/{start + i}@0" for i in range(len(part))]
+        pred = policy.act(obs, keys)
+        sq = (((pred - true[start : start + len(part)]) / std) ** 2).mean(-1)
+        v = valid[start : start + len(part)]
+        errors.append((sq * v).sum(1) / v.sum(1))
+    return np.concatenate(errors)
 
 
 # --- evaluation ---
@@ -285,6 +342,8 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
     rates = {}
     for label, policy in policies:
         name = label.split()[0].lower()
+        if policy[0] == "--ckpt":  # a retrained checkpoint must not resume the old one's run
+            name += "-" + file_hash(demo / "model.safetensors")[:10]
         frame = success_frame(eval_config(policy, work / name, plan.demo_eval_episodes, plan))
         stats = rate_row(frame["success"])
         rates[label] = stats["success_rate"]
@@ -308,9 +367,10 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
 
 
 def stage_ablations(args, plan: Plan, subset: Path, note: str) -> None:
-    from evalsuite.ablations import run_ablations, seed_summary, write_seed_summary
+    from evalsuite.ablations import VARIANTS, run_ablations, seed_summary, write_seed_summary
 
-    per_seed = {}
+    per_seed, errors = {}, []
+    samples = heldout_samples(Path(args.work) / "demos", plan.heldout_per_task)
     for seed in plan.seeds:
         ckpts = {}
         for objective in ("unified", "sfm"):
@@ -328,7 +388,13 @@ def stage_ablations(args, plan: Plan, subset: Path, note: str) -> None:
         base = dataclasses.replace(base, out=Path(args.out) / "ablations" / f"seed{seed}")
         table, _ = run_ablations(base, str(ckpts["sfm"]), show_progress=False, data_note=note)
         per_seed[seed] = table
+        for label, _, which, mode in VARIANTS:
+            err = action_error(ckpts[which], mode, samples)
+            errors.append(
+                {"variant": label, "seed": seed, "error": err.mean(), "se": err.std(ddof=1) / len(err) ** 0.5}
+            )
     summary = seed_summary(per_seed)
+    write_error_table(pd.DataFrame(errors), Path(args.out) / "ablations", args, plan, note, len(samples))
     text = header(
         "Table 4 layout: mean and spread over training seeds (rates in %)",
         args,
@@ -338,10 +404,31 @@ def stage_ablations(args, plan: Plan, subset: Path, note: str) -> None:
     print(write_seed_summary(summary, Path(args.out) / "ablations", text))
 
 
+def write_error_table(frame: pd.DataFrame, out: Path, args, plan: Plan, note: str, n: int) -> None:
+    from evalsuite.tables import write_tables
+
+    rows = []
+    for label, group in frame.groupby("variant", sort=False):
+        row = {"variant": label}
+        row |= {f"seed {r.seed}": f"{r.error:.3f} ± {r.se:.3f}" for r in group.itertuples()}
+        row["mean over seeds"] = group["error"].mean()
+        row["sd over seeds"] = group["error"].std(ddof=1) if len(group) > 1 else float("nan")
+        rows.append(row)
+    text = header(
+        "Table 4 layout, held-out action error (lower is better; per seed: mean ± standard error)",
+        args,
+        f"training seeds {list(plan.seeds)}; {n} held-out steps (every 4th step of the last "
+        f"{plan.heldout_per_task} demos per task, never trained on); error = squared error of the "
+        f"executed chunk to the expert's, in expert-spread units; training data {note}, {plan.epochs} epochs",
+    )
+    print(write_tables({"ablations_action_error": pd.DataFrame(rows).round(4)}, out, text))
+
+
 def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
     from evalsuite.tables import rate_row, write_tables
 
     seed, rows, losses = plan.seeds[0], [], {}
+    samples = heldout_samples(Path(args.work) / "demos", plan.heldout_per_task)
     for objective in ("unified", "sfm"):
         run = Path(args.work) / f"seed{seed}" / objective
         snaps = train_snapshots(subset, run, objective, seed, plan)
@@ -356,12 +443,15 @@ def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
                 mode="sfm",
             )
             stats = rate_row(success_frame(config)["success"])
+            err = action_error(snap, "sfm", samples)
             per_epoch = losses[objective].groupby("epoch")["loss"].mean()
             rows.append(
                 {
                     "objective": objective,
                     "epoch": epoch,
                     "train loss (epoch mean)": float(per_epoch.loc[epoch]),
+                    "held-out action error": float(err.mean()),
+                    "error SE": float(err.std(ddof=1) / len(err) ** 0.5),
                     "success rate": 100 * stats["success_rate"],
                     "95% CI": f"{100 * stats['ci_low']:.1f}-{100 * stats['ci_high']:.1f}",
                     "episodes": stats["episodes"],
@@ -385,17 +475,21 @@ def plot_efficiency(losses: dict[str, pd.DataFrame], table: pd.DataFrame, path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(14, 3.6))
     for objective, frame in losses.items():
         per_epoch = frame.groupby("epoch")["loss"].mean()
         a.plot(per_epoch.index, per_epoch.values, marker=".", label=objective)
         rows = table[table["objective"] == objective]
+        c.errorbar(
+            rows["epoch"], rows["held-out action error"], yerr=rows["error SE"], marker="o", label=objective
+        )
         b.plot(rows["epoch"], rows["success rate"], marker="o", label=objective)
     a.set(
         xlabel="epoch", ylabel="training loss (epoch mean)", title="loss vs epoch (cf. Fig. 4)", yscale="log"
     )
+    c.set(xlabel="epoch", ylabel="held-out action error (SFM inference)", title="held-out error vs epoch")
     b.set(xlabel="epoch", ylabel="success rate (%)", title="success vs epoch (cf. Fig. 5)")
-    for ax in (a, b):
+    for ax in (a, c, b):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -457,6 +551,23 @@ def stage_figure(args, plan: Plan, demo: Path) -> None:
     plt.close(fig)
 
 
+class StageTimer:
+    """Wall time of each stage, merged into OUT/timings.json (the budget in docs/reproduce.md)."""
+
+    def __init__(self, path: Path, quick: bool):
+        self.path, self.quick = path, quick
+
+    def __call__(self, stage: str, fn, *a) -> None:
+        import time
+
+        start = time.perf_counter()
+        fn(*a)
+        times = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        key = f"{stage}{' (quick)' if self.quick else ''}"
+        times[key] = round(time.perf_counter() - start, 1)
+        self.path.write_text(json.dumps(times, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -493,16 +604,17 @@ def main(argv: list[str] | None = None) -> int:
     if "ship" in stages:
         ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
     note = data_note(demos) if demos.is_dir() else "?"
+    timed = StageTimer(out / "timings.json", args.quick)
     if "demo-eval" in stages:
-        stage_demo_eval(args, plan, demo, note)
+        timed("demo-eval", stage_demo_eval, args, plan, demo, note)
     subset = make_subset(demos, work / f"subset{plan.subset_per_task}", plan.subset_per_task)
     sub_note = data_note(subset)
     if "ablations" in stages:
-        stage_ablations(args, plan, subset, sub_note)
+        timed("ablations", stage_ablations, args, plan, subset, sub_note)
     if "efficiency" in stages:
-        stage_efficiency(args, plan, subset, sub_note)
+        timed("efficiency", stage_efficiency, args, plan, subset, sub_note)
     if "figure" in stages:
-        stage_figure(args, plan, demo)
+        timed("figure", stage_figure, args, plan, demo)
     return 0
 
 
