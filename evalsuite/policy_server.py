@@ -1,7 +1,8 @@
 """The policy server: one Ray actor that batches `act` requests from all env workers.
 
 Env workers call `act(observation, key)` one episode step at a time; the server holds requests
-until `max_batch` have arrived or the oldest has waited `max_wait_ms`, runs the policy once on the
+until every env worker is waiting, `max_batch` have arrived, or the oldest has waited `max_wait_ms`
+(so a lone worker never waits for partners that cannot come), runs the policy once on the
 batch (a GPU forward pass costs about the same for 1 or 16 observations), and answers each caller
 with its own chunk. Ray's async actors give us the concurrency; the policy runs in one thread so
 that a model is never entered twice at once.
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class BatchingPolicyServer:
-    def __init__(self, spec: PolicySpec, max_batch: int = 16, max_wait_ms: float = 5.0):
+    def __init__(self, spec: PolicySpec, max_batch: int = 16, max_wait_ms: float = 5.0, clients: int = 1):
         self.policy = build_policy(spec)
         self.max_batch = max_batch
+        self.full_batch = max(1, min(max_batch, clients))  # no more requests can arrive than clients
         self.max_wait = max_wait_ms / 1000
         self._pending: list[tuple[Observation, str, asyncio.Future]] = []
         self._flush_scheduled = False
@@ -38,7 +40,7 @@ class BatchingPolicyServer:
     async def act(self, observation: Observation, key: str) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((observation, key, future))
-        if len(self._pending) >= self.max_batch:
+        if len(self._pending) >= self.full_batch:
             await self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True

@@ -219,7 +219,9 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         )
     worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
     num_gpus = 1 if policy_spec.device.startswith("cuda") else 0
-    server = start_policy_server(policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus)
+    server = start_policy_server(
+        policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus, clients=options.workers
+    )
     try:
         ray.get(server.info.remote())  # surfaces a bad checkpoint before any env is built
     except (RayTaskError, RayActorError) as e:
