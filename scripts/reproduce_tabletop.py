@@ -364,6 +364,19 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
         f"env seed 0; {plan.demo_eval_episodes} eval layouts per task; training data {note}",
     )
     print(write_tables({"demo_vs_baselines": table}, Path(args.out), text))
+    shipped = ROOT / "asyncvla" / "demo"
+    if (shipped / "manifest.json").is_file() and file_hash(shipped / "model.safetensors") == file_hash(
+        demo / "model.safetensors"
+    ):  # the shipped checkpoint says how it scores, next to how it was made
+        manifest = json.loads((shipped / "manifest.json").read_text())
+        manifest["tabletop_eval"] = {
+            r["policy"]: f"{r['success rate']:.1f}% of {r['episodes']} episodes (95% CI {r['95% CI']})"
+            for r in table.to_dict("records")
+        }
+        manifest["tabletop_eval"]["protocol"] = (
+            f"{plan.demo_eval_episodes} eval layouts per task, env seed 0, --set image_size={plan.image_size}"
+        )
+        (shipped / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def stage_ablations(args, plan: Plan, subset: Path, note: str) -> None:
@@ -411,9 +424,10 @@ def write_error_table(frame: pd.DataFrame, out: Path, args, plan: Plan, note: st
     for label, group in frame.groupby("variant", sort=False):
         row = {"variant": label}
         row |= {f"seed {r.seed}": f"{r.error:.3f} ± {r.se:.3f}" for r in group.itertuples()}
-        row["mean over seeds"] = group["error"].mean()
-        row["sd over seeds"] = group["error"].std(ddof=1) if len(group) > 1 else float("nan")
+        row["mean over seeds"] = f"{group['error'].mean():.3f}"  # strings: the tables print floats at .1f
+        row["sd over seeds"] = f"{group['error'].std(ddof=1):.3f}" if len(group) > 1 else "--"
         rows.append(row)
+    frame.to_csv(out / "ablations_action_error_per_seed.csv", index=False)
     text = header(
         "Table 4 layout, held-out action error (lower is better; per seed: mean ± standard error)",
         args,
@@ -421,7 +435,7 @@ def write_error_table(frame: pd.DataFrame, out: Path, args, plan: Plan, note: st
         f"{plan.heldout_per_task} demos per task, never trained on); error = squared error of the "
         f"executed chunk to the expert's, in expert-spread units; training data {note}, {plan.epochs} epochs",
     )
-    print(write_tables({"ablations_action_error": pd.DataFrame(rows).round(4)}, out, text))
+    print(write_tables({"ablations_action_error": pd.DataFrame(rows)}, out, text))
 
 
 def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
@@ -465,7 +479,10 @@ def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
         f"training seed {seed}; env seed 0; {plan.efficiency_episodes} eval layouts per task; data {note}; "
         f"constant lr {plan.lr}, batch {plan.batch}",
     )
-    print(write_tables({"efficiency": table}, out, text))
+    shown = table.copy()
+    for col in ("train loss (epoch mean)", "held-out action error", "error SE"):
+        shown[col] = shown[col].map("{:.3f}".format)  # the tables print floats at .1f
+    print(write_tables({"efficiency": shown}, out, text))
     plot_efficiency(losses, table, out / "efficiency.png")
 
 
