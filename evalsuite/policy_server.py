@@ -79,8 +79,10 @@ class BatchingPolicyServer:
         }
 
 
-def start_policy_server(spec: PolicySpec, max_batch: int, max_wait_ms: float, num_gpus: float = 0):
+def start_policy_server(
+    spec: PolicySpec, max_batch: int, max_wait_ms: float, num_gpus: float = 0, clients: int = 1
+):
     actor = ray.remote(num_cpus=0, num_gpus=num_gpus, max_restarts=3, max_concurrency=1000)(
         BatchingPolicyServer
     )
-    return actor.remote(spec, max_batch, max_wait_ms)
+    return actor.remote(spec, max_batch, max_wait_ms, clients)
