@@ -1,4 +1,5 @@
-"""Run an episode plan: inline (`--workers 0`) or on Ray (env-worker actors + a batching policy server).
+"""Run an episode plan: inline (`--workers 0`) or on Ray (env-worker actors + a batching policy server;
+scripted and random policies run inside each env worker).
 
 Recovery uses Ray's own mechanisms: env workers are actors with `max_restarts=-1`, so a worker
 that segfaults or is killed for hanging comes back by itself; the driver keeps a pool of episode
@@ -29,6 +30,9 @@ from evalsuite.suites.spec import SuiteSpec, import_object
 log = logging.getLogger(__name__)
 
 FATAL_ERRORS = (SetupError, InvalidAction)
+# Scripted and random policies cost microseconds and have nothing to batch: a round trip to the
+# policy server would cost more than the policy, so each env worker runs its own copy.
+IN_WORKER_POLICIES = ("scripted", "random")
 
 
 class RunAborted(RuntimeError):
@@ -171,10 +175,11 @@ def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
 class EnvWorker:
     """One simulator per worker process, reused across episodes of the same suite."""
 
-    def __init__(self, suites: dict[str, SuiteSpec]):
+    def __init__(self, suites: dict[str, SuiteSpec], local_policy: PolicySpec | None = None):
         self.suites = suites
         self.env = None
         self.env_suite: str | None = None
+        self.policy = build_policy(local_policy) if local_policy is not None else None
 
     def run(self, spec: EpisodeSpec, server, replan_steps, max_steps, record_video) -> EpisodeResult:
         import ray
@@ -187,6 +192,10 @@ class EnvWorker:
 
         def act(observations, keys):
             return np.stack(ray.get([server.act.remote(o, k) for o, k in zip(observations, keys)]))
+
+        if self.policy is not None:
+            self.policy.reset(spec.id)
+            act = self.policy.act
 
         try:
             return run_episode(self.env, suite, spec, act, replan_steps, max_steps, record_video=record_video)
@@ -219,14 +228,19 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         )
     worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
     num_gpus = 1 if policy_spec.device.startswith("cuda") else 0
-    server = start_policy_server(
-        policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus, clients=options.workers
-    )
-    try:
-        ray.get(server.info.remote())  # surfaces a bad checkpoint before any env is built
-    except (RayTaskError, RayActorError) as e:
-        raise RunAborted(f"the policy could not be built: {_cause_text(e)}") from e
-    workers = [worker_cls.remote(suites) for _ in range(options.workers)]
+    in_worker = policy_spec.kind in IN_WORKER_POLICIES
+    server = None
+    if in_worker:
+        build_policy(policy_spec)  # surfaces a bad policy before any worker starts
+    else:
+        server = start_policy_server(
+            policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus, clients=options.workers
+        )
+        try:
+            ray.get(server.info.remote())  # surfaces a bad checkpoint before any env is built
+        except (RayTaskError, RayActorError) as e:
+            raise RunAborted(f"the policy could not be built: {_cause_text(e)}") from e
+    workers = [worker_cls.remote(suites, policy_spec if in_worker else None) for _ in range(options.workers)]
     queue = deque(todo)
     attempts: Counter[str] = Counter()
     inflight: dict = {}  # episode ref -> (worker, spec, start time)
@@ -296,7 +310,8 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     finally:
         for w in workers:
             ray.kill(w, no_restart=True)
-        ray.kill(server, no_restart=True)
+        if server is not None:
+            ray.kill(server, no_restart=True)
         if started_here:
             ray.shutdown()
     return records
