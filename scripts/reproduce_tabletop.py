@@ -424,8 +424,10 @@ def write_error_table(frame: pd.DataFrame, out: Path, args, plan: Plan, note: st
     for label, group in frame.groupby("variant", sort=False):
         row = {"variant": label}
         row |= {f"seed {r.seed}": f"{r.error:.3f} ± {r.se:.3f}" for r in group.itertuples()}
-        row["mean over seeds"] = f"{group['error'].mean():.3f}"  # strings: the tables print floats at .1f
-        row["sd over seeds"] = f"{group['error'].std(ddof=1):.3f}" if len(group) > 1 else "--"
+        sd = f"{group['error'].std(ddof=1):.3f}" if len(group) > 1 else "--"
+        row["mean ± sd over seeds"] = (
+            f"{group['error'].mean():.3f} ± {sd}"  # text: tables print floats at .1f
+        )
         rows.append(row)
     frame.to_csv(out / "ablations_action_error_per_seed.csv", index=False)
     text = header(
@@ -479,9 +481,18 @@ def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
         f"training seed {seed}; env seed 0; {plan.efficiency_episodes} eval layouts per task; data {note}; "
         f"constant lr {plan.lr}, batch {plan.batch}",
     )
-    shown = table.copy()
-    for col in ("train loss (epoch mean)", "held-out action error", "error SE"):
-        shown[col] = shown[col].map("{:.3f}".format)  # the tables print floats at .1f
+    shown = table.drop(columns=["train loss (epoch mean)", "held-out action error", "error SE"])
+    # text, not floats: the shared table writer prints floats at .1f
+    shown.insert(2, "train loss x1000 (epoch mean)", (1000 * table["train loss (epoch mean)"]).round())
+    shown.insert(
+        3,
+        "held-out action error ± SE",
+        [
+            f"{e:.3f} ± {se:.3f}"
+            for e, se in zip(table["held-out action error"], table["error SE"], strict=True)
+        ],
+    )
+    table.to_csv(out / "efficiency_values.csv", index=False)
     print(write_tables({"efficiency": shown}, out, text))
     plot_efficiency(losses, table, out / "efficiency.png")
 
@@ -569,7 +580,8 @@ def stage_figure(args, plan: Plan, demo: Path) -> None:
 
 
 class StageTimer:
-    """Wall time of each stage, merged into OUT/timings.json (the budget in docs/reproduce.md)."""
+    """Wall time of each stage invocation, appended to OUT/timings.json (a re-run that finds its
+    episodes already recorded shows up as a short entry, the first run as the real cost)."""
 
     def __init__(self, path: Path, quick: bool):
         self.path, self.quick = path, quick
@@ -579,10 +591,17 @@ class StageTimer:
 
         start = time.perf_counter()
         fn(*a)
-        times = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        key = f"{stage}{' (quick)' if self.quick else ''}"
-        times[key] = round(time.perf_counter() - start, 1)
-        self.path.write_text(json.dumps(times, indent=2) + "\n")
+        runs = json.loads(self.path.read_text()) if self.path.is_file() else []
+        runs = runs if isinstance(runs, list) else []
+        runs.append(
+            {
+                "stage": stage,
+                "quick": self.quick,
+                "seconds": round(time.perf_counter() - start, 1),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        )
+        self.path.write_text(json.dumps(runs, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
