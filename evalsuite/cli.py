@@ -60,7 +60,10 @@ def resolve_checkpoint(path: str) -> str:
     if path == "demo":
         from asyncvla import demo_checkpoint
 
-        return str(demo_checkpoint())
+        try:
+            return str(demo_checkpoint())
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from e
     if not Path(path).exists():
         raise UsageError(f"checkpoint {path!r} does not exist; pass a checkpoint directory (or 'demo')")
     return path

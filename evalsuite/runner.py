@@ -226,6 +226,14 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if options.workers > cpus:  # each env worker reserves a CPU: the extra ones would never start
+        if started_here:
+            ray.shutdown()
+        raise RunAborted(
+            f"--workers {options.workers} needs {options.workers} CPUs but the Ray cluster has {cpus:g}; "
+            f"use --workers {int(cpus)} or fewer (or add nodes to the cluster)"
+        )
     worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
     num_gpus = 1 if policy_spec.device.startswith("cuda") else 0
     in_worker = policy_spec.kind in IN_WORKER_POLICIES

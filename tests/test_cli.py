@@ -32,6 +32,7 @@ def _lines(path):
         (["toy-missing", "--policy", "random", "--workers", "0"], "pip install toy-sim"),
         (["toy-nan", "--policy", "scripted", "--workers", "0"], "NaN or Inf"),
         (["toy-wrongdim", "--policy", "scripted", "--workers", "0"], "needs [L, 7] actions"),
+        (["toy", "--policy", "random", "--workers", "64"], "but the Ray cluster has"),
     ],
 )
 def test_bad_input_stops_with_a_clear_message_and_exit_code_2(toy_suites, tmp_path, capsys, args, message):
