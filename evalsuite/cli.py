@@ -26,8 +26,6 @@ from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger("asyncvla-eval")
 
-COMMANDS = ("report", "record-demos", "list", "ablations", "nightly", "compare")
-
 
 class UsageError(ValueError):
     """Bad command-line input; the message says what to change."""
