@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a virtualenv in .venv with the project, its test tools and the LIBERO simulator.
+# Set up a virtualenv in .venv with the project, its test tools, the LIBERO simulator and ManiSkill3.
 #   scripts/setup.sh            # CPU machine
 # System packages for headless MuJoCo rendering (Mesa EGL / OSMesa) are installed when apt is usable.
 set -euo pipefail
@@ -18,5 +18,5 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 # torch first, pinned: a CPU build where one is available (never torchvision: see README).
 python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4"
-python -m pip install -q -e ".[test,libero]"
+python -m pip install -q -e ".[test,libero,maniskill3]"
 echo "set up: $(python -c 'import torch, transformers, mujoco, ray; print("torch", torch.__version__, "transformers", transformers.__version__, "mujoco", mujoco.__version__, "ray", ray.__version__)')"
