@@ -258,7 +258,8 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     last_task: dict = {}  # worker -> (suite, task) of its last episode
     records = []
     try:
-        while queue or inflight:
+
+        def dispatch() -> None:
             while idle and queue:
                 worker = idle.pop()
                 spec = _next_for(worker, queue, last_task)
@@ -268,7 +269,15 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
                     spec, server, options.replan_steps, options.max_steps, videos.wanted(spec)
                 )
                 inflight[ref] = (worker, spec, time.monotonic())
-            ready, _ = ray.wait([*inflight, *recovering], num_returns=1, timeout=1.0)
+
+        while queue or inflight:
+            dispatch()
+            ready, _ = ray.wait(
+                [*inflight, *recovering], num_returns=len(inflight) + len(recovering), timeout=0
+            )
+            if not ready:
+                ready, _ = ray.wait([*inflight, *recovering], num_returns=1, timeout=1.0)
+            finished = []
             for ref in ready:
                 if ref in recovering:  # a restarted worker answers again: give it work
                     worker = recovering.pop(ref)
@@ -299,8 +308,10 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
                         else f"env worker died ({type(e).__name__})"
                     )
                     result = _retry_or_error(spec, reason, attempts, options, queue)
-                if result is None:
-                    continue
+                if result is not None:
+                    finished.append(result)
+            dispatch()  # idle workers get their next episode before the fsynced writes below
+            for result in finished:
                 records.append(sink(result.record, result.video))
                 if progress:
                     progress.update(records[-1])
