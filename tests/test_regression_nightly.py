@@ -14,8 +14,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
+import toy_suite
 
 import asyncvla
 from evalsuite.cli import main
@@ -25,19 +25,9 @@ from evalsuite.regression.history import History
 BASE = ["--workers", "0", "--device", "cpu", "--episodes-per-task", "3", "-q"]
 
 
-class GainPolicy:
-    action_dim = 7
-    chunk_length = 4
+class GainPolicy(toy_suite.GainPolicy):
     interrupt_after: int | None = None  # episodes before a simulated crash (Ctrl-C / OOM kill)
     resets = 0
-
-    def __init__(self, gain: float):
-        self.gain = gain
-
-    def act(self, observations, keys):
-        actions = np.zeros((len(observations), self.chunk_length, self.action_dim), np.float32)
-        actions[..., 0] = self.gain
-        return actions
 
     def reset(self, episode_key: str) -> None:
         GainPolicy.resets += 1

@@ -65,6 +65,19 @@ class ToyExpert:
         pass
 
 
+class GainPolicy(ToyExpert):
+    """Pushes x by 0.4 * gain per step: gain 1 solves every episode, small gains only short ones.
+    Stands in for a checkpoint of known quality in the nightly-regression tests and demo."""
+
+    def __init__(self, gain: float):
+        self.gain = gain
+
+    def act(self, observations, keys):
+        actions = np.zeros((len(observations), self.chunk_length, self.action_dim), np.float32)
+        actions[..., 0] = self.gain
+        return actions
+
+
 class NaNPolicy(ToyExpert):
     def act(self, observations, keys):
         return np.full((len(observations), self.chunk_length, 7), np.nan, np.float32)

@@ -14,30 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, "tests")
 os.environ["ASYNCVLA_SUITE_MODULES"] = "toy_suite"
+from toy_suite import GainPolicy  # noqa: E402
+
 import asyncvla  # noqa: E402
 from evalsuite.cli import main  # noqa: E402
-
-
-class GainPolicy:
-    """Pushes x by 0.4 * gain per step: gain 1 solves every episode, 0.12 only short ones."""
-
-    action_dim, chunk_length = 7, 4
-
-    def __init__(self, gain: float):
-        self.gain = gain
-
-    def act(self, observations, keys):
-        actions = np.zeros((len(observations), self.chunk_length, self.action_dim), np.float32)
-        actions[..., 0] = self.gain
-        return actions
-
-    def reset(self, episode_key: str) -> None:
-        pass
-
 
 asyncvla.load = lambda path, **kw: GainPolicy(json.loads((Path(path) / "config.json").read_text())["gain"])
 
