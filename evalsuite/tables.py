@@ -18,19 +18,12 @@ from evalsuite.records import EpisodeRecord
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95 % Wilson score interval; (0, 1) when there is no episode to judge by."""
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval (95 % by default); (0, 1) when there is no episode to judge by."""
     if n == 0:
         return 0.0, 1.0
-    alpha = 2 * (1 - _normal_cdf(z))
     lo, hi = proportion_confint(successes, n, alpha=alpha, method="wilson")
     return float(lo), float(hi)
-
-
-def _normal_cdf(z: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.cdf(z))
 
 
 def records_frame(records: list[EpisodeRecord], suites: list[SuiteSpec]) -> pd.DataFrame:
