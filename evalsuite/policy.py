@@ -65,7 +65,7 @@ class PolicySpec:
 
     @property
     def name(self) -> str:
-        return {"asyncvla": "asyncvla", "scripted": "scripted", "random": "random"}[self.kind]
+        return self.kind
 
     @property
     def episode_mode(self) -> str:
