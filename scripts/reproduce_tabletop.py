@@ -629,9 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     if "record" in stages and not (demos / "info.json").is_file():
         shutil.rmtree(demos, ignore_errors=True)
         sh(
-            ["asyncvla-eval", "record-demos", "tabletop", "--out", str(demos)]
+            [sys.executable, "-m", "evalsuite.cli", "record-demos", "tabletop", "--out", str(demos)]
             + ["--episodes-per-task", str(plan.demos_per_task), "--image-size", str(plan.image_size)]
-            + ["--workers", "1", "--seed", "0"]
+            + ["--workers", str(plan.workers), "--seed", "0"]
         )
     demo = Path(args.demo_ckpt) if args.demo_ckpt else work / "demo"
     if "demo" in stages and not args.demo_ckpt and not (demo / "loss_rater.csv").is_file():

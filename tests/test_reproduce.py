@@ -5,6 +5,7 @@ Runs the real tabletop env and the real shipped checkpoint; a few seconds on CPU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -68,9 +69,26 @@ def test_cli_runs_the_demo_checkpoint(tmp_path):
     out = tmp_path / "run"
     argv = ["tabletop", "--ckpt", "demo", "--tasks", "push_green_left", "--episodes-per-task", "1"]
     argv += ["--max-steps", "8", "--workers", "0", "--out", str(out), "--video", "none", "-q"]
-    assert eval_main([*argv, "--set", "image_size=56"]) == 0
+    assert eval_main(argv) == 0  # no --set image_size: tabletop renders at the checkpoint's size
     records = [json.loads(line) for f in out.rglob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(records) == 1 and records[0]["success"] is not None and records[0]["steps"] == 8
+    run = json.loads((out / "run.json").read_text())
+    size = json.loads((asyncvla.demo_checkpoint() / "config.json").read_text())["model"]["image_size"]
+    assert json.dumps(run).count(f'"image_size": {size}') >= 1
+
+
+def test_render_size_follows_the_checkpoint_only_where_the_suite_allows_it(tmp_path):
+    from evalsuite.cli import apply_overrides, render_at_model_size
+    from evalsuite.suites import get_suite
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"format": "asyncvla-checkpoint", "model": {"image_size": 84}}))
+    tabletop = get_suite("tabletop")
+    assert render_at_model_size(tabletop, str(ckpt)).env_kwargs["image_size"] == 84
+    fixed = dataclasses.replace(tabletop, render_at_model_size=False)  # e.g. LIBERO's 256 px protocol
+    assert render_at_model_size(fixed, str(ckpt)).env_kwargs["image_size"] == 128
+    assert apply_overrides(tabletop, ["image_size=96"]).env_kwargs["image_size"] == 96
 
 
 def _write_dataset(path: Path, tasks: dict[str, int]) -> None:

@@ -31,6 +31,10 @@ class SuiteSpec:
     expert_factory: str | None = None  # "module:Class" of the scripted expert, if the suite has one
     paper_table: str | None = None  # reference CSV in results/reference/ (paper numbers)
     family: str = ""  # suites run together by one command (e.g. the four LIBERO suites)
+    # True: a checkpoint's images are rendered at its own image_size (env_kwargs["image_size"])
+    # instead of being resampled from the default size, which a tiny model trained on native
+    # renders does not survive. False where the protocol fixes the render size (LIBERO: 256 px).
+    render_at_model_size: bool = False
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:

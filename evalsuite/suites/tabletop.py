@@ -15,7 +15,7 @@ PROTOCOL = {
     "seed": 0,
     "seed_note": "the evaluation layouts are fixed; the seed only changes split='train' layouts",
     "control_hz": CONTROL_HZ,
-    "cameras": "agentview + wrist, square (image_size, default 128), not rotated",
+    "cameras": "agentview + wrist, square, not rotated; rendered at the checkpoint's image_size (128 for other policies)",
     "state": "8-D: grip point pos (3) + hand axis-angle (3) + finger joints (2; 0 closed, 0.04 open)",
     "action": (
         f"7-D in [-1, 1]: delta grip pos x {MAX_STEP_POS} m, world-frame axis-angle delta x "
@@ -46,5 +46,6 @@ SUITES = [
         layout="per_task",
         expert_factory="envs.tabletop.expert:TabletopExpert",
         family="tabletop",
+        render_at_model_size=True,
     )
 ]
