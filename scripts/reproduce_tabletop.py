@@ -57,33 +57,42 @@ class Plan:
     demos_per_task: int = 30  # recorded expert demos per task (300 in all)
     image_size: int = 56  # the tiny config's image size: rendered at it, no resize
     # demo checkpoint: policy steps (batch 32) per phase; a later phase resumes the earlier one
-    # (--resume: optimizer state continues, the cosine restarts over the new total)
-    demo_steps: tuple[int, ...] = (7000,)
+    # (--resume: optimizer state continues, the cosine restarts over the new total). Each earlier
+    # phase's checkpoint is kept as WORK/demo-step<N>: the nightly demonstration's early checkpoint.
+    demo_steps: tuple[int, ...] = (2400, 7000)
     demo_batch: int = 32
     demo_lr: float = 3e-4  # from scratch, so higher than the paper's fine-tuning 1e-4
     demo_rater_steps: int = 150
     demo_eval_episodes: int = 5  # per task, for demo / random / expert
-    subset_per_task: int = 2  # data-limited regime (shared/notes/ablation-regimes.md)
+    subset_per_task: int = 3  # data-limited regime (shared/notes/ablation-regimes.md)
     heldout_per_task: int = 5  # the last demos of each task: the held-out action-error set
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 16  # constant learning rate, as in Sec. 4.4
     snapshot_every: int = 4  # K
     batch: int = 16
     lr: float = 3e-4
-    rater_steps: int = 40
-    ablation_episodes: int = 1  # per task and seed, same episodes for the four rows
+    rater_steps: int = 60
+    ablation_episodes: int = 2  # per task and seed, same episodes for the four rows
     efficiency_episodes: int = 1  # per task, per snapshot
     workers: int = 2  # env workers: the runner asks Ray for 1 CPU each, so at most the core count
     figure_episodes: int = 3
 
     @classmethod
     def quick(cls) -> Plan:
-        """What ran on the shared machine (docs/reproduce.md says which numbers come from it)."""
+        """A smoke run of every stage in minutes (its numbers are not the ones in results/)."""
         return cls(
-            demo_steps=(2400, 7000),  # 2,400 steps scored 0/30 on tabletop; resumed to 7,000
-            demo_eval_episodes=3,
+            demos_per_task=4,
+            demo_steps=(100, 200),
+            demo_rater_steps=20,
+            demo_eval_episodes=1,
             subset_per_task=1,
-            epochs=12,
+            heldout_per_task=1,
+            seeds=(0, 1),
+            epochs=2,
+            snapshot_every=1,
+            rater_steps=10,
+            ablation_episodes=1,
+            figure_episodes=1,
         )
 
 
@@ -635,8 +644,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     demo = Path(args.demo_ckpt) if args.demo_ckpt else work / "demo"
     if "demo" in stages and not args.demo_ckpt and not (demo / "loss_rater.csv").is_file():
-        for cmd in demo_commands(plan, demos, demo):
+        for i, cmd in enumerate(demo_commands(plan, demos, demo)):
             sh(cmd)
+            phase, is_rater = divmod(i, 2)
+            if is_rater and phase < len(plan.demo_steps) - 1:  # keep the earlier phase's checkpoint
+                early = work / f"demo-step{plan.demo_steps[phase]}"
+                shutil.rmtree(early, ignore_errors=True)
+                shutil.copytree(demo, early, ignore=shutil.ignore_patterns("*.pt"))
     if "ship" in stages:
         ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
     note = data_note(demos) if demos.is_dir() else "?"
