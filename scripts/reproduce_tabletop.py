@@ -59,7 +59,7 @@ class Plan:
     # demo checkpoint: policy steps (batch 32) per phase; a later phase resumes the earlier one
     # (--resume: optimizer state continues, the cosine restarts over the new total). Each earlier
     # phase's checkpoint is kept as WORK/demo-step<N>: the nightly demonstration's early checkpoint.
-    demo_steps: tuple[int, ...] = (2400, 7000)
+    demo_steps: tuple[int, ...] = (2400, 7000, 20000)
     demo_batch: int = 32
     demo_lr: float = 3e-4  # from scratch, so higher than the paper's fine-tuning 1e-4
     demo_rater_steps: int = 150
@@ -340,20 +340,27 @@ def header(title: str, args: argparse.Namespace, extra: str) -> str:
 
 
 def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
+    """The demo checkpoint against the random policy and the scripted expert, and the same
+    checkpoint run without AFM (SFM only) and without the rater (random masks): the inference
+    half of Table 4 on a model that solves tasks, all on the same episodes."""
     from evalsuite.tables import rate_row, write_tables
 
     work, rows = Path(args.work) / "eval-demo", []
-    policies = [
-        ("scripted expert", ["--policy", "scripted"]),
-        ("AsyncVLA demo checkpoint", ["--ckpt", str(demo)]),
-        ("random policy", ["--policy", "random"]),
+    ckpt = ["--ckpt", str(demo)]
+    policies = [  # (row label, policy arguments, inference mode)
+        ("scripted expert", ["--policy", "scripted"], None),
+        ("AsyncVLA demo checkpoint", ckpt, "asyncvla"),
+        ("demo checkpoint w/o AFM inference (SFM only)", ckpt, "sfm"),
+        ("demo checkpoint w/o confidence rater (random masks)", ckpt, "random-mask"),
+        ("random policy", ["--policy", "random"], None),
     ]
     rates = {}
-    for label, policy in policies:
-        name = label.split()[0].lower()
-        if policy[0] == "--ckpt":  # a retrained checkpoint must not resume the old one's run
+    for label, policy, mode in policies:
+        name = policy[1] if mode is None else f"demo-{mode}"
+        if mode is not None:  # a retrained checkpoint must not resume the old one's run
             name += "-" + file_hash(demo / "model.safetensors")[:10]
-        frame = success_frame(eval_config(policy, work / name, plan.demo_eval_episodes, plan))
+        config = eval_config(policy, work / name, plan.demo_eval_episodes, plan, mode=mode or "asyncvla")
+        frame = success_frame(config)
         stats = rate_row(frame["success"])
         rates[label] = stats["success_rate"]
         row = {"policy": label, "success rate": stats["success_rate"]}
@@ -368,7 +375,8 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
         if table[col].dtype.kind == "f" and col != "gap to expert (points)":
             table[col] = (100 * table[col]).round(1)
     text = header(
-        "demo checkpoint vs random policy vs scripted expert, same episodes (rates in %)",
+        "demo checkpoint (and its inference ablations) vs random policy vs scripted expert, "
+        "same episodes (rates in %)",
         args,
         f"env seed 0; {plan.demo_eval_episodes} eval layouts per task; training data {note}",
     )
