@@ -492,6 +492,7 @@ def stage_efficiency(args, plan: Plan, subset: Path, note: str) -> None:
             )
     table = pd.DataFrame(rows)
     out = Path(args.out) / "efficiency"
+    out.mkdir(parents=True, exist_ok=True)
     text = header(
         "data efficiency (Sec. 4.4 layout): unified vs SFM-only training, both run with SFM inference",
         args,
