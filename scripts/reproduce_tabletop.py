@@ -1,19 +1,21 @@
 """Reproduce the paper's claims on the embedded tabletop suite, on CPU (issue 7).
 
     python scripts/reproduce_tabletop.py                 # the full run (planned for < 2 h on 2 cores)
-    python scripts/reproduce_tabletop.py --quick         # the reduced run that fits a shared machine
+    python scripts/reproduce_tabletop.py --quick         # a smoke run of every stage in minutes
     python scripts/reproduce_tabletop.py --stages demo-eval,figure
 
 Stages, in order (each skips work whose output already exists, so an interrupted run resumes):
   record      successful expert demos on the env's split="train" layouts (evalsuite.demos)
-  demo        the demo checkpoint: `asyncvla-train` unified policy, then the rater stage
-  ship        copy the demo checkpoint (weights, loss curves, manifest) to asyncvla/demo/
-  demo-eval   demo checkpoint vs the random policy vs the scripted expert, same episodes
+  demo        the demo checkpoint: `asyncvla-train` unified policy, then the rater stage, per phase;
+              runs in the background (one core) while ablations and efficiency use the other
   ablations   data-limited subset; per training seed: unified and SFM-only models trained with a
               constant learning rate, a snapshot every K epochs, a rater on the last snapshot each;
               then Table 4's four rows (evalsuite.ablations) per seed and a mean/spread table
   efficiency  the snapshots of seed 0 evaluated (SFM inference for both objectives, so the
               comparison is about training), with the loss curves: Fig. 4 / Fig. 5 layouts
+  ship        copy the demo checkpoint (weights, loss curves, manifest) to asyncvla/demo/
+  demo-eval   demo checkpoint (also without AFM and without the rater) vs the random policy vs
+              the scripted expert, same episodes
   figure      the demo checkpoint's per-chunk self-correction view (Fig. 3 layout)
 
 Work files (datasets, checkpoints, run directories) go to --work (default runs/repro, ignored by
@@ -33,6 +35,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +48,7 @@ import torch  # noqa: E402
 
 log = logging.getLogger("reproduce_tabletop")
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("record", "demo", "ship", "demo-eval", "ablations", "efficiency", "figure")
+STAGES = ("record", "demo", "ablations", "efficiency", "ship", "demo-eval", "figure")
 SHIPPED = ("config.json", "model.safetensors", "rater.safetensors", "norm_stats.json")
 SHIPPED += ("tokenizer.json", "tokenizer_config.json", "loss_policy.csv", "loss_rater.csv")
 
@@ -163,6 +166,16 @@ def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
     return commands
 
 
+def train_demo(plan: Plan, demos: Path, demo: Path, work: Path) -> None:
+    for i, cmd in enumerate(demo_commands(plan, demos, demo)):
+        sh(cmd)
+        phase, is_rater = divmod(i, 2)
+        if is_rater and phase < len(plan.demo_steps) - 1:  # keep the earlier phase's checkpoint
+            early = work / f"demo-step{plan.demo_steps[phase]}"
+            shutil.rmtree(early, ignore_errors=True)
+            shutil.copytree(demo, early, ignore=shutil.ignore_patterns("*.pt"))
+
+
 def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Namespace) -> None:
     """Copy the checkpoint (no optimizer state) with a manifest and the loss curve into the package."""
     import matplotlib
@@ -181,7 +194,7 @@ def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Na
         "made_by": "python scripts/reproduce_tabletop.py"
         + (" --quick" if args.quick else "")
         + " (stages record, demo, ship)",
-        "record_command": info.get("source"),
+        "record_command": str(info.get("source")).replace(str(ROOT) + "/", ""),
         "train_commands": [shlex.join(c).replace(str(ROOT) + "/", "") for c in rel],
         "data": data_note(demos),
         "data_sha256": dataset_hash(demos),
@@ -652,26 +665,25 @@ def main(argv: list[str] | None = None) -> int:
             + ["--workers", str(plan.workers), "--seed", "0"]
         )
     demo = Path(args.demo_ckpt) if args.demo_ckpt else work / "demo"
-    if "demo" in stages and not args.demo_ckpt and not (demo / "loss_rater.csv").is_file():
-        for i, cmd in enumerate(demo_commands(plan, demos, demo)):
-            sh(cmd)
-            phase, is_rater = divmod(i, 2)
-            if is_rater and phase < len(plan.demo_steps) - 1:  # keep the earlier phase's checkpoint
-                early = work / f"demo-step{plan.demo_steps[phase]}"
-                shutil.rmtree(early, ignore_errors=True)
-                shutil.copytree(demo, early, ignore=shutil.ignore_patterns("*.pt"))
-    if "ship" in stages:
-        ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
-    note = data_note(demos) if demos.is_dir() else "?"
     timed = StageTimer(out / "timings.json", args.quick)
-    if "demo-eval" in stages:
-        timed("demo-eval", stage_demo_eval, args, plan, demo, note)
     subset = make_subset(demos, work / f"subset{plan.subset_per_task}", plan.subset_per_task)
     sub_note = data_note(subset)
-    if "ablations" in stages:
-        timed("ablations", stage_ablations, args, plan, subset, sub_note)
-    if "efficiency" in stages:
-        timed("efficiency", stage_efficiency, args, plan, subset, sub_note)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # The demo checkpoint trains on one core (a subprocess) while the ablation and efficiency
+        # stages, which do not need it, train and evaluate on the other.
+        training = None
+        if "demo" in stages and not args.demo_ckpt and not (demo / "loss_rater.csv").is_file():
+            training = background.submit(timed, "demo", train_demo, plan, demos, demo, work)
+        if "ablations" in stages:
+            timed("ablations", stage_ablations, args, plan, subset, sub_note)
+        if "efficiency" in stages:
+            timed("efficiency", stage_efficiency, args, plan, subset, sub_note)
+        if training is not None:
+            training.result()
+    if "ship" in stages:
+        ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
+    if "demo-eval" in stages:
+        timed("demo-eval", stage_demo_eval, args, plan, demo, data_note(demos))
     if "figure" in stages:
         timed("figure", stage_figure, args, plan, demo)
     return 0
