@@ -175,3 +175,26 @@ def test_nightly_script_passes_exit_codes_and_holds_a_lock(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a night still running
         proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "another run holds" in proc.stderr
+
+
+def test_nightly_renders_tabletop_at_each_checkpoints_image_size(tmp_path):
+    """The nightly job builds the same run as `asyncvla-eval tabletop --ckpt C` (it once kept the
+    suite's 128 px while asyncvla-eval rendered at the checkpoint's 56 px); --set still wins."""
+    from evalsuite.regression.nightly import Nightly, nightly_parser
+
+    ckpt = tmp_path / "ckpts" / "step1"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(
+        json.dumps({"format": "asyncvla-checkpoint", "model": {"image_size": 56}})
+    )
+    for extra, size in (([], 56), (["--set", "image_size=96"], 96)):
+        argv = [
+            "tabletop",
+            "--ckpt-dir",
+            str(tmp_path / "ckpts"),
+            "--out-root",
+            str(tmp_path / "out"),
+            *extra,
+        ]
+        job = Nightly(nightly_parser().parse_args(argv), argv)
+        assert job.config_for(ckpt, tmp_path / "run").suites[0].env_kwargs["image_size"] == size

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalsuite.cli import UsageError, apply_overrides, config_from_args, eval_parser, resolve_suites
+from evalsuite.cli import (
+    UsageError,
+    apply_overrides,
+    config_from_args,
+    eval_parser,
+    render_at_model_size,
+    resolve_suites,
+)
 from evalsuite.evaluate import evaluate
 from evalsuite.manifest import checkpoint_sha256
 from evalsuite.regression.compare import ALPHA, CompareError, Comparison, compare_runs, load_run, run_label
@@ -121,7 +128,11 @@ class Nightly:
                 setattr(eval_args, dest, getattr(self.args, dest))
         eval_args.set = []  # already applied to self.suites
         config = config_from_args(eval_args, ["nightly", *self.argv])
-        return dataclasses.replace(config, suites=self.suites)
+        explicit = {item.partition("=")[0] for item in self.args.set or []}
+        suites = [
+            s if "image_size" in explicit else render_at_model_size(s, str(checkpoint)) for s in self.suites
+        ]
+        return dataclasses.replace(config, suites=suites)
 
     def evaluate_checkpoint(self, history: History, checkpoint: Path) -> Evaluated:
         """Evaluate one checkpoint unless the history has it; resume its run directory if unfinished."""
