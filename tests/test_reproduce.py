@@ -83,7 +83,9 @@ def test_render_size_follows_the_checkpoint_only_where_the_suite_allows_it(tmp_p
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"format": "asyncvla-checkpoint", "model": {"image_size": 84}}))
+    (ckpt / "config.json").write_text(
+        json.dumps({"format": "asyncvla-checkpoint", "model": {"image_size": 84}})
+    )
     tabletop = get_suite("tabletop")
     assert render_at_model_size(tabletop, str(ckpt)).env_kwargs["image_size"] == 84
     fixed = dataclasses.replace(tabletop, render_at_model_size=False)  # e.g. LIBERO's 256 px protocol
