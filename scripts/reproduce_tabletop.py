@@ -1,7 +1,7 @@
 """Reproduce the paper's claims on the embedded tabletop suite, on CPU (issue 7).
 
     python scripts/reproduce_tabletop.py                 # the full run (planned for < 2 h on 2 cores)
-    python scripts/reproduce_tabletop.py --quick         # a smoke run of every stage in minutes
+    python scripts/reproduce_tabletop.py --quick         # a smoke run of every stage (about 30 min here)
     python scripts/reproduce_tabletop.py --stages demo-eval,figure
 
 Stages, in order (each skips work whose output already exists, so an interrupted run resumes):
@@ -82,7 +82,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        """A smoke run of every stage in minutes (its numbers are not the ones in results/)."""
+        """A smoke run of every stage (about 30 min on 2 cores) (its numbers are not the ones in results/)."""
         return cls(
             demos_per_task=4,
             demo_steps=(100, 200),
