@@ -88,13 +88,20 @@ def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
     return dataclasses.replace(suite, env_kwargs=kwargs)
 
 
-def render_at_model_size(suite: SuiteSpec, checkpoint: str) -> SuiteSpec:
-    """The suite's env renders at the checkpoint's image size where its protocol allows it."""
+def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str] = ()) -> SuiteSpec:
+    """The suite's env renders at the checkpoint's image size where its protocol allows it and
+    `--set image_size=...` (one of `overrides`) did not choose a size."""
     import dataclasses
     import json
 
     config = Path(checkpoint) / "config.json"
-    if not suite.render_at_model_size or "image_size" not in suite.env_kwargs or not config.is_file():
+    chosen = any(item.partition("=")[0] == "image_size" for item in overrides)
+    if (
+        chosen
+        or not suite.render_at_model_size
+        or "image_size" not in suite.env_kwargs
+        or not config.is_file()
+    ):
         return suite  # (a missing config.json is reported by the checkpoint loader, with its name)
     size = json.loads(config.read_text()).get("model", {}).get("image_size")  # save_checkpoint's layout
     return dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, "image_size": size}) if size else suite
@@ -164,8 +171,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
     suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
-        explicit = {item.partition("=")[0] for item in args.set}
-        suites = [render_at_model_size(s, checkpoint) if "image_size" not in explicit else s for s in suites]
+        suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
         kind, checkpoint = args.policy, None
     else:

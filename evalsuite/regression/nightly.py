@@ -128,10 +128,7 @@ class Nightly:
                 setattr(eval_args, dest, getattr(self.args, dest))
         eval_args.set = []  # already applied to self.suites
         config = config_from_args(eval_args, ["nightly", *self.argv])
-        explicit = {item.partition("=")[0] for item in self.args.set or []}
-        suites = [
-            s if "image_size" in explicit else render_at_model_size(s, str(checkpoint)) for s in self.suites
-        ]
+        suites = [render_at_model_size(s, str(checkpoint), self.args.set or []) for s in self.suites]
         return dataclasses.replace(config, suites=suites)
 
     def evaluate_checkpoint(self, history: History, checkpoint: Path) -> Evaluated:
