@@ -35,6 +35,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        """A smoke run of every stage (about 30 min on 2 cores) (its numbers are not the ones in results/)."""
+        """A smoke run of every stage, about 30 min on 2 cores; its numbers are not the ones in results/."""
         return cls(
             demos_per_task=4,
             demo_steps=(100, 200),
@@ -612,27 +613,28 @@ def stage_figure(args, plan: Plan, demo: Path) -> None:
 
 class StageTimer:
     """Wall time of each stage invocation, appended to OUT/timings.json (a re-run that finds its
-    episodes already recorded shows up as a short entry, the first run as the real cost)."""
+    episodes already recorded shows up as a short entry, the first run as the real cost).
+    The demo stage finishes in a background thread, so the file's read-append-write is locked."""
 
     def __init__(self, path: Path, quick: bool):
         self.path, self.quick = path, quick
+        self.lock = threading.Lock()
 
     def __call__(self, stage: str, fn, *a) -> None:
         import time
 
         start = time.perf_counter()
         fn(*a)
-        runs = json.loads(self.path.read_text()) if self.path.is_file() else []
-        runs = runs if isinstance(runs, list) else []
-        runs.append(
-            {
-                "stage": stage,
-                "quick": self.quick,
-                "seconds": round(time.perf_counter() - start, 1),
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            }
-        )
-        self.path.write_text(json.dumps(runs, indent=2) + "\n")
+        entry = {
+            "stage": stage,
+            "quick": self.quick,
+            "seconds": round(time.perf_counter() - start, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with self.lock:
+            runs = json.loads(self.path.read_text()) if self.path.is_file() else []
+            runs = runs if isinstance(runs, list) else []
+            self.path.write_text(json.dumps([*runs, entry], indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
