@@ -126,8 +126,9 @@ def sample_layout(
 @functools.cache
 def template(task: Task) -> Layout:
     """The task's fixed arrangement, the centre of all its layouts (evaluation and training)."""
-    task_index = [t.name for t in TASKS].index(task.name)
-    return sample_layout(np.random.default_rng([TEMPLATE_SEED, task_index]), task, extra_clearance=2 * JITTER)
+    return sample_layout(
+        np.random.default_rng([TEMPLATE_SEED, TASKS.index(task)]), task, extra_clearance=2 * JITTER
+    )
 
 
 def jittered_layout(rng: np.random.Generator, task: Task, max_tries: int = 1_000) -> Layout:
@@ -157,8 +158,7 @@ def generate(seed: int = EVAL_SEED, episodes: int = EPISODES_PER_TASK) -> dict[s
 
 def train_layout(task: Task, episode_index: int, seed: int) -> Layout:
     """A fresh layout for demonstrations, never one of the evaluation states' stream."""
-    task_index = [t.name for t in TASKS].index(task.name)
-    return jittered_layout(np.random.default_rng([TRAIN_SEED, task_index, episode_index, seed]), task)
+    return jittered_layout(np.random.default_rng([TRAIN_SEED, TASKS.index(task), episode_index, seed]), task)
 
 
 class InitStates:
