@@ -64,6 +64,13 @@ class SimulatorMissing(SetupError):
     """A simulator package or system library is not installed; the message names the fix."""
 
 
+class AdapterMismatch(SetupError):
+    """The simulator does not provide what the adapter reads (an observation key, a link, a shape):
+    every episode would fail the same way, so the run stops with this message instead of retrying
+    and recording errors. Usually a simulator version other than the one the adapter was checked
+    against."""
+
+
 class InvalidAction(ValueError):
     """An action of the wrong shape, or with NaN / Inf, reached an env."""
 

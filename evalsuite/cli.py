@@ -5,7 +5,10 @@
     asyncvla-eval record-demos SUITE --out DIR ...
     asyncvla-eval ablations SUITE --ckpt UNIFIED --sfm-ckpt SFM_TRAINED ...
 
-Exit codes: 0 done, 1 the run stopped on an error it could not recover from, 2 bad input.
+Exit codes of an evaluation: 0 every planned episode has an outcome; 2 bad input, a missing
+simulator or asset, or an error that would repeat on every episode (the run stops; records written
+so far are kept); 3 the run finished but some episodes are recorded as errors (they crashed on
+every attempt and are left out of the rates).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from evalsuite.suites import registry
 from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger("asyncvla-eval")
+EXIT_EPISODE_ERRORS = 3
 
 
 class UsageError(ValueError):
@@ -239,6 +243,16 @@ def cmd_evaluate(argv: list[str]) -> int:
     summary = evaluate(config, show_progress=not args.quiet)
     print(summary.markdown)
     print(f"run directory: {summary.run_dir}")
+    errors = sum(1 for r in summary.records if r.success is None)
+    if errors:
+        print(
+            f"asyncvla-eval: {errors} of {len(summary.records)} episodes are recorded as errors (they "
+            "crashed on every attempt; the tables count them apart). Their messages are in "
+            f"{summary.run_dir / 'episodes.jsonl'}; re-run the same command with --retry-errors to "
+            "run them again.",
+            file=sys.stderr,
+        )
+        return EXIT_EPISODE_ERRORS
     return 0
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from envs.base import SetupError
 from evalsuite import manifest as mf
 from evalsuite.plan import describe_plan, plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
 from evalsuite.store import RunStore
-from evalsuite.suites.spec import SuiteSpec
+from evalsuite.suites.spec import SuiteSpec, import_object
 from evalsuite.tables import build_tables, protocol_header, records_frame, write_tables
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,24 @@ def dry_run(config: EvalConfig) -> str:
     return describe_plan(plan_for(config))
 
 
+def preflight(suites: list[SuiteSpec], plan: list[EpisodeSpec]) -> None:
+    """Every suite's own checks over the whole plan (simulator importable, assets present), before
+    anything is written: one message with every problem, so one fix makes the rerun work."""
+    problems = []
+    for suite in suites:
+        tasks = list(dict.fromkeys(spec.task for spec in plan if spec.suite == suite.name))
+        if suite.preflight and tasks:
+            try:
+                import_object(suite.preflight)(tasks=tasks, **suite.env_kwargs)
+            except SetupError as e:
+                problems.append(f"{suite.name}: {e}" if len(suites) > 1 else str(e))
+    if problems:
+        raise SetupError("\n".join(dict.fromkeys(problems)))
+
+
 def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
     plan = plan_for(config)
+    preflight(config.suites, plan)
     store = RunStore(config.out)
     done = store.open(build_manifest(config))
     planned = {spec.id for spec in plan}
@@ -114,6 +131,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
 
     start = time.perf_counter()
     progress = Progress(len(plan), done) if show_progress else None
+    ended: dict = {}
     try:
         if todo:
             run_plan(
@@ -125,10 +143,14 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
                 videos,
                 progress,
             )
+        ended = {"finished": mf.now_iso(), "stopped": None, "stop_reason": None}
+    except BaseException as e:  # Ctrl-C included: the manifest must not claim a finished run
+        ended = {"finished": None, "stopped": mf.now_iso(), "stop_reason": f"{type(e).__name__}: {e}"}
+        raise
     finally:
         if progress:
             progress.close()
-        store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), finished=mf.now_iso())
+        store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), **ended)
     return report(config.out, config.suites, plan)
 
 

@@ -56,6 +56,25 @@ def test_a_fatal_error_keeps_the_records_already_written(toy_suites, tmp_path, c
     assert episodes.read_text() == before
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_run_with_error_records_exits_3_and_says_how_to_rerun_them(toy_suites, tmp_path, capsys, workers):
+    args = ["toy-crash", "--policy", "scripted", "--workers", workers, "--retries", "1"]
+    assert _eval(tmp_path, *args, "--episodes-per-task", "2") == 3
+    err = capsys.readouterr().err
+    assert "2 of 4 episodes are recorded as errors" in err and "--retry-errors" in err
+    records = [json.loads(x) for x in _lines(tmp_path / "run" / "episodes.jsonl")]
+    assert sorted(r["success"] for r in records if r["episode_index"] == 0) == [True, True]
+    assert [r["attempts"] for r in records if r["success"] is None] == [2, 2]
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["finished"] and manifest["stopped"] is None  # it ran to the end, with errors
+
+
+def test_a_stopped_run_is_not_marked_finished(toy_suites, tmp_path, capsys):
+    assert _eval(tmp_path, "toy-nan", "--policy", "scripted", "--workers", "0") == 2
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest.get("finished") is None and "NaN or Inf" in manifest["stop_reason"]
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(toy_suites, tmp_path, capsys):
     assert _eval(tmp_path, "toy", "--policy", "random", "--dry-run", "--episodes-per-task", "4") == 0
     out = capsys.readouterr().out

@@ -1,9 +1,11 @@
-"""The SimplerEnv adapter against a faithful fake of simpler_env + mani_skill2_real2sim.
+"""The SimplerEnv adapter against a fake of simpler_env + mani_skill2_real2sim driven by fixtures
+recorded from the real simulator.
 
-The fake (tests/fakes/simpler, see its README) keeps the real package's module paths, function
-names, env ids and budgets, constructor kwargs, reset options, observation layout and info keys
-(as /work/shared/notes/simplerenv-on-cpu.md records them); its dynamics are kinematic, not SAPIEN,
-so nothing here is a SimplerEnv success rate.
+`tests/fixtures/simpler_real.json` was recorded from the real SimplerEnv 4ab7178 /
+ManiSkill2_real2sim ef7a4d4 / SAPIEN 2.2.2 by `scripts/record_simpler_fixture.py` (its `recorded`
+block says when and with what). The fake (tests/fakes/simpler) takes from it every env id, budget,
+observation key and shape, info key, joint name and pose the adapter can read; only its motion is a
+kinematic stand-in, so nothing here is a SimplerEnv success rate.
 """
 
 import json
@@ -17,7 +19,8 @@ import pytest
 from envs.base import InvalidAction, SimulatorMissing
 from envs.simpler.actions import ActionConverter
 from envs.simpler.assets import required_files
-from envs.simpler.sweep import configs_by_name
+from envs.simpler.state import pose_in_frame
+from envs.simpler.sweep import configs_by_name, load_sweeps
 from evalsuite.cli import main
 from evalsuite.episode import run_episode
 from evalsuite.records import EpisodeSpec
@@ -25,6 +28,7 @@ from evalsuite.suites import registry
 
 gymnasium = pytest.importorskip("gymnasium")
 FAKES = Path(__file__).resolve().parent / "fakes" / "simpler"
+REAL = json.loads((Path(__file__).resolve().parent / "fixtures" / "simpler_real.json").read_text())
 
 
 def _write_assets(root: Path) -> None:
@@ -52,6 +56,68 @@ def fake_simpler(monkeypatch, tmp_path):
     fake_envs.BUILT.clear()
     fake_envs.RESETS.clear()
     return fake_envs, assets
+
+
+def test_every_env_id_of_the_published_sweeps_was_recorded_from_the_real_simulator():
+    env_ids = {c.env_name for family in ("rt1", "octo", "misc_alt_urdf") for c in load_sweeps(family)}
+    assert set(REAL["envs"]) == env_ids
+    assert REAL["recorded"]["versions"]["sapien"] == "2.2.2"
+
+
+@pytest.mark.parametrize("env_id", sorted(REAL["envs"]))
+def test_base_frame_tcp_pose_equals_sapiens_own(env_id):
+    """`pose_in_frame` against sapien's `robot.pose.inv() * tcp.pose`, at the reset and after each step."""
+    for sample in REAL["envs"][env_id]["poses"]:
+        base = np.asarray(sample["obs_base_pose"])
+        p, q = pose_in_frame(np.asarray(sample["tcp_p"]), np.asarray(sample["tcp_q"]), base[:3], base[3:])
+        want_q = np.asarray(sample["tcp_in_base_q"])
+        assert p == pytest.approx(sample["tcp_in_base_p"], abs=1e-5)
+        assert q == pytest.approx(want_q if want_q[0] >= 0 else -want_q, abs=1e-5)
+
+
+@pytest.mark.parametrize("env_id", sorted(REAL["envs"]))
+def test_state_on_every_recorded_env(fake_simpler, env_id):
+    """Every task family, both robots: the adapter builds the state from what the real env returns
+    (the drawer envs' `obs["extra"]` is empty), the pose relative to the robot base as sapien computes
+    it, the fingers found by name (on the Google robot the last two joints are the head)."""
+    from envs.simpler import make_env
+
+    real = REAL["envs"][env_id]
+    rows = [c for g in ("widowx", "google_vm", "google_va") for c in configs_by_name(g).values()]
+    config = next(c for c in rows if c.row_id == real["sweep_row"])
+    env = make_env(group=config.group)
+    obs = env.reset(config.task_name, 0, seed=0)
+    reset = real["poses"][0]
+    fingers = [real["active_joints"].index(n) for n in real["gripper_joint_names"]]
+    assert obs.state.shape == (9,) and obs.state.dtype == np.float32
+    assert obs.state[:3] == pytest.approx(reset["tcp_in_base_p"], abs=1e-5)
+    q = np.asarray(reset["tcp_in_base_q"])
+    assert obs.state[3:7] == pytest.approx(q if q[0] >= 0 else -q, abs=1e-5)
+    assert obs.state[7:] == pytest.approx([reset["qpos"][i] for i in fingers])
+    assert obs.images[next(iter(obs.images))].shape == tuple(real["image_for_policy"]["shape"])
+    assert obs.instruction == real["instruction"]
+    _, _, _, info = env.step(np.array([0, 0, 0, 0, 0, 0, 0.0]))
+    assert set(real["steps"][0]["info"]) - {"episode_stats"} <= set(info)  # the env's own info keys
+
+
+def test_an_adapter_mismatch_stops_the_run_at_once_instead_of_recording_errors(
+    fake_simpler, tmp_path, capsys, monkeypatch
+):
+    """A simulator whose observation lacks a key the state is read from (here: a package version
+    without `agent.base_pose`) fails identically on every episode: one message, exit 2, no retries."""
+    fake, _ = fake_simpler
+    real = json.loads(json.dumps(fake.FIXTURE["OpenTopDrawerCustomInScene-v0"]))
+    del real["obs"]["agent"]["base_pose"]
+    monkeypatch.setitem(fake.FIXTURE, "OpenTopDrawerCustomInScene-v0", real)
+    task = "open_drawer.top.base"
+    out = tmp_path / "run"
+    args = ["simpler-google-va", "--policy", "random", "--workers", "0", "--tasks", task, "--out", str(out)]
+    assert main([*args, "--episodes-per-task", "2", "--video", "none", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "base_pose" in err and "observation" in err
+    assert len(fake.BUILT) == 1  # stopped after the first episode's reset: nothing retried
+    records = out / "episodes.jsonl"
+    assert not records.exists() or records.read_text() == ""  # no error record either
 
 
 def test_episode_env_is_built_with_the_rows_kwargs_and_reset_options(fake_simpler):
@@ -153,17 +219,27 @@ def test_put_in_drawer_advances_its_subtask_on_terminate_and_at_step_100(fake_si
         env.step(np.zeros(8))
 
 
-def test_missing_assets_stop_the_run_with_the_file_names_and_record_nothing(fake_simpler, tmp_path, capsys):
+def test_missing_assets_of_the_whole_plan_are_listed_at_once_and_nothing_is_written(
+    fake_simpler, tmp_path, capsys
+):
     _, assets = fake_simpler
     (assets / "hab2_bench_assets" / "stages" / "bridge_table_1_v1.glb").unlink()
+    (assets / "custom" / "models" / "sink" / "collision.obj").unlink()  # the eggplant task's sink
+    (assets / "custom" / "models" / "eggplant" / "textured.obj").unlink()
     out = tmp_path / "run"
     code = main(
         ["simpler-widowx", "--policy", "random", "--workers", "0", "--out", str(out), "--video", "none"]
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "bridge_table_1_v1.glb" in err and "docs/simpler.md#install" in err
-    assert not (out / "episodes.jsonl").exists() or (out / "episodes.jsonl").read_text() == ""
+    lines = err.splitlines()
+    assert "3 files" in lines[0] and "docs/simpler.md#install" in err
+    by_task = {line.split(" (")[0].strip(): line for line in lines[1:-1]}
+    assert set(by_task) == {"spoon_on_towel", "carrot_on_plate", "stack_cube", "eggplant_in_basket"}
+    assert "bridge_table_1_v1.glb" in by_task["carrot_on_plate"]
+    assert "custom/models/sink/collision.obj" in by_task["eggplant_in_basket"]
+    assert "custom/models/eggplant/textured.{obj,dae,glb}" in by_task["eggplant_in_basket"]
+    assert not out.exists()  # refused before the run directory was made
 
 
 def test_missing_simulator_names_the_install_section(monkeypatch):

@@ -54,6 +54,19 @@ def make_missing_env(**kwargs):
     raise SimulatorMissing("the toy simulator is not installed: run `pip install toy-sim` (test message)")
 
 
+class CrashingToyEnv(ToyEnv):
+    """Episode 1 of every task crashes on every attempt: a run that ends with error records."""
+
+    def reset(self, task: str, episode_index: int, seed: int) -> Observation:
+        if episode_index == 1:
+            raise RuntimeError("toy simulator crashed (test)")
+        return super().reset(task, episode_index, seed)
+
+
+def make_crashing_env(**kwargs) -> CrashingToyEnv:
+    return CrashingToyEnv(**kwargs)
+
+
 class ToyExpert:
     action_dim = 7
     chunk_length = 4
@@ -114,4 +127,5 @@ SUITES = [
     _suite("toy-nan", expert="toy_suite:NaNPolicy"),
     _suite("toy-wrongdim", expert="toy_suite:WrongDimPolicy"),
     _suite("toy-missing", factory="toy_suite:make_missing_env"),
+    _suite("toy-crash", factory="toy_suite:make_crashing_env"),
 ]

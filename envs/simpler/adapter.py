@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Observation, SimulatorMissing, check_action
+from envs.base import AdapterMismatch, Observation, SimulatorMissing, check_action
 from envs.simpler.actions import ActionConverter
-from envs.simpler.assets import check_assets
-from envs.simpler.sweep import SweepConfig, configs_by_name
+from envs.simpler.assets import check_assets, check_plan_assets
+from envs.simpler.state import finger_indices, robot_state
+from envs.simpler.sweep import POLICY_CAMERA, SweepConfig, configs_by_name
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "see docs/simpler.md#install (SimplerEnv is installed from its git repositories, not PyPI)"
@@ -76,6 +77,7 @@ class SimplerEnv:
         self.obs: dict | None = None
         self.instruction = ""
         self.is_final_subtask = True
+        self.fingers = (0, 0)
 
     def reset(self, task: str, episode_index: int, seed: int) -> Observation:
         if task not in self.configs:
@@ -100,6 +102,7 @@ class SimplerEnv:
         self.octo_init_rng = OCTO_INIT_RNGS[repeat] if self.seed_repeats > 1 else 0
         self.converter = ActionConverter(config.robot_kind, self.gripper_input, self.rotation)
         unwrapped = self.env.unwrapped
+        self.fingers = finger_indices(unwrapped)
         self.is_final_subtask = bool(unwrapped.is_final_subtask())
         self.instruction = unwrapped.get_language_instruction()
         return self._observation(render=True)
@@ -137,11 +140,34 @@ class SimplerEnv:
     def _observation(self, render: bool) -> Observation:
         images = {}
         if render:
-            camera = "3rd_view_camera" if self.config.robot_kind == "widowx" else "overhead_camera"
-            images[camera] = np.ascontiguousarray(self.get_image(self.env.unwrapped, self.obs))
-        # tcp pose (xyz + wxyz quaternion) and the two gripper joints: the same 9 numbers on both robots
-        state = np.concatenate([self.obs["extra"]["tcp_pose"], self.obs["agent"]["qpos"][-2:]])
-        return Observation(images=images, state=state.astype(np.float32), instruction=self.instruction)
+            camera = POLICY_CAMERA[self.config.robot_kind]
+            try:
+                images[camera] = np.ascontiguousarray(self.get_image(self.env.unwrapped, self.obs))
+            except KeyError as e:
+                cameras = sorted(self.obs.get("image", {}))
+                raise AdapterMismatch(
+                    f"{self.config.env_name}: no image {e} in the observation (cameras: {cameras})"
+                ) from e
+        state = robot_state(self.env.unwrapped, self.obs, self.fingers)  # layout: envs/simpler/state.py
+        return Observation(images=images, state=state, instruction=self.instruction)
+
+
+def preflight(
+    tasks: list[str],
+    group: str,
+    backend: str = "sapien2",
+    check_assets: bool = True,
+    asset_dir: str | None = None,
+    **_: Any,
+) -> None:
+    """Before a run writes anything: the simulator imports and every planned task's assets exist
+    (`SuiteSpec.preflight`; called with the suite's env kwargs)."""
+    if backend != "sapien2":
+        return  # the ManiSkill3 backend checks its own downloads when it builds an env
+    _, _, default_assets = import_simulator()
+    if check_assets:
+        configs = configs_by_name(group)
+        check_plan_assets([configs[t] for t in tasks], Path(asset_dir) if asset_dir else default_assets)
 
 
 def make_env(group: str, backend: str = "sapien2", **kwargs: Any):

@@ -24,7 +24,8 @@ _BRIDGE = {
     "PutSpoonOnTableClothInScene-v0": ["bridge_spoon_generated_modified", "table_cloth_generated_shorter"],
     "PutCarrotOnPlateInScene-v0": ["bridge_carrot_generated_modified", "bridge_plate_objaverse_larger"],
     "StackGreenCubeOnYellowCubeBakedTexInScene-v0": ["baked_green_cube_3cm", "baked_yellow_cube_3cm"],
-    "PutEggplantInBasketScene-v0": ["eggplant"],  # its target is an invisible plane, no mesh
+    # the target is an invisible plane, and the env adds the sink (put_on_in_scene.py:376-448)
+    "PutEggplantInBasketScene-v0": ["eggplant", "dummy_sink_target_plane", "sink"],
 }
 _MOVE_NEAR_BAKED = ["blue_plastic_bottle", "baked_opened_pepsi_can", "orange", "baked_opened_7up_can"]
 _MOVE_NEAR_BAKED += ["baked_apple", "baked_sponge", "baked_opened_coke_can", "baked_opened_redbull_can"]
@@ -92,6 +93,12 @@ def urdf_meshes(urdf: Path) -> list[Path]:
     return sorted({(urdf.parent / m.attrib["filename"]).resolve() for m in meshes if "filename" in m.attrib})
 
 
+INSTALL_FIX = (
+    "Fetch the large files of ManiSkill2_real2sim/data (git lfs pull, or its README's download) "
+    "or set MS2_REAL2SIM_ASSET_DIR to a complete copy; see docs/simpler.md#install"
+)
+
+
 def check_assets(config: SweepConfig, asset_dir: Path) -> None:
     """Raise `MissingAssets` naming every absent file of this configuration."""
     missing = missing_files(config, asset_dir)
@@ -99,6 +106,35 @@ def check_assets(config: SweepConfig, asset_dir: Path) -> None:
         names = ", ".join(str(m) for m in missing)
         raise MissingAssets(
             f"{config.env_name} ({config.task_name}) needs files missing under {asset_dir}: {names}. "
-            "Fetch the large files of ManiSkill2_real2sim/data (git lfs pull, or its README's download) "
-            "or set MS2_REAL2SIM_ASSET_DIR; see docs/simpler.md#install"
+            + INSTALL_FIX
         )
+
+
+def check_plan_assets(configs: list[SweepConfig], asset_dir: Path) -> None:
+    """Check every configuration a run will build before its first episode, and name every missing
+    file in one message, grouped by the paper's task (one rerun fixes all of them)."""
+    by_task: dict[str, dict[Path, None]] = {}
+    affected: dict[str, int] = {}
+    for config in configs:
+        missing = missing_files(config, asset_dir)
+        if missing:
+            by_task.setdefault(config.task, {}).update(dict.fromkeys(missing))
+            affected[config.task] = affected.get(config.task, 0) + 1
+    if not by_task:
+        return
+    lines = [
+        f"SimplerEnv assets missing under {asset_dir} "
+        f"({len({f for files in by_task.values() for f in files})} files); nothing was run or written:"
+    ]
+    for task, files in by_task.items():
+        names = ", ".join(_relative(f, asset_dir) for f in files)
+        lines.append(f"  {task} ({affected[task]} of the planned configurations): {names}")
+    lines.append(INSTALL_FIX)
+    raise MissingAssets("\n".join(lines))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:  # a URDF mesh outside the asset folder
+        return str(path)

@@ -56,17 +56,17 @@ def paper_task_rate(records: pd.DataFrame, parts: list[str]) -> float:
 def _row(label: str, records: pd.DataFrame, rate: float, paper: float | None) -> dict:
     n, k = len(records), int(records["success"].sum()) if len(records) else 0
     lo, hi = wilson_interval(k, n)
-    paper_frac = np.nan if paper is None or pd.isna(paper) else paper / 100
-    return {
+    paper_pct = np.nan if paper is None or pd.isna(paper) else float(paper)  # published in percent
+    return {  # rates are fractions (rendered in percent); the paper column is percent, as LIBERO's
         "task": label,
         "episodes": n,
         "successes": k,
         "success_rate": rate,
         "ci_low": lo,
         "ci_high": hi,
-        "paper": paper_frac,
-        "delta": rate - paper_frac,
-        "paper_in_ci": bool(lo <= paper_frac <= hi) if not np.isnan(paper_frac) else None,
+        f"paper {PAPER_MODEL} %": paper_pct,
+        "delta pts": round(100 * rate - paper_pct, 1),
+        "paper_in_ci": bool(lo <= paper_pct / 100 <= hi) if not np.isnan(paper_pct) else None,
     }
 
 
@@ -127,7 +127,9 @@ def camera_variants_table(records: pd.DataFrame) -> pd.DataFrame:
         _row(f"{task}/{variant}", sel, task_rate(sel), None)
         for (task, variant), sel in cams.groupby(["simpler_task", "variant"], sort=False)
     ]
-    return pd.DataFrame(rows).drop(columns=["paper", "delta", "paper_in_ci"], errors="ignore")
+    return pd.DataFrame(rows).drop(
+        columns=[f"paper {PAPER_MODEL} %", "delta pts", "paper_in_ci"], errors="ignore"
+    )
 
 
 def google_layout(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, pd.DataFrame]:

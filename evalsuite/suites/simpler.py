@@ -71,6 +71,7 @@ def _suite(name: str, group: str, family: str, layout: str, paper: str, repeats:
         name=name,
         tasks=tasks,
         env_factory="envs.simpler:make_env",
+        preflight="envs.simpler:preflight",
         env_kwargs={"group": group, **DEFAULT_ENV_KWARGS, "seed_repeats": repeats},
         end_on_success=False,  # SimplerEnv runs the budget and reads success at the last step
         action_dim=7,

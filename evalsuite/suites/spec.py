@@ -35,6 +35,10 @@ class SuiteSpec:
     # instead of being resampled from the default size, which a tiny model trained on native
     # renders does not survive. False where the protocol fixes the render size (LIBERO: 256 px).
     render_at_model_size: bool = False
+    # "module:function" called before a run writes anything, with the planned task names and the
+    # env kwargs (`preflight(tasks=[...], **env_kwargs)`); it raises a SetupError naming everything
+    # that is missing, so a run that cannot succeed is refused at once instead of at episode 1.
+    preflight: str | None = None
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:

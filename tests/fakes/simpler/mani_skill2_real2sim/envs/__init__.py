@@ -1,51 +1,67 @@
-"""Fake ManiSkill2_real2sim custom-scene envs, registered with gymnasium like the real ones.
+"""Fake ManiSkill2_real2sim custom-scene envs, driven by what the real simulator returned.
 
-Faithful to the API the adapter uses (MS ef7a4d4 `envs/sapien_env.py`, `envs/custom_scenes/*`):
-constructor kwargs, `reset(seed=None, options=...)` with robot/object init options, the rgbd
-observation layout (`agent.qpos`, `extra.tcp_pose`, `image.<camera>.rgb/depth/Segmentation`),
-`terminated == info["success"]` as a numpy bool, `episode_stats`, the registered budgets,
-`get_language_instruction`, `is_final_subtask` / `advance_to_next_subtask` and the forced advance of
-put-in-drawer at step 100. Dynamics are kinematic: the tool point moves by 5 cm per unit of xyz
-action; the task succeeds while it is within 3 cm (xy) of the goal with the gripper closed.
+Everything the adapter can read is taken from `tests/fixtures/simpler_real.json`, recorded from the
+real SimplerEnv by `scripts/record_simpler_fixture.py` (see that file's `recorded` block for the
+versions and commits): which env ids exist and their budgets, the action space, the observation's
+keys, shapes and dtypes (an empty `extra` on the drawer envs, `base_pose` under `agent`), the
+reset-info and step-info keys, the robot's active joints in qpos order, its finger joints and TCP
+link, the robot base pose and the TCP orientation, the first instruction. An env id the fixture
+does not have is not registered, and a key the real env does not return is not in the fake's
+observation, so the adapter cannot pass a test by reading something the real package lacks.
+
+What is not from the fixture is the motion: the tool point starts at its recorded pose and moves
+kinematically, 5 cm per unit of xyz action; the goal lies at the object's init xy (or a small
+offset per episode id) from the tool point's start; the task succeeds while the tool point is
+within 3 cm (xy) of the goal with the gripper closed. The robot base stays at its recorded pose.
+Success semantics that the tests exercise follow the env classes (ManiSkill2_real2sim ef7a4d4):
+coke can's any-step component (`grasp_single_in_scene.py:450`), the put-in-drawer forced subtask
+advance at step 100 (`place_in_closed_drawer_in_scene.py:242-246`) and its second instruction. Nothing measured on this fake is a SimplerEnv result.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
+
+FIXTURE_PATH = Path(__file__).resolve().parents[4] / "fixtures" / "simpler_real.json"
+FIXTURE = json.loads(FIXTURE_PATH.read_text())["envs"]
 
 BUILT: list[tuple[str, dict]] = []  # (env id, constructor kwargs) of every env built in this process
 RESETS: list[dict] = []  # reset options, in order
 STEPS: list[np.ndarray] = []  # actions the env received
 
-BUDGETS = {
-    "PutSpoonOnTableClothInScene-v0": 60,
-    "PutCarrotOnPlateInScene-v0": 60,
-    "StackGreenCubeOnYellowCubeBakedTexInScene-v0": 60,
-    "PutEggplantInBasketScene-v0": 120,
-    "GraspSingleOpenedCokeCanInScene-v0": 80,
-    "GraspSingleOpenedCokeCanDistractorInScene-v0": 80,
-    "GraspSingleOpenedCokeCanAltGoogleCameraInScene-v0": 80,
-    "GraspSingleOpenedCokeCanAltGoogleCamera2InScene-v0": 80,
-    "MoveNearGoogleBakedTexInScene-v0": 80,
-    "MoveNearGoogleInScene-v0": 80,
-    "MoveNearAltGoogleCameraInScene-v0": 80,
-    "MoveNearAltGoogleCamera2InScene-v0": 80,
-    "PlaceIntoClosedTopDrawerCustomInScene-v0": 200,
-}
-for _verb in ("Open", "Close"):
-    for _level in ("Top", "Middle", "Bottom"):
-        BUDGETS[f"{_verb}{_level}DrawerCustomInScene-v0"] = 113
 
-INSTRUCTIONS = {
-    "PutSpoonOnTableClothInScene-v0": "put the spoon on the towel",
-    "PutCarrotOnPlateInScene-v0": "put carrot on plate",
-    "StackGreenCubeOnYellowCubeBakedTexInScene-v0": "stack the green block on the yellow block",
-    "PutEggplantInBasketScene-v0": "put eggplant into yellow basket",
-}
+def recorded_value(value):
+    """Undo `record_simpler_fixture.small_value`: numpy scalars and small arrays come back as such."""
+    if isinstance(value, dict) and "numpy" in value:
+        if "value" not in value:
+            dtype = value["numpy"].removeprefix("ndarray[").rstrip("]")
+            return np.zeros(value["shape"], dtype=dtype)
+        if value["numpy"].startswith("ndarray"):
+            return np.asarray(value["value"], dtype=value["numpy"].removeprefix("ndarray[").rstrip("]"))
+        return getattr(np, value["numpy"])(value["value"])
+    if isinstance(value, dict) and "repr" in value:
+        return value["repr"]
+    if isinstance(value, dict):
+        return {k: recorded_value(v) for k, v in value.items()}
+    return value
+
+
+def zeros_like_recorded(structure):
+    if "shape" in structure and "dtype" in structure:
+        return np.zeros(structure["shape"], dtype=structure["dtype"])
+    return OrderedDict((k, zeros_like_recorded(v)) for k, v in structure.items())
+
+
+class Pose:
+    def __init__(self, p, q):
+        self.p, self.q = np.asarray(p, dtype=np.float32), np.asarray(q, dtype=np.float32)
 
 
 class FakeCustomSceneEnv(gym.Env):
@@ -59,86 +75,94 @@ class FakeCustomSceneEnv(gym.Env):
         BUILT.append(
             (env_id, {"obs_mode": obs_mode, "robot": robot, "rgb_overlay_path": rgb_overlay_path, **kwargs})
         )
+        self.real = FIXTURE[env_id]
         self.env_id, self.robot_uid, self.kwargs = env_id, robot, kwargs
-        self.camera = "3rd_view_camera" if "widowx" in robot else "overhead_camera"
-        self.shape = (480, 640, 3) if "widowx" in robot else (512, 640, 3)
-        self._main_rng = np.random.RandomState(2022)  # sapien_env.py:185-188
+        self.fingers = [self.real["active_joints"].index(n) for n in self.real["gripper_joint_names"]]
+        joints = [SimpleNamespace(name=n) for n in self.real["active_joints"]]
+        first = self.real["poses"][0]
+        self.agent = SimpleNamespace(
+            config=SimpleNamespace(
+                gripper_joint_names=list(self.real["gripper_joint_names"]),
+                ee_link_name=self.real["ee_link_name"],
+            ),
+            robot=SimpleNamespace(
+                get_active_joints=lambda: joints, pose=Pose(first["robot_pose_p"], first["robot_pose_q"])
+            ),
+        )
         obs, _ = self.reset(seed=2022, options={"reconfigure": True})
         self.observation_space = _space(obs)  # convert_observation_to_space, sapien_env.py:189
+        space = self.real["action_space"]
         self.action_space = gym.spaces.Box(
-            np.array([-1, -1, -1, -np.pi / 2, -np.pi / 2, -np.pi / 2, -1], np.float32),
-            np.array([1, 1, 1, np.pi / 2, np.pi / 2, np.pi / 2, 1], np.float32),
+            np.array(space["low"], np.float32), np.array(space["high"], np.float32)
         )
+
+    @property
+    def tcp(self):
+        return SimpleNamespace(name=self.real["tcp_link_name"], pose=Pose(self.tcp_p, self.tcp_q))
 
     # -- episode ---------------------------------------------------------------------------
     def reset(self, seed=None, options=None):
         options = dict(options or {})
         if "robot_init_options" in options:
             RESETS.append(options)
-        robot = options.get("robot_init_options", {})
         obj = options.get("obj_init_options", {})
-        xy = np.asarray(robot.get("init_xy", [0.35, 0.2]), dtype=float)
-        self.tcp = np.array([xy[0], xy[1], 0.9])
+        # the tool point starts where the real one was after the recorded reset (world frame)
+        self.tcp_p = np.asarray(self.real["poses"][0]["tcp_p"], dtype=float)
+        self.tcp_q = np.asarray(self.real["poses"][0]["tcp_q"])
+        start = self.tcp_p[:2]
         if "init_xy" in obj:
-            self.goal = np.asarray(obj["init_xy"], dtype=float) + xy
+            self.goal = np.asarray(obj["init_xy"], dtype=float) + start
         else:
             k = int(obj.get("episode_id", 0))
-            self.goal = xy + np.array([0.02 * (k % 5), 0.02 * (k % 3)])
+            self.goal = start + np.array([0.02 * (k % 5), 0.02 * (k % 3)])
         self.closed = 0.0
         self.cur_subtask_id = 0
         self._elapsed_steps = 0
-        self.episode_stats = OrderedDict(n_near=0, has_contact=0)
-        info = {"episode_id": obj.get("episode_id"), "robot_init_xy": xy.tolist()}
-        if self.env_id.startswith("GraspSingle"):
-            info.update(model_id="opened_coke_can", orientation=self._orientation())
-        if "Drawer" in self.env_id:
-            info.update(station_name=self.kwargs.get("station_name", "mk_station"), light_mode="simple")
+        self.episode_stats = OrderedDict((k, 0) for k in self._recorded_stats())
+        self.episode_stats.setdefault("n_near", 0)
+        info = recorded_value(self.real["reset_info"])
+        if "episode_id" in info:
+            info["episode_id"] = obj.get("episode_id", info["episode_id"])
         return self._obs(), info
 
     def step(self, action):
         action = np.asarray(action, dtype=float)
-        if action.shape != (7,):
-            raise ValueError(f"action shape {action.shape} != (7,)")
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action shape {action.shape} != {self.action_space.shape}")
         STEPS.append(action)
         if self.env_id.startswith("PlaceIntoClosed") and self._elapsed_steps >= 100:
-            self.advance_to_next_subtask()  # place_in_closed_drawer_in_scene.py:242-246
-        self.tcp = self.tcp + 0.05 * np.clip(action[:3], -1, 1)
+            self.advance_to_next_subtask()
+        self.tcp_p = self.tcp_p + 0.05 * np.clip(action[:3], -1, 1)
         if "widowx" in self.robot_uid:  # absolute: +1 open
             self.closed = 0.0 if action[6] > 0 else 1.0
         else:  # relative: +1 close
             self.closed = float(np.clip(self.closed + action[6], 0, 1))
         self._elapsed_steps += 1
-        near = bool(np.linalg.norm(self.tcp[:2] - self.goal) < 0.03 and self.closed > 0.5)
+        near = bool(np.linalg.norm(self.tcp_p[:2] - self.goal) < 0.03 and self.closed > 0.5)
         self.episode_stats["n_near"] += int(near)
-        if self.env_id.startswith("GraspSingle"):  # any-step component (grasp_single_in_scene.py:450)
+        if self.env_id.startswith("GraspSingle"):
             success = near or self.episode_stats["n_near"] >= 5
         elif self.env_id.startswith("PlaceIntoClosed"):
-            self.episode_stats["has_contact"] += int(near)
+            self.episode_stats["has_contact"] = self.episode_stats.get("has_contact", 0) + int(near)
             success = self.cur_subtask_id == 1 and self.episode_stats["has_contact"] >= 1 and near
         else:
             success = near
-        info = {
-            "elapsed_steps": self._elapsed_steps,
-            "success": np.bool_(success),
-            "episode_stats": OrderedDict(self.episode_stats),
-        }
-        if "Drawer" in self.env_id:
-            info["qpos"] = float(self.closed)
+        info = recorded_value(self.real["steps"][0]["info"])  # every key the real step returned
+        info.update(
+            elapsed_steps=self._elapsed_steps,
+            success=np.bool_(success),
+            episode_stats=OrderedDict(self.episode_stats),
+        )
         return self._obs(), 0.0, bool(info["success"]), False, info
+
+    def _recorded_stats(self):
+        return list(self.real["steps"][0]["info"].get("episode_stats", {}))
 
     # -- SimplerEnv extras -----------------------------------------------------------------------
     def get_language_instruction(self, **kwargs):
-        if self.env_id in INSTRUCTIONS:
-            return INSTRUCTIONS[self.env_id]
-        if self.env_id.startswith("GraspSingle"):
-            return "pick coke can"
-        if self.env_id.startswith("MoveNear"):
-            return "move blue plastic bottle near pepsi can"
-        if self.env_id.startswith("PlaceIntoClosed"):
-            return "open top drawer" if self.cur_subtask_id == 0 else "place apple into top drawer"
-        verb = "open" if self.env_id.startswith("Open") else "close"
-        level = self.env_id.removeprefix("Open").removeprefix("Close").split("Drawer")[0].lower()
-        return f"{verb} {level} drawer"
+        if self.env_id.startswith("PlaceIntoClosed") and self.cur_subtask_id == 1:
+            return "place apple into top drawer"  # place_in_closed_drawer_in_scene.py, second subtask
+        return self.real["instruction"]
 
     def is_final_subtask(self):
         return not self.env_id.startswith("PlaceIntoClosed") or self.cur_subtask_id == 1
@@ -146,28 +170,21 @@ class FakeCustomSceneEnv(gym.Env):
     def advance_to_next_subtask(self):
         self.cur_subtask_id = 1
 
-    def _orientation(self):
-        for key, name in (
-            ("lr_switch", "horizontal"),
-            ("upright", "standing"),
-            ("laid_vertically", "vertical"),
-        ):
-            if self.kwargs.get(key):
-                return name
-        return "random"
-
     def _obs(self):
-        rgb = np.zeros(self.shape, dtype=np.uint8)
-        rgb[..., 0] = int(255 * np.clip(self.tcp[0], 0, 1))
-        rgb[..., 1] = int(255 * self.closed)
-        image = {"rgb": rgb, "depth": np.zeros(self.shape[:2] + (1,), np.float32)}
-        image["Segmentation"] = np.zeros(self.shape[:2] + (4,), np.uint32)
-        qpos = np.concatenate([np.zeros(6), [self.closed, self.closed]])
-        return {
-            "agent": {"qpos": qpos.astype(np.float32), "qvel": np.zeros(8, np.float32)},
-            "extra": {"tcp_pose": np.concatenate([self.tcp, [1.0, 0, 0, 0]]).astype(np.float32)},
-            "image": {self.camera: image},
-        }
+        obs = zeros_like_recorded(self.real["obs"])
+        qpos = np.asarray(self.real["poses"][0]["qpos"], dtype=obs["agent"]["qpos"].dtype)
+        qpos[self.fingers] += self.closed  # the recorded (open) finger joints, shifted when closed
+        obs["agent"]["qpos"] = qpos
+        if "base_pose" in obs["agent"]:
+            obs["agent"]["base_pose"] = np.asarray(
+                self.real["poses"][0]["obs_base_pose"], dtype=obs["agent"]["base_pose"].dtype
+            )
+        if "tcp_pose" in obs["extra"]:
+            obs["extra"]["tcp_pose"] = np.concatenate([self.tcp_p, self.tcp_q]).astype(np.float32)
+        for camera in obs["image"].values():  # a picture that changes with the state, for videos
+            camera["rgb"][..., 0] = int(255 * np.clip(self.tcp_p[0], 0, 1))
+            camera["rgb"][..., 1] = int(255 * self.closed)
+        return obs
 
 
 def _space(obs):
@@ -180,11 +197,15 @@ def _space(obs):
 
 
 def _register():
-    for env_id, budget in BUDGETS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                env_id, entry_point=FakeCustomSceneEnv, max_episode_steps=budget, kwargs={"env_id": env_id}
-            )
+    for env_id, real in FIXTURE.items():
+        gym.registry.pop(env_id, None)  # a re-import (tests reload the fake) registers its own class
+        gym.register(
+            env_id,
+            entry_point=FakeCustomSceneEnv,
+            max_episode_steps=real["max_episode_steps"],
+            kwargs={"env_id": env_id},
+            disable_env_checker=True,  # as the real one (utils/registration.py:158): empty `extra`
+        )
 
 
 _register()
