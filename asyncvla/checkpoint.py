@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from asyncvla.backbone import load_tokenizer
@@ -67,6 +68,10 @@ def _read_config(path: Path) -> ModelConfig:
         raise CheckpointError(
             f"{path}: not readable JSON ({e}); expected the config.json written by save_checkpoint"
         ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path}: holds a JSON {type(data).__name__}, expected the object written by save_checkpoint"
+        )
     if data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: format is {data.get('format')!r}, expected {FORMAT!r} (not an AsyncVLA checkpoint)"
@@ -75,8 +80,72 @@ def _read_config(path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: version {data.get('version')!r} is not supported; expected {VERSION}")
     try:
         return ModelConfig.from_dict(data["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({type(e).__name__}: {e})") from e
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable, truncated or not a safetensors file ({e})") from e
+
+
+def _check_header(path: Path, expected: dict[str, torch.Tensor], optional: set[str] = frozenset()) -> None:
+    shapes = _header_shapes(path)
+    missing = sorted(set(expected) - set(shapes) - optional)
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: does not match config.json: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    for key, shape in shapes.items():
+        if shape != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {shape}, config.json expects {tuple(expected[key].shape)}"
+            )
+
+
+def check_checkpoint(path: str | Path) -> tuple[ModelConfig, object, NormStats]:
+    """Everything `load_checkpoint` would refuse, found without building the model's weights: the
+    files, config.json, the tokenizer, the normalisation statistics, and every tensor's name and
+    shape in the safetensors headers against the model config.json describes (built on the meta
+    device, so a config with a huge layer size costs nothing here). Returns (config, tokenizer,
+    statistics). The evaluation driver calls it before it starts anything."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: no such checkpoint directory (expected one holding {', '.join(FILES)})"
+        )
+    for name in FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"{path / name} is missing; a checkpoint directory holds {', '.join(FILES)}"
+            )
+        if not os.access(path / name, os.R_OK):
+            raise CheckpointError(f"{path / name} is not readable (permissions)")
+    cfg = _read_config(path / "config.json")
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'tokenizer.json'}: cannot load the tokenizer ({e})") from e
+    try:
+        stats = NormStats.load(path / "norm_stats.json", cfg.state_dim, cfg.action_dim)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / 'norm_stats.json'}: {e}") from e
+    try:
+        with torch.device("meta"):
+            expected = AsyncVLA(cfg, tokenizer, device="meta").state_dict()
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: the model it describes cannot be built ({e})") from e
+    _check_header(
+        path / "model.safetensors", {k: v for k, v in expected.items() if not k.startswith("rater.")}, {TIED}
+    )
+    _check_header(path / "rater.safetensors", {k: v for k, v in expected.items() if k.startswith("rater.")})
+    return cfg, tokenizer, stats
 
 
 def _read_tensors(
@@ -106,24 +175,7 @@ def load_checkpoint(
 ) -> tuple[AsyncVLA, object, NormStats]:
     """(model in eval mode, tokenizer, normalisation statistics) from a checkpoint directory."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path}: no such checkpoint directory (expected one holding {', '.join(FILES)})"
-        )
-    for name in FILES:
-        if not (path / name).is_file():
-            raise CheckpointError(
-                f"{path / name} is missing; a checkpoint directory holds {', '.join(FILES)}"
-            )
-    cfg = _read_config(path / "config.json")
-    try:
-        tokenizer = load_tokenizer(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path / 'tokenizer.json'}: cannot load the tokenizer ({e})") from e
-    try:
-        stats = NormStats.load(path / "norm_stats.json", cfg.state_dim, cfg.action_dim)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
+    cfg, tokenizer, stats = check_checkpoint(path)
     model = AsyncVLA(cfg, tokenizer, dtype=dtype)
     expected = model.state_dict()
     main = _read_tensors(

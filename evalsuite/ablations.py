@@ -125,7 +125,13 @@ def run_ablations(
 
 
 def main(argv: list[str]) -> int:
-    from evalsuite.cli import UsageError, config_from_args, eval_parser, resolve_checkpoint
+    from evalsuite.cli import (
+        UsageError,
+        check_checkpoint_for,
+        config_from_args,
+        eval_parser,
+        resolve_checkpoint,
+    )
 
     parser = eval_parser()
     parser.prog = "asyncvla-eval ablations"
@@ -141,8 +147,8 @@ def main(argv: list[str]) -> int:
     if not args.out:
         args.out = f"runs/ablations-{args.suite}-seed{args.seed or 0}"
     base = config_from_args(args, ["ablations", *argv])
-    _, markdown = run_ablations(
-        base, resolve_checkpoint(args.sfm_ckpt), show_progress=not args.quiet, data_note=args.data
-    )
+    sfm_ckpt = resolve_checkpoint(args.sfm_ckpt)
+    check_checkpoint_for(sfm_ckpt, base.suites)
+    _, markdown = run_ablations(base, sfm_ckpt, show_progress=not args.quiet, data_note=args.data)
     print(markdown)
     return 0

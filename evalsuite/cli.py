@@ -19,20 +19,16 @@ import sys
 from pathlib import Path
 
 from envs.base import SetupError
+from evalsuite.errors import ArgumentParser, EvalError, UsageError
 from evalsuite.evaluate import EvalConfig, dry_run, evaluate, report
-from evalsuite.plan import PlanError
 from evalsuite.policy import PolicySpec
 from evalsuite.runner import RunAborted, RunOptions
-from evalsuite.store import RunDirError, RunStore
+from evalsuite.store import RunStore
 from evalsuite.suites import registry
 from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger("asyncvla-eval")
 EXIT_EPISODE_ERRORS = 3
-
-
-class UsageError(ValueError):
-    """Bad command-line input; the message says what to change."""
 
 
 def resolve_suites(name: str, only: str | None) -> list[SuiteSpec]:
@@ -86,10 +82,31 @@ def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
                 f"--set {key}: suite {suite.name!r} has no such option; options: {', '.join(sorted(kwargs))}"
             )
         try:
-            kwargs[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            kwargs[key] = raw
+            value = raw
+        default = suite.env_kwargs[key]
+        if not _same_kind(value, default):
+            raise UsageError(
+                f"--set {key}={raw}: suite {suite.name!r} expects {type(default).__name__} "
+                f"(default {json.dumps(default)}), got {type(value).__name__}"
+            )
+        kwargs[key] = value
     return dataclasses.replace(suite, env_kwargs=kwargs)
+
+
+def _same_kind(value, default) -> bool:
+    """A --set value fits an option when it has the default's type (an int where a float goes;
+    any value where the default is None)."""
+    if default is None:
+        return True
+    if value is None:
+        return False
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str] = ()) -> SuiteSpec:
@@ -107,14 +124,15 @@ def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str]
         or not config.is_file()
     ):
         return suite  # (a missing config.json is reported by the checkpoint loader, with its name)
-    size = json.loads(config.read_text()).get("model", {}).get("image_size")  # save_checkpoint's layout
+    try:
+        size = json.loads(config.read_text()).get("model", {}).get("image_size")  # save_checkpoint's layout
+    except (OSError, ValueError, AttributeError):
+        return suite  # a damaged config.json is reported by the checkpoint check, with its name
     return dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, "image_size": size}) if size else suite
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="asyncvla-eval", description="Evaluate a policy on a simulated benchmark suite."
-    )
+    p = ArgumentParser(prog="asyncvla-eval", description="Evaluate a policy on a simulated benchmark suite.")
     p.add_argument(
         "suite", help="suite or family name (e.g. tabletop, libero, libero_spatial, simpler-widowx)"
     )
@@ -170,11 +188,91 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
+# (flag, attribute, smallest allowed value, what it means) for the numeric options
+NUMERIC_LIMITS = (
+    ("--workers", "workers", 0, "0 runs inline"),
+    ("--retries", "retries", 0, "extra attempts after the first"),
+    ("--max-steps", "max_steps", 1, "a step budget"),
+    ("--replan-steps", "replan_steps", 1, "actions executed per chunk"),
+    ("--episodes-per-task", "episodes_per_task", 1, "episodes per task"),
+    ("--max-batch", "max_batch", 1, "the policy server's largest batch"),
+    ("--max-wait-ms", "max_wait_ms", 0, "milliseconds"),
+)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for flag, attr, low, meaning in NUMERIC_LIMITS:
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise UsageError(f"{flag} {value}: must be at least {low} ({meaning})")
+    if args.episode_timeout is not None and not args.episode_timeout > 0:
+        raise UsageError(f"--episode-timeout {args.episode_timeout}: must be a positive number of seconds")
+    if not 0 < args.threshold < 1:
+        raise UsageError(
+            f"--threshold {args.threshold}: the rater's threshold T lies strictly between 0 and 1"
+        )
+
+
+def resolve_device(device: str, address: str | None) -> str:
+    """`auto` -> cuda when this machine sees a GPU. An explicit cuda on a machine without one is
+    refused (the policy server would wait for a GPU forever), unless the run joins a cluster, whose
+    GPUs are checked when it connects."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and address is None and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: this machine has no usable GPU (torch.cuda.is_available() is False); "
+            "use --device cpu, or --address to join a Ray cluster that has GPUs"
+        )
+    return device
+
+
+def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec]) -> None:
+    """The checkpoint is checked here, in the driver, before anything starts: never first in an actor."""
+    from asyncvla.checkpoint import check_checkpoint
+
+    cfg, _, _ = check_checkpoint(checkpoint)
+    for suite in suites:
+        if cfg.action_dim != suite.action_dim:
+            raise UsageError(
+                f"checkpoint {checkpoint} predicts {cfg.action_dim}-D actions but suite {suite.name!r} "
+                f"takes {suite.action_dim}-D ones; use a checkpoint trained for this suite"
+            )
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is refused in seconds (ray.init would wait on it)."""
+    import socket
+
+    if address == "auto" or address.startswith("local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(
+            f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto"
+        )
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UsageError(
+            f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+            "`ray start --head` on that host, or leave --address out to start a local one"
+        ) from e
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool = True) -> EvalConfig:
+    """The run's configuration, every argument checked (and the checkpoint, unless `check_ckpt` is
+    False: the nightly job checks each checkpoint itself, to report a broken one and go on)."""
     overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
     suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
+        if check_ckpt:
+            check_checkpoint_for(checkpoint, suites)
         suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
         kind, checkpoint = args.policy, None
@@ -184,15 +282,10 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
         raise UsageError(
             f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
         )
-    if args.replan_steps is not None and args.replan_steps < 1:
-        raise UsageError("--replan-steps must be at least 1")
-    if args.workers < 0:
-        raise UsageError("--workers must be 0 (inline) or more")
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_numbers(args)
+    device = resolve_device(args.device, args.address)
+    if args.address:
+        check_ray_address(args.address)
     policy = PolicySpec(
         kind=kind,
         checkpoint=checkpoint,
@@ -219,7 +312,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> EvalConfig:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
     )
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory (new, or a run to resume)")
     return EvalConfig(
         suites=suites,
         policy=policy,
@@ -257,9 +356,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="asyncvla-eval report", description="Rebuild the tables of a run directory."
-    )
+    p = ArgumentParser(prog="asyncvla-eval report", description="Rebuild the tables of a run directory.")
     p.add_argument("run_dir")
     args = p.parse_args(argv)
     manifest = RunStore(args.run_dir).read_manifest()
@@ -307,17 +404,28 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in handlers:
             return handlers[argv[0]](argv[1:])
         return cmd_evaluate(argv)
-    except (UsageError, PlanError, RunDirError, SetupError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"asyncvla-eval: error: {msg}", file=sys.stderr)
-        return 2
     except RunAborted as e:
-        print(
-            f"asyncvla-eval: error: {e}\n(recorded episodes are kept; fix the cause and re-run the same "
-            "command to resume)",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail(f"{e} (recorded episodes are kept; fix the cause and re-run the same command to resume)")
+    except (EvalError, SetupError) as e:
+        return _fail(str(e))
+    except OSError as e:  # permissions, a read-only or full file system: name the path
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e} (records already written are kept)")
+    except Exception as e:
+        if _is_checkpoint_error(e):
+            return _fail(str(e))
+        raise
+
+
+def _is_checkpoint_error(e: Exception) -> bool:
+    """asyncvla.checkpoint imports torch: look the class up only if a checkpoint was ever read."""
+    module = sys.modules.get("asyncvla.checkpoint")
+    return module is not None and isinstance(e, module.CheckpointError)
+
+
+def _fail(message: str) -> int:
+    print(f"asyncvla-eval: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evalsuite.errors import ArgumentParser
 from evalsuite.suites import get_suite
 from evalsuite.suites.spec import SuiteSpec, import_object
 
@@ -201,7 +202,7 @@ def record_demos(
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="asyncvla-eval record-demos",
         description="Record successful scripted-expert demonstrations as an asyncvla-episodes dataset.",
     )

@@ -22,7 +22,7 @@ from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
 from evalsuite.store import RunStore
 from evalsuite.suites.spec import SuiteSpec, import_object
-from evalsuite.tables import build_tables, protocol_header, records_frame, write_tables
+from evalsuite.tables import build_tables, protocol_header, records_frame, render_tables, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,15 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
     plan = plan_for(config)
     preflight(config.suites, plan)
     store = RunStore(config.out)
-    done = store.open(build_manifest(config))
+    done = store.open(build_manifest(config))  # takes the directory's lock
+    try:
+        _run(config, plan, store, done, show_progress)
+        return report(config.out, config.suites, plan)
+    finally:
+        store.close()
+
+
+def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dict, show_progress: bool):
     planned = {spec.id for spec in plan}
     done = {k: r for k, r in done.items() if k in planned}
     if config.retry_errors:
@@ -150,19 +158,26 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> RunSummary:
     finally:
         if progress:
             progress.close()
-        store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), **ended)
-    return report(config.out, config.suites, plan)
+        try:
+            store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), **ended)
+        except OSError as e:  # a full disk: the records are safe; do not hide the run's own error
+            log.warning("could not update %s: %s", store.manifest_path, e)
 
 
 def report(run_dir: Path, suites: list[SuiteSpec], plan: list[EpisodeSpec] | None = None) -> RunSummary:
-    """(Re)build the tables of a run directory from its records."""
+    """(Re)build the tables of a run directory from its records; reads only, apart from tables/."""
     store = RunStore(run_dir)
     manifest = store.read_manifest()
-    records = list(store.load_records().values())
+    records = list(store.load_records(repair=False).values())
     if plan is not None:
         order = {spec.id: i for i, spec in enumerate(plan)}
         records = sorted((r for r in records if r.episode_id in order), key=lambda r: order[r.episode_id])
     frame = records_frame(records, suites)
     tables = build_tables(frame, suites)
-    markdown = write_tables(tables, Path(run_dir) / "tables", protocol_header(manifest))
+    header = protocol_header(manifest)
+    try:
+        markdown = write_tables(tables, Path(run_dir) / "tables", header)
+    except OSError as e:  # a read-only or full file system: the tables are still printed
+        log.warning("tables not written to %s: %s", Path(run_dir) / "tables", e)
+        markdown = render_tables(tables, header)
     return RunSummary(Path(run_dir), plan or [], records, tables, markdown)

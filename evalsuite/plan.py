@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from evalsuite.errors import EvalError
 from evalsuite.records import EpisodeSpec
 from evalsuite.suites.spec import SuiteSpec
 
 
-class PlanError(ValueError):
+class PlanError(EvalError, ValueError):
     """The requested tasks or episode counts do not exist in the suite."""
 
 

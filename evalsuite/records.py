@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
 
@@ -61,3 +61,42 @@ class EpisodeRecord:
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, data: Any) -> EpisodeRecord:
+        """A record read back from episodes.jsonl, its fields checked by type (ValueError says which):
+        a `success` of "false" must not count as a success, nor `suite: 5` make a table row."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a record is a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}")
+        for name, types in _FIELD_TYPES.items():
+            if name not in data:
+                if cls.__dataclass_fields__[name].default is MISSING and name != "info":
+                    raise ValueError(f"field {name!r} is missing")
+                continue
+            value = data[name]
+            # bool is an int in Python: a count or an index must not be True
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+                raise ValueError(f"field {name!r} is {value!r}, expected {allowed}")
+        return cls(**data)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "episode_id": (str,),
+    "suite": (str,),
+    "task": (str,),
+    "episode_index": (int,),
+    "seed": (int,),
+    "variant": (str,),
+    "mode": (str,),
+    "success": (bool, type(None)),
+    "steps": (int,),
+    "wall_time_s": (int, float),
+    "error": (str, type(None)),
+    "video": (str, type(None)),
+    "attempts": (int,),
+    "info": (dict,),
+}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from envs.base import InvalidAction, SetupError
 from evalsuite.episode import EpisodeResult, run_episode
+from evalsuite.errors import EvalError
 from evalsuite.policy import PolicySpec, build_policy
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.suites.spec import SuiteSpec, import_object
@@ -35,7 +36,7 @@ FATAL_ERRORS = (SetupError, InvalidAction)
 IN_WORKER_POLICIES = ("scripted", "random")
 
 
-class RunAborted(RuntimeError):
+class RunAborted(EvalError):
     """A fatal error (bad input, missing simulator or asset) stopped the run; records are kept."""
 
 
@@ -212,7 +213,24 @@ class EnvWorker:
         self.env, self.env_suite = None, None
 
 
+def check_ray_can_start() -> None:
+    """Ray's workers import pyarrow at start when it is installed. A pyarrow built for NumPy 2 next
+    to NumPy 1.x (SimplerEnv's environment: sapien 2.2.2 needs numpy<2) kills every worker with a
+    traceback in its log, and the driver waits; say so here, with the fix, instead."""
+    try:
+        import pyarrow  # noqa: F401
+    except Exception as e:  # ImportError, or the RuntimeError some builds raise on a NumPy mismatch
+        import numpy
+
+        raise RunAborted(
+            f"Ray's workers cannot start here: pyarrow fails to import ({type(e).__name__}: {e}); with "
+            f"numpy {numpy.__version__} install a pyarrow that supports it: pip install 'pyarrow<22' "
+            "(SimplerEnv's versions: constraints/simpler.txt, docs/simpler.md#install)"
+        ) from e
+
+
 def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
+    check_ray_can_start()
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
@@ -235,8 +253,15 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
             f"use --workers {int(cpus)} or fewer (or add nodes to the cluster)"
         )
     worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
-    num_gpus = 1 if policy_spec.device.startswith("cuda") else 0
     in_worker = policy_spec.kind in IN_WORKER_POLICIES
+    num_gpus = 1 if policy_spec.device.startswith("cuda") and not in_worker else 0
+    if num_gpus > ray.cluster_resources().get("GPU", 0):  # the policy server would wait forever
+        if started_here:
+            ray.shutdown()
+        raise RunAborted(
+            f"--device {policy_spec.device} needs a GPU but the Ray cluster has none; "
+            "use --device cpu or add a node with a GPU (ray start --num-gpus=1 ...)"
+        )
     server = None
     if in_worker:
         build_policy(policy_spec)  # surfaces a bad policy before any worker starts

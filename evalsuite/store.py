@@ -2,31 +2,89 @@
 
 A run can be killed at any moment (kill -9, node loss) and re-run with the same command: every
 finished episode is one fsynced line, a torn last line is cut off on reopen, and an episode id
-already recorded is never run or counted twice.
+already recorded is never run or counted twice. One process at a time writes a run directory: the
+writer holds an exclusive lock on it for the whole run (`RunLock`), and a second command on the
+same directory is refused with the holder's pid and host.
+
+Records read back are checked field by field. Duplicate episode ids (a `--retry-errors` rerun, or
+two writers before locking existed, or an edit by hand) are resolved by one rule: a record with an
+outcome (success or failure) is final and the first one counts; an error record is replaced by any
+later record of the same episode.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
+import weakref
 from pathlib import Path
 from typing import Any
 
+from evalsuite.errors import EvalError
 from evalsuite.records import EpisodeRecord
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 EPISODES = "episodes.jsonl"
+LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lock
 
 # Manifest keys that define *what* is measured: resuming into a directory whose manifest
-# disagrees on any of them would mix two experiments in one table.
+# disagrees on any of them would mix two experiments in one table. The checkpoint is identified by
+# its sha256, not its path, and the device is not part of what is measured: a moved checkpoint, or
+# a resume on another host, continues the same run.
 IDENTITY_KEYS = ("suites", "policy", "protocol", "checkpoint_sha256", "seed", "replan_steps")
+NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device")
 
 
-class RunDirError(RuntimeError):
-    """The run directory holds another run, or its records are damaged beyond the last line."""
+class RunDirError(EvalError):
+    """The run directory holds another run, is in use, or its records are damaged."""
+
+
+def identity(manifest: dict[str, Any], key: str) -> Any:
+    value = manifest.get(key)
+    if key == "policy" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in NOT_IDENTITY_POLICY_KEYS}
+    return value
+
+
+class RunLock:
+    """An exclusive `flock` on the run directory, held until `release` or the process ends (a
+    killed process releases it too). Nothing is written to the directory unless it is acquired."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(
+                f"{self.dir} is in use by another run ({self._holder()}); wait for it to finish or "
+                "use another --out directory"
+            ) from None
+        self.fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)  # a dropped lock object releases it
+        (self.dir / LOCK_INFO).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads((self.dir / LOCK_INFO).read_text())
+            return f"pid {info['pid']} on host {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            (self.dir / LOCK_INFO).unlink(missing_ok=True)
+            self._finalizer()  # closes the descriptor, which releases the flock
+            self.fd = None
 
 
 class RunStore:
@@ -34,73 +92,115 @@ class RunStore:
         self.dir = Path(run_dir)
         self.episodes_path = self.dir / EPISODES
         self.manifest_path = self.dir / MANIFEST
+        self.lock = RunLock(self.dir)
 
     # -- manifest -------------------------------------------------------------------------
     def open(self, manifest: dict[str, Any]) -> dict[str, EpisodeRecord]:
-        """Create or resume the run; return the episodes already recorded (by id)."""
+        """Lock, then create or resume the run; return the episodes already recorded (by id).
+
+        Everything that can refuse the run (the lock, another run's manifest, damaged records) is
+        checked before the first byte is written."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunDirError(f"--out {self.dir} is a file, not a directory; choose a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "videos").mkdir(exist_ok=True)
-        (self.dir / "tables").mkdir(exist_ok=True)
-        if self.manifest_path.exists():
-            previous = self.read_manifest()
-            for key in IDENTITY_KEYS:
-                if previous.get(key) != manifest.get(key):
-                    raise RunDirError(
-                        f"{self.dir} already holds a run with a different {key!r} "
-                        f"({previous.get(key)!r} vs now {manifest.get(key)!r}); "
-                        "use another --out directory to start a new run"
-                    )
+        self.lock.acquire()
+        try:
+            previous = self.read_manifest() if self.manifest_path.exists() else None
+            if previous is not None:
+                for key in IDENTITY_KEYS:
+                    if identity(previous, key) != identity(manifest, key):
+                        raise RunDirError(
+                            f"{self.dir} already holds a run with a different {key!r} "
+                            f"({identity(previous, key)!r} vs now {identity(manifest, key)!r}); "
+                            "use another --out directory to start a new run"
+                        )
+            records = self.load_records()
+        except BaseException:
+            self.lock.release()
+            raise
+        if previous is not None:
             manifest = {**previous, **manifest, "created": previous.get("created", manifest.get("created"))}
             manifest["resumed"] = previous.get("resumed", 0) + 1
+        (self.dir / "videos").mkdir(exist_ok=True)
+        (self.dir / "tables").mkdir(exist_ok=True)
         self.write_manifest(manifest)
-        return self.load_records()
+        return records
+
+    def close(self) -> None:
+        self.lock.release()
 
     def read_manifest(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError as e:
             raise RunDirError(f"{self.dir} is not a run directory: {MANIFEST} is missing") from e
         except json.JSONDecodeError as e:
             raise RunDirError(f"{self.manifest_path} is not valid JSON ({e})") from e
+        if not isinstance(manifest, dict):
+            raise RunDirError(
+                f"{self.manifest_path} holds a JSON {type(manifest).__name__}, not the object "
+                "asyncvla-eval writes; the file was replaced or edited"
+            )
+        if not isinstance(manifest.get("suites"), list):
+            raise RunDirError(
+                f"{self.manifest_path} has no list of 'suites'; it was not written by asyncvla-eval "
+                "or was edited"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, self.manifest_path)  # atomic: a crash leaves the old or the new manifest
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            os.replace(tmp, self.manifest_path)  # atomic: a crash leaves the old or the new manifest
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave a 0-byte run.json.tmp behind
+            raise
 
     def update_manifest(self, **fields: Any) -> None:
         self.write_manifest({**self.read_manifest(), **fields})
 
     # -- records --------------------------------------------------------------------------
-    def load_records(self) -> dict[str, EpisodeRecord]:
-        """Records by episode id; the last record of an id wins (a retried error replaced)."""
+    def load_records(self, repair: bool = True) -> dict[str, EpisodeRecord]:
+        """Records by episode id, by the module's duplicate rule. A torn last line (a process killed
+        mid-write) is cut off the file when `repair`, else only skipped (`report` reads runs on
+        read-only file systems)."""
         if not self.episodes_path.exists():
             return {}
-        self._cut_torn_tail()
-        records: dict[str, EpisodeRecord] = {}
-        with self.episodes_path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = EpisodeRecord(**json.loads(line))
-                except (json.JSONDecodeError, TypeError) as e:
-                    raise RunDirError(
-                        f"{self.episodes_path}:{lineno} is not a valid episode record ({e}); "
-                        "the file was edited or damaged; fix or delete that line to resume"
-                    ) from e
-                records[record.episode_id] = record
-        return records
-
-    def _cut_torn_tail(self) -> None:
-        """A process killed mid-write leaves a partial last line: drop it, keep every whole line."""
-        with self.episodes_path.open("rb+") as f:
-            data = f.read()
-            if not data or data.endswith(b"\n"):
-                return
+        data = self.episodes_path.read_bytes()
+        if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
             log.warning("dropping a torn last record (%d bytes) in %s", len(data) - keep, self.episodes_path)
-            f.truncate(keep)
+            data = data[:keep]
+            if repair:
+                self._truncate(keep)
+        records: dict[str, EpisodeRecord] = {}
+        for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = EpisodeRecord.from_json_dict(json.loads(line))
+            except ValueError as e:  # JSONDecodeError is a ValueError
+                raise RunDirError(
+                    f"{self.episodes_path}:{lineno} is not a valid episode record ({e}); "
+                    "the file was edited or damaged; fix or delete that line to resume"
+                ) from e
+            earlier = records.get(record.episode_id)
+            if earlier is not None and earlier.success is not None:
+                if record.success != earlier.success:
+                    log.warning(
+                        "%s:%d: a second outcome for %s is ignored (the first recorded outcome counts)",
+                        self.episodes_path,
+                        lineno,
+                        record.episode_id,
+                    )
+                continue
+            records[record.episode_id] = record
+        return records
+
+    def _truncate(self, size: int) -> None:
+        with self.episodes_path.open("rb+") as f:
+            f.truncate(size)
             f.flush()
             os.fsync(f.fileno())
 

@@ -128,7 +128,7 @@ def test_truncated_weights_are_named(ckpt, tmp_path, name):
     bad = _copy(ckpt[0], tmp_path / "bad")
     data = (bad / name).read_bytes()
     (bad / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=rf"{name}: unreadable or truncated"):
+    with pytest.raises(CheckpointError, match=rf"{name}: unreadable, truncated"):
         asyncvla.load(str(bad))
 
 

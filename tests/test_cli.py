@@ -75,6 +75,14 @@ def test_a_stopped_run_is_not_marked_finished(toy_suites, tmp_path, capsys):
     assert manifest.get("finished") is None and "NaN or Inf" in manifest["stop_reason"]
 
 
+def test_a_pyarrow_that_cannot_import_stops_a_ray_run_with_the_fix(toy_suites, tmp_path, capsys, monkeypatch):
+    """SimplerEnv's numpy 1.26 beside pyarrow >= 22: Ray's workers would die at start."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` raise ImportError
+    assert _eval(tmp_path, "toy", "--policy", "random", "--workers", "2") == 2
+    err = capsys.readouterr().err
+    assert "pyarrow fails to import" in err and "pyarrow<22" in err
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(toy_suites, tmp_path, capsys):
     assert _eval(tmp_path, "toy", "--policy", "random", "--dry-run", "--episodes-per-task", "4") == 0
     out = capsys.readouterr().out

@@ -4,7 +4,8 @@ a real SQLite history, real run directories and reports.
 The checkpoints are a faithful fake of an AsyncVLA checkpoint directory for the toy simulator: the
 toy env's 1-D state and 8x8 camera do not fit the real model's inputs, so `asyncvla.load` is
 replaced (same signature, returns an object honouring the Policy contract) by a loader that reads
-`gain` from the directory's config.json: the policy pushes x by 0.4 * gain per step, so gain 1
+`gain` from the directory's config.json, and the driver's checkpoint check passes these directories
+(any other directory, such as a corrupt checkpoint, gets the real check): the policy pushes x by 0.4 * gain per step, so gain 1
 solves every toy episode and gain 0 none. Discovery, hashing, the history, resume and the report
 are the real code paths.
 """
@@ -18,6 +19,8 @@ import pytest
 import toy_suite
 
 import asyncvla
+import evalsuite.cli as cli_module
+import evalsuite.regression.nightly as nightly_module
 from evalsuite.cli import main
 from evalsuite.manifest import checkpoint_sha256
 from evalsuite.regression.history import History
@@ -35,6 +38,13 @@ class GainPolicy(toy_suite.GainPolicy):
             raise KeyboardInterrupt("simulated crash mid-run")
 
 
+def _is_gain_checkpoint(path) -> bool:
+    try:
+        return "gain" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
     monkeypatch.setattr(
@@ -42,6 +52,14 @@ def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
         "load",
         lambda path, **kw: GainPolicy(json.loads((Path(path) / "config.json").read_text())["gain"]),
     )
+    real_check = nightly_module.check_checkpoint_for
+
+    def check(path, suites):  # the fake checkpoints pass; any other directory gets the real check
+        if not _is_gain_checkpoint(path):
+            real_check(path, suites)
+
+    monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)
+    monkeypatch.setattr(cli_module, "check_checkpoint_for", check)
     monkeypatch.setattr(GainPolicy, "interrupt_after", None)
     monkeypatch.setattr(GainPolicy, "resets", 0)
     root = tmp_path / "ckpts"
@@ -155,6 +173,33 @@ def test_nightly_bad_input_exits_2(fake_checkpoints, tmp_path, capsys):
     assert "not a nightly history database" in capsys.readouterr().err
 
 
+def test_a_broken_checkpoint_is_reported_and_the_others_still_evaluated(fake_checkpoints, tmp_path, capsys):
+    """A corrupt checkpoint (the real checkpoint check judges it) does not stop the night, never
+    enters the history, and the exit code (3) says a checkpoint was skipped."""
+    import os
+    import time
+
+    root, add = fake_checkpoints
+    add("step1000", 1.0)
+    broken = root / "step1500"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    add("step2000", 1.0)
+    for i, name in enumerate(["step1000", "step1500", "step2000"]):  # training order
+        os.utime(root / name / "config.json", (time.time() + i, time.time() + i))
+    assert nightly(tmp_path, root, "2026-11-01") == 3
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("asyncvla-eval")]
+    assert len(err) == 1 and "broken checkpoint" in err[0] and "step1500" in err[0]
+    assert "Traceback" not in captured.err
+    md = (tmp_path / "out" / "2026-11-01" / "report.md").read_text()
+    assert "step2000" in md and "BROKEN checkpoint" in md
+    with History(tmp_path / "out" / "history.sqlite") as history:
+        runs = history.done_runs(["toy"], "asyncvla")
+        count = history.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert [r.checkpoint_name for r in runs] == ["step1000", "step2000"] and count == 2
+
+
 def test_nightly_script_passes_exit_codes_and_holds_a_lock(tmp_path):
     import fcntl
     import os
@@ -197,4 +242,7 @@ def test_nightly_renders_tabletop_at_each_checkpoints_image_size(tmp_path):
             *extra,
         ]
         job = Nightly(nightly_parser().parse_args(argv), argv)
-        assert job.config_for(ckpt, tmp_path / "run").suites[0].env_kwargs["image_size"] == size
+        assert (
+            job.config_for(ckpt, tmp_path / "run", check_ckpt=False).suites[0].env_kwargs["image_size"]
+            == size
+        )

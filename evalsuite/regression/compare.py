@@ -25,6 +25,7 @@ import pandas as pd
 from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
+from evalsuite.errors import EvalError
 from evalsuite.records import EpisodeRecord
 from evalsuite.store import RunStore
 from evalsuite.tables import wilson_interval
@@ -37,7 +38,7 @@ ALPHA = 0.05
 CORRECTION = "holm"
 
 
-class CompareError(ValueError):
+class CompareError(EvalError, ValueError):
     """The two runs cannot be compared (no suite in common, not a run directory, ...)."""
 
 

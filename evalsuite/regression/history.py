@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalsuite import manifest as mf
+from evalsuite.errors import EvalError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS task_results (
 """
 
 
-class HistoryError(RuntimeError):
+class HistoryError(EvalError):
     """The history file is not a readable SQLite database of this schema."""
 
 

@@ -4,7 +4,9 @@
                           [--out-root DIR] [eval options: --episodes-per-task, --workers, --mode, ...]
     asyncvla-eval compare RUN_A RUN_B [--alpha 0.05] [--report-dir DIR]
 
-Exit codes: 0 nothing got significantly worse, 1 something did, 2 bad input.
+Exit codes: 0 nothing got significantly worse, 1 something did, 2 bad input, 3 nothing got worse
+but a checkpoint could not be evaluated (it is named on stderr and in the report; the others were
+evaluated). A broken checkpoint never enters the history: it is checked again the next night.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +25,13 @@ import pandas as pd
 from evalsuite.cli import (
     UsageError,
     apply_overrides,
+    check_checkpoint_for,
     config_from_args,
     eval_parser,
     render_at_model_size,
     resolve_suites,
 )
+from evalsuite.errors import ArgumentParser
 from evalsuite.evaluate import evaluate
 from evalsuite.manifest import checkpoint_sha256
 from evalsuite.regression.compare import ALPHA, CompareError, Comparison, compare_runs, load_run, run_label
@@ -37,6 +42,7 @@ from evalsuite.tables import per_task_table, records_frame
 
 log = logging.getLogger(__name__)
 
+EXIT_BROKEN = 3
 CHECKPOINT_MARKER = "config.json"  # save_checkpoint writes it last: its presence means complete
 
 # Evaluation options passed through to `asyncvla-eval SUITE` (same names, same meaning).
@@ -59,7 +65,7 @@ FORWARDED: dict[str, dict] = {
 
 
 def nightly_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="asyncvla-eval nightly",
         description="Evaluate checkpoints not yet in the history, compare with a baseline, write a report.",
     )
@@ -116,9 +122,11 @@ class Nightly:
             )
         self.suite_names = [s.name for s in self.suites]
         # Validate the evaluation options now (bad input is exit code 2 before anything runs).
-        self.mode = self.config_for(Path(args.ckpt_dir), self.out_root / "_probe").policy.episode_mode
+        probe = self.config_for(Path(args.ckpt_dir), self.out_root / "_probe", check_ckpt=False)
+        self.mode = probe.policy.episode_mode
+        self.broken: list[tuple[Path, str]] = []  # checkpoints that cannot be evaluated, and why
 
-    def config_for(self, checkpoint: Path, out: Path):
+    def config_for(self, checkpoint: Path, out: Path, check_ckpt: bool = True):
         eval_args = eval_parser().parse_args(
             [self.suite_names[0], "--ckpt", str(checkpoint), "--out", str(out)]
         )
@@ -127,12 +135,22 @@ class Nightly:
             if getattr(self.args, dest) is not None:
                 setattr(eval_args, dest, getattr(self.args, dest))
         eval_args.set = []  # already applied to self.suites
-        config = config_from_args(eval_args, ["nightly", *self.argv])
+        config = config_from_args(eval_args, ["nightly", *self.argv], check_ckpt=check_ckpt)
         suites = [render_at_model_size(s, str(checkpoint), self.args.set or []) for s in self.suites]
         return dataclasses.replace(config, suites=suites)
 
-    def evaluate_checkpoint(self, history: History, checkpoint: Path) -> Evaluated:
-        """Evaluate one checkpoint unless the history has it; resume its run directory if unfinished."""
+    def evaluate_checkpoint(self, history: History, checkpoint: Path) -> Evaluated | None:
+        """Evaluate one checkpoint unless the history has it; resume its run directory if unfinished.
+        A checkpoint that cannot be loaded (or does not fit the suites) is noted in `self.broken` and
+        skipped (None): it never enters the history, and the other checkpoints are still evaluated."""
+        from asyncvla.checkpoint import CheckpointError
+
+        try:
+            check_checkpoint_for(str(checkpoint), self.suites)
+        except (CheckpointError, UsageError) as e:
+            log.error("broken checkpoint %s: %s", checkpoint, e)
+            self.broken.append((checkpoint, str(e)))
+            return None
         sha = checkpoint_sha256(checkpoint)
         run = history.find_run(sha, self.suite_names, self.mode)
         if run is not None and run.status == "done":
@@ -173,19 +191,22 @@ class Nightly:
                     pinned = base
                 elif (base / CHECKPOINT_MARKER).exists():
                     pinned = self.evaluate_checkpoint(history, base)
+                    if pinned is None:
+                        raise UsageError(f"--baseline {base} cannot be evaluated: {self.broken.pop()[1]}")
                 else:
                     raise UsageError(
                         f"--baseline {base}: not a run directory (run.json) nor a checkpoint directory "
                         f"({CHECKPOINT_MARKER}); pass 'previous', a checkpoint or a run directory"
                     )
-            new = [e for e in (self.evaluate_checkpoint(history, c) for c in checkpoints) if e.new]
+            evaluated = [self.evaluate_checkpoint(history, c) for c in checkpoints]
+            new = [e for e in evaluated if e is not None and e.new]
             if not new:
                 log.info(
                     "no new checkpoint under %s (%d known); nothing to compare",
                     self.args.ckpt_dir,
                     len(checkpoints),
                 )
-                return 0
+                return self.report_broken(0)
             comparisons = []
             for item in new:
                 baseline = self.baseline_for(history, pinned, item.run)
@@ -201,12 +222,19 @@ class Nightly:
             latest=latest.per_task,
             comparisons=comparisons,
             trend=trend,
-            notes=[f"{len(new)} new checkpoint(s) under {self.args.ckpt_dir}; history {history_path}"],
+            notes=[f"{len(new)} new checkpoint(s) under {self.args.ckpt_dir}; history {history_path}"]
+            + [f"BROKEN checkpoint {path}, not evaluated: {why}" for path, why in self.broken],
         )
         html_path, md_path = write_report(report, self.out_root / self.date)
         print(md_path.read_text())
         print(f"report: {html_path}")
-        return 1 if report.worse else 0
+        return 1 if report.worse else self.report_broken(0)
+
+    def report_broken(self, code: int) -> int:
+        """Exit code EXIT_BROKEN (with one line per broken checkpoint) when any was skipped."""
+        for path, why in self.broken:
+            print(f"asyncvla-eval nightly: broken checkpoint {path}: {why}", file=sys.stderr)
+        return EXIT_BROKEN if self.broken else code
 
 
 def find_checkpoints(root: Path) -> list[Path]:
@@ -224,7 +252,7 @@ def cmd_nightly(argv: list[str]) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="asyncvla-eval compare",
         description="Compare two run directories task by task (Fisher exact, Holm); exit 1 if RUN_B is worse.",
     )

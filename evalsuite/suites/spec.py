@@ -6,6 +6,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from evalsuite.errors import UnknownName
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -45,7 +47,7 @@ class SuiteSpec:
             if t.name == name:
                 return t
         known = ", ".join(t.name for t in self.tasks[:10])
-        raise KeyError(f"unknown task {name!r} in suite {self.name!r}; known tasks: {known}")
+        raise UnknownName(f"unknown task {name!r} in suite {self.name!r}; known tasks: {known}")
 
 
 def import_object(path: str) -> Any:
