@@ -114,7 +114,7 @@ def _suite(
         env_factory=factory,
         env_kwargs={"goal": 1.0},
         end_on_success=True,
-        action_dim=7,
+        action_dim=kw.pop("action_dim", 7),
         protocol={"seed": 0},
         expert_factory=expert,
         family="toy",
@@ -128,4 +128,5 @@ SUITES = [
     _suite("toy-wrongdim", expert="toy_suite:WrongDimPolicy"),
     _suite("toy-missing", factory="toy_suite:make_missing_env"),
     _suite("toy-crash", factory="toy_suite:make_crashing_env"),
+    _suite("toy-6d", action_dim=6),  # a suite no 7-D checkpoint fits
 ]
