@@ -62,6 +62,11 @@ class RaterConfig:
     num_layers: int = 4  # paper A.3: 4 transformer layers
     num_heads: int = 32  # paper A.3: 32 heads
     ffn_size: int = 6144  # paper A.3: feed-forward width 6144
+    # The rater's width; None = the language model's. The paper gives 4 layers, 32 heads, FFN 6144
+    # and 308M parameters but no width: at the LM's 2,048 that is 168M, while a 3,072-wide rater
+    # with a 2,048 -> 3,072 input projection comes to 308.3M, the one reading that fits every
+    # number given (docs/model.md, "The rater's size"). The 3B configuration uses it.
+    hidden_size: int | None = None
 
 
 @dataclass
@@ -109,8 +114,9 @@ class ModelConfig:
             raise ValueError(
                 f"fullatt_block_indexes {v.fullatt_block_indexes} must be < vision depth {v.depth}"
             )
-        if t.hidden_size % self.rater.num_heads:
-            raise ValueError(f"rater heads {self.rater.num_heads} must divide hidden size {t.hidden_size}")
+        rater_width = self.rater.hidden_size or t.hidden_size
+        if rater_width % self.rater.num_heads:
+            raise ValueError(f"rater heads {self.rater.num_heads} must divide its width {rater_width}")
         if self.chunk_length < 1 or self.action_dim < 1 or self.state_dim < 1:
             raise ValueError("chunk_length, action_dim and state_dim must be positive")
         if not self.cameras:
@@ -228,7 +234,7 @@ def _qwen25_vl_3b() -> ModelConfig:
             fullatt_block_indexes=[7, 15, 23, 31],
             window_size=112,
         ),
-        rater=RaterConfig(num_layers=4, num_heads=32, ffn_size=6144),
+        rater=RaterConfig(num_layers=4, num_heads=32, ffn_size=6144, hidden_size=3072),
         image_size=224,
     )
 

@@ -85,8 +85,9 @@ class AsyncVLA(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
         self.action_out_proj = nn.Linear(d, cfg.action_dim)  # the FM head
         self.rater = ConfidenceRater(cfg)
-        for module in (self.state_proj, self.action_in_proj, self.time_mlp, self.action_out_proj, self.rater):
+        for module in (self.state_proj, self.action_in_proj, self.time_mlp, self.action_out_proj):
             module.to(device=device, dtype=dtype)
+        self.rater.to(device=device, dtype=torch.float32)  # see ConfidenceRater: fp32 in every dtype
 
     @property
     def lm(self):

@@ -14,13 +14,18 @@ from asyncvla.config import ModelConfig
 
 
 class ConfidenceRater(nn.Module):
+    """Runs in float32 whatever the model's dtype: p near the threshold T must not flip between a
+    bf16 evaluation and the fp32 weights it was trained with."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        d = cfg.text.hidden_size
+        d_lm = cfg.text.hidden_size
+        d = cfg.rater.hidden_size or d_lm
+        self.vl_norm = nn.LayerNorm(d_lm)
+        self.vl_proj = nn.Linear(d_lm, d) if d != d_lm else nn.Identity()
         self.action_proj = nn.Linear(cfg.action_dim, d)
         # which slot of the chunk a token is: full attention alone is order-blind
         self.action_pos = nn.Parameter(torch.zeros(cfg.chunk_length, d))
-        self.vl_norm = nn.LayerNorm(d)
         layer = nn.TransformerEncoderLayer(
             d_model=d,
             nhead=cfg.rater.num_heads,
@@ -35,9 +40,10 @@ class ConfidenceRater(nn.Module):
         self.rate_head = nn.Linear(d, 1)
 
     def forward(self, vl_hidden: torch.Tensor, vl_valid: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """vl_hidden (B, P, d), vl_valid (B, P) bool, actions (B, L, A) normalised -> p (B, L)."""
-        act = self.action_proj(actions.to(self.action_proj.weight.dtype)) + self.action_pos
-        x = torch.cat([self.vl_norm(vl_hidden.to(act.dtype)), act], dim=1)
+        """vl_hidden (B, P, d_lm), vl_valid (B, P) bool, actions (B, L, A) normalised -> p (B, L), float32."""
+        dtype = self.action_proj.weight.dtype
+        act = self.action_proj(actions.to(dtype)) + self.action_pos
+        x = torch.cat([self.vl_proj(self.vl_norm(vl_hidden.to(dtype))), act], dim=1)
         pad = torch.cat([~vl_valid, torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)], dim=1)
         h = self.layers(x, src_key_padding_mask=pad)
         return torch.sigmoid(self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float())

@@ -8,7 +8,10 @@
 | AsyncVLA               | unified-trained | asyncvla                      |
 
 Each row is an ordinary, resumable run directory under OUT/<row>; the episodes (suite, task,
-episode index, seed) are the same for all four, only the mode part of the id differs.
+episode index, seed) are the same for all four, only the mode part of the id differs, and every row
+draws the same noise on an episode (the policy's draws are keyed by the episode without its mode),
+so each row is compared with the full model episode by episode: wins / losses (episodes only one
+of the two solved) and McNemar's exact p-value, beside each row's Wilson intervals.
 `seed_summary` puts several training seeds' tables side by side: each seed's rate, their mean
 and spread, and the Wilson interval of all seeds' episodes pooled. Pass `--data` to write the
 training data size into the table's header (the ordering depends on the data regime:
@@ -61,7 +64,34 @@ def ablation_table(results: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
         row["successes"] = pooled["successes"]
         row["errors"] = pooled["errors"]
         rows.append(row)
+    reference_label, reference = results[-1]  # the full model, last in the paper's order
+    for row, (label, records) in zip(rows, results):
+        if label == reference_label:
+            continue
+        only_row, only_ref = paired_discordance(records, reference)
+        row[f"wins / losses vs {reference_label}"] = f"{only_row} / {only_ref}"
+        row["McNemar p"] = mcnemar_exact(only_row, only_ref)
     return pd.DataFrame(rows)
+
+
+EPISODE = ["suite", "task", "episode_index", "seed"]  # the draw key: the same episode in every row
+
+
+def paired_discordance(records: pd.DataFrame, reference: pd.DataFrame) -> tuple[int, int]:
+    """Episodes both rows finished, paired by the draw key: (this row succeeded and the reference
+    failed, the reverse). Every row draws the same SFM noise on an episode (docs/CONTRACTS.md)."""
+    a = records[records["success"].notna()].set_index(EPISODE)["success"].astype(bool)
+    b = reference[reference["success"].notna()].set_index(EPISODE)["success"].astype(bool)
+    a, b = a.align(b, join="inner")
+    return int((a & ~b).sum()), int((~a & b).sum())
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """McNemar's exact test (two-sided binomial on the discordant pairs): do two rows differ on the
+    same episodes? Far more sensitive than comparing two independent rates when most episodes agree."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    return float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)
 
 
 def seed_summary(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
@@ -95,7 +125,9 @@ def seed_summary(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
 def to_percent(table: pd.DataFrame) -> pd.DataFrame:
     percent = table.copy()
     for col in percent.columns:
-        if percent[col].dtype.kind == "f":
+        if col == "McNemar p":
+            percent[col] = percent[col].round(4)  # a probability, not a rate
+        elif percent[col].dtype.kind == "f":
             percent[col] = (100 * percent[col]).round(1)
     return percent
 

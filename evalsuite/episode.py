@@ -48,7 +48,7 @@ def run_episode(
     info: dict = {}
     while steps < budget:
         if not queue:
-            chunk = np.asarray(act([obs], [f"{spec.id}@{steps}"])[0], dtype=np.float32)
+            chunk = np.asarray(act([obs], [f"{spec.draw_key}@{steps}"])[0], dtype=np.float32)
             if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim:
                 raise InvalidAction(
                     f"policy returned a chunk of shape {chunk.shape}; suite {suite.name!r} needs "

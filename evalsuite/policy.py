@@ -1,8 +1,10 @@
 """The `Policy` contract and the policies that need no checkpoint (random; scripted comes from the suite).
 
 A policy maps a batch of observations to action chunks. The harness calls it with one key per
-observation, `f"{episode_id}@{step}"`, and every bit of randomness a policy uses must be derived
-from that key so that an episode's outcome never depends on batching or on which worker ran it.
+observation, `f"{draw_key}@{step}"` (the episode id without its mode: `EpisodeSpec.draw_key`), and
+every bit of randomness a policy uses must be derived from that key, so that an episode's outcome
+never depends on batching or on which worker ran it, and the modes of one model (the ablation rows)
+draw the same noise on the same episode.
 """
 
 from __future__ import annotations

@@ -19,8 +19,15 @@ class EpisodeSpec:
 
     @property
     def id(self) -> str:
+        return f"{self.draw_key}/{self.mode}"
+
+    @property
+    def draw_key(self) -> str:
+        """The episode without its mode: what policies seed their draws from (with the step), so
+        the rows of an ablation (modes of one model) see the same noise on the same episode and
+        their per-episode outcomes can be compared pairwise."""
         variant = self.variant or "-"
-        return f"{self.suite}/{self.task}/{variant}/ep{self.episode_index:03d}/seed{self.seed}/{self.mode}"
+        return f"{self.suite}/{self.task}/{variant}/ep{self.episode_index:03d}/seed{self.seed}"
 
 
 @dataclass

@@ -11,7 +11,14 @@ import math
 import pandas as pd
 import pytest
 
-from evalsuite.ablations import VARIANTS, ablation_table, run_ablations, seed_summary, variant_configs
+from evalsuite.ablations import (
+    VARIANTS,
+    ablation_table,
+    mcnemar_exact,
+    run_ablations,
+    seed_summary,
+    variant_configs,
+)
 from evalsuite.cli import config_from_args, eval_parser
 from evalsuite.evaluate import plan_for
 from evalsuite.tables import wilson_interval
@@ -58,8 +65,34 @@ def test_ablation_run_has_four_rows_in_paper_order(tmp_path):
     assert (tmp_path / "abl" / "tables" / "ablations.csv").is_file()
 
 
+@pytest.mark.parametrize(
+    "only_a, only_b, p",
+    [
+        (1, 9, 2 * (1 + 10) / 1024),  # two-sided binomial tail: 2 P(X <= 1), X ~ Bin(10, 1/2)
+        (0, 5, 2 / 32),
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+        (2, 12, 2 * (1 + 14 + 91) / 2**14),
+    ],
+)
+def test_mcnemar_exact_against_the_binomial_tail(only_a, only_b, p):
+    assert mcnemar_exact(only_a, only_b) == pytest.approx(p)
+
+
+def test_rows_are_compared_with_asyncvla_episode_by_episode():
+    full = _records([True, True, False, False, True, True])
+    worse = _records([False, True, False, False, False, False])  # loses 3 episodes, wins none
+    table = ablation_table([("w/o AFM inference", worse), ("AsyncVLA", full)]).set_index("variant")
+    assert table.loc["w/o AFM inference", "wins / losses vs AsyncVLA"] == "0 / 3"
+    assert table.loc["w/o AFM inference", "McNemar p"] == pytest.approx(0.25)
+    assert pd.isna(table.loc["AsyncVLA", "McNemar p"])
+
+
 def _records(successes: list[bool], task: str = "t") -> pd.DataFrame:
-    return pd.DataFrame({"task": [task] * len(successes), "success": successes})
+    n = len(successes)
+    return pd.DataFrame(
+        {"suite": "s", "task": [task] * n, "episode_index": range(n), "seed": 0, "success": successes}
+    )
 
 
 def test_seed_summary_mean_spread_and_pooled_interval():

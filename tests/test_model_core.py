@@ -167,13 +167,16 @@ def test_3b_config_matches_qwen25_vl_3b_and_scaled_copy_builds_in_bf16():
     )
     small.vision.fullatt_block_indexes = [1, 3]
     small.rater.num_heads, small.rater.ffn_size, small.rater.num_layers = 4, 384, 1
+    small.rater.hidden_size = 192  # wider than the LM, as the 3B's 3,072 vs 2,048
     small.image_size = 56
     small.validate()
     tok = build_tiny_tokenizer(512)
     small.text.vocab_size = 512
     model = AsyncVLA(small, tok, dtype=torch.bfloat16).eval()
     assert isinstance(model.vlm, Qwen2_5_VLForConditionalGeneration)
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    rater = {id(p) for p in model.rater.parameters()}
+    assert {p.dtype for p in model.parameters() if id(p) not in rater} == {torch.bfloat16}
+    assert {p.dtype for p in model.rater.parameters()} == {torch.float32}  # the rater stays fp32
     pre = Preprocessor(small, tok)
     rng = np.random.default_rng(0)
     inputs = pre(
@@ -183,3 +186,30 @@ def test_3b_config_matches_qwen25_vl_3b_and_scaled_copy_builds_in_bf16():
     )
     r = model.sample_actions(inputs, _gens([0]), mode="asyncvla")
     assert r.actions.shape == (1, 8, 7) and torch.isfinite(r.actions).all()
+
+
+def test_the_3b_raters_size_matches_the_paper():
+    """Paper A.3: 4 layers, 32 heads, FFN 6,144, 308M parameters (docs/model.md: the width reading)."""
+    from asyncvla.config import ModelConfig
+    from asyncvla.rater import ConfidenceRater
+
+    with torch.device("meta"):
+        rater = ConfidenceRater(ModelConfig.named("qwen2.5-vl-3b"))
+    params = sum(p.numel() for p in rater.parameters())
+    assert 308.0e6 < params < 308.6e6, params
+
+
+def test_the_rater_runs_in_float32_in_a_bf16_model():
+    from asyncvla.backbone import build_tiny_tokenizer
+    from asyncvla.config import ModelConfig
+    from asyncvla.model import AsyncVLA
+
+    cfg = ModelConfig.named("tiny")
+    model = AsyncVLA(cfg, build_tiny_tokenizer(cfg.text.vocab_size), dtype=torch.bfloat16)
+    assert {p.dtype for p in model.rater.parameters()} == {torch.float32}
+    assert model.action_in_proj.weight.dtype == torch.bfloat16
+    hidden = torch.randn(2, 5, cfg.text.hidden_size, dtype=torch.bfloat16)
+    p = model.rater(
+        hidden, torch.ones(2, 5, dtype=torch.bool), torch.randn(2, cfg.chunk_length, cfg.action_dim)
+    )
+    assert p.dtype == torch.float32 and p.shape == (2, cfg.chunk_length)

@@ -90,3 +90,26 @@ def test_a_hung_episode_times_out_and_is_retried(toy_suites, tmp_path):
     )
     record = next(r for r in summary.records if r.task == "reach" and r.episode_index == 0)
     assert record.success is True and record.attempts == 2
+
+
+def test_the_modes_of_a_model_draw_from_the_same_keys(toy_suites):
+    """Ablation rows (modes) must see the same noise on an episode: the policy's keys leave the mode out."""
+    import numpy as np
+
+    from evalsuite.episode import run_episode
+    from evalsuite.records import EpisodeSpec
+
+    suite = toy_suites("toy")
+    seen: dict[str, list[str]] = {}
+    for mode in ("asyncvla", "sfm", "random-mask"):
+        spec = EpisodeSpec("toy", "reach", 3, 0, "", mode)
+        keys = seen.setdefault(mode, [])
+
+        def act(observations, batch_keys, keys=keys):
+            keys.extend(batch_keys)
+            return np.zeros((1, 2, 7), np.float32)
+
+        env = __import__("toy_suite").make_env()
+        run_episode(env, suite, spec, act, replan_steps=None, max_steps=6)
+    assert seen["asyncvla"] == seen["sfm"] == seen["random-mask"]
+    assert seen["sfm"][0] == "toy/reach/-/ep003/seed0@0"
