@@ -46,6 +46,8 @@ def _split_state(model: AsyncVLA) -> tuple[dict[str, torch.Tensor], dict[str, to
 
 
 def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats) -> Path:
+    """Write the checkpoint; config.json carries `model.training` (how it was trained: see
+    `asyncvla.train.training_record`) when the model has one."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     main, rater = _split_state(model)
@@ -56,9 +58,24 @@ def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormSta
     save_file(rater, str(path / "rater.safetensors"), metadata={k: str(v) for k, v in meta.items()})
     stats.save(path / "norm_stats.json")
     tokenizer.save_pretrained(str(path))
-    (path / "config.json").write_text(json.dumps({**meta, "model": cfg}, indent=1))
+    config = {**meta, "model": cfg}
+    if isinstance(model.training_record, dict):
+        config["training"] = model.training_record
+    (path / "config.json").write_text(json.dumps(config, indent=1))  # last: marks the checkpoint complete
     log.info("saved checkpoint to %s", path)
     return path
+
+
+def read_training_record(path: str | Path) -> dict | None:
+    """How a checkpoint was trained (config.json `training`), or None for one saved before records
+    existed. Keys: objective, stages {policy: {steps}, rater: {steps}}, data_sha256, image_size,
+    data_image_size, pause_threshold, pause_fraction."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: not readable JSON ({e})") from e
+    record = data.get("training") if isinstance(data, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def _read_config(path: Path) -> ModelConfig:
@@ -107,6 +124,24 @@ def _check_header(path: Path, expected: dict[str, torch.Tensor], optional: set[s
             raise CheckpointError(
                 f"{path}: tensor {key} has shape {shape}, config.json expects {tuple(expected[key].shape)}"
             )
+
+
+def check_mode(path: str | Path, record: dict | None, mode: str) -> None:
+    """Refuse an inference mode the checkpoint was not trained for: `asyncvla` runs the rater, which
+    a checkpoint whose rater stage never ran has only at its random initialisation."""
+    if record is None:
+        log.warning(
+            "%s has no training record (saved before config.json recorded one): cannot check that its "
+            "rater was trained",
+            path,
+        )
+        return
+    if mode == "asyncvla" and "rater" not in record.get("stages", {}):
+        raise CheckpointError(
+            f"{path}: its rater was never trained (stages run: {', '.join(record.get('stages', {})) or 'none'}), "
+            "so --mode asyncvla would mask tokens with a random rater; train it with "
+            f"`asyncvla-train DATA --out {path} --stage rater --steps 500`, or evaluate with --mode sfm"
+        )
 
 
 def check_checkpoint(path: str | Path) -> tuple[ModelConfig, object, NormStats]:
@@ -185,6 +220,7 @@ def load_checkpoint(
         path / "rater.safetensors", {k: v for k, v in expected.items() if k.startswith("rater.")}
     )
     model.load_state_dict({**main, **rater}, strict=False)
+    model.training_record = read_training_record(path)
     if TIED in expected and not model.vlm.config.get_text_config().tie_word_embeddings:
         log.warning("lm_head is not tied; it was not saved and keeps its random init (unused for actions)")
     return model.to(device).eval(), tokenizer, stats

@@ -6,7 +6,13 @@ Two readers produce the same `Episode` record:
 - `read_lerobot(dir)`: the LeRobot dataset layout (meta/info.json + parquet under data/;
   image features stored in parquet as PNG/JPEG bytes; video features are not decoded here).
 A chunk that runs past the episode's end is padded by repeating the last action and marked
-in `action_pad`, so the loss ignores it.
+in `action_pad`; steps where the demonstrator paused are marked in `action_pause` (paper Sec. 4.1:
+pause intervals are excluded from the loss). Neither enters the policy's loss nor the rater's labels.
+
+A pause is a step whose action does not move the arm (the norm of everything but the gripper below
+`pause_threshold`) and keeps the previous step's gripper command: the no-op rule OpenVLA applied
+to regenerate LIBERO (threshold 1e-4). It reads the actions, which for every suite here are
+end-effector deltas; for absolute actions set the threshold to 0 (nothing is a pause).
 """
 
 from __future__ import annotations
@@ -40,6 +46,23 @@ class Sample:
     instruction: str
     actions: np.ndarray  # (L, A), the chunk starting at this step
     action_pad: np.ndarray  # (L,) bool, True where the chunk ran past the episode's end
+    action_pause: np.ndarray  # (L,) bool, True where the demonstrator paused (module docstring)
+
+    @property
+    def ignore(self) -> np.ndarray:
+        """Action tokens that carry no label: padding and pauses."""
+        return self.action_pad | self.action_pause
+
+
+PAUSE_THRESHOLD = 1e-4  # OpenVLA's LIBERO no-op threshold
+
+
+def pause_steps(action: np.ndarray, threshold: float = PAUSE_THRESHOLD) -> np.ndarray:
+    """(T,) bool: steps that neither move the arm nor change the gripper command."""
+    still = np.linalg.norm(action[:, :-1], axis=1) < threshold
+    gripper = action[:, -1]
+    same_gripper = np.concatenate([[True], gripper[1:] == gripper[:-1]])
+    return still & same_gripper
 
 
 def read_asyncvla_episodes(path: str | Path) -> tuple[list[Episode], dict]:
@@ -137,6 +160,21 @@ def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tup
     return episodes, {"cameras": list(cameras), "fps": info.get("fps"), "source": str(path)}
 
 
+def dataset_sha256(path: str | Path) -> str:
+    """sha256 over the dataset's files' relative names and bytes, in order: what a checkpoint
+    records as the data it was trained on (for asyncvla-episodes, the episode files)."""
+    import hashlib
+
+    path = Path(path)
+    root = path / "episodes" if (path / "episodes").is_dir() else path
+    pattern = "*.npz" if root.name == "episodes" else "**/*"
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.glob(pattern) if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def read_dataset(path: str | Path) -> tuple[list[Episode], dict]:
     """Either format, recognised by its files."""
     path = Path(path)
@@ -152,10 +190,15 @@ def read_dataset(path: str | Path) -> tuple[list[Episode], dict]:
 class ChunkDataset(torch.utils.data.Dataset):
     """Every (episode, step) as a sample with the next L actions; raw (unnormalised) values."""
 
-    def __init__(self, episodes: list[Episode], chunk_length: int):
+    def __init__(self, episodes: list[Episode], chunk_length: int, pause_threshold: float = PAUSE_THRESHOLD):
         self.episodes = episodes
         self.chunk_length = chunk_length
         self.index = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep.action))]
+        self.pauses = [pause_steps(ep.action, pause_threshold) for ep in episodes]
+
+    def pause_fraction(self) -> float:
+        """Share of recorded steps that are pauses (logged when training starts)."""
+        return float(np.concatenate(self.pauses).mean()) if self.pauses else 0.0
 
     def __len__(self) -> int:
         return len(self.index)
@@ -171,6 +214,7 @@ class ChunkDataset(torch.utils.data.Dataset):
             instruction=ep.instruction,
             actions=ep.action[steps],
             action_pad=np.arange(t, t + L) >= T,
+            action_pause=self.pauses[e][steps] & (np.arange(t, t + L) < T),
         )
 
     def norm_stats(self) -> NormStats:

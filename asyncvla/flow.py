@@ -61,9 +61,22 @@ def rater_mask(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def pseudo_labels(
-    err: torch.Tensor, alpha: float = 0.01, beta: float = 0.98, eps: float = 1e-6
+    err: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    alpha: float = 0.01,
+    beta: float = 0.98,
+    eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Eq. (6): q = 1 - alpha - beta (e - min e) / (max e - min e + eps), per chunk (last dim)."""
-    lo = err.min(dim=-1, keepdim=True).values
-    hi = err.max(dim=-1, keepdim=True).values
+    """Eq. (6): q = 1 - alpha - beta (e - min e) / (max e - min e + eps), per chunk (last dim).
+
+    `valid` (bool, like err) leaves padded and paused tokens out of the chunk's min and max; their
+    labels are meaningless and must be masked out of the rater's loss too."""
+    if valid is None:
+        valid = torch.ones_like(err, dtype=torch.bool)
+    lo = err.masked_fill(~valid, float("inf")).min(dim=-1, keepdim=True).values
+    hi = err.masked_fill(~valid, float("-inf")).max(dim=-1, keepdim=True).values
+    lo, hi = (
+        torch.where(valid.any(-1, keepdim=True), lo, 0.0),
+        torch.where(valid.any(-1, keepdim=True), hi, 0.0),
+    )
     return 1.0 - alpha - beta * (err - lo) / (hi - lo + eps)

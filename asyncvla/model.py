@@ -77,6 +77,7 @@ class AsyncVLA(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
+        self.training_record: dict | None = None  # how it was trained (asyncvla.train), saved in config.json
         self.vlm = build_vlm(cfg, tokenizer, dtype, device)
         self.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         d = cfg.text.hidden_size
@@ -190,11 +191,12 @@ class AsyncVLA(nn.Module):
         self,
         inputs: VLInputs,
         actions: torch.Tensor,
-        action_pad: torch.Tensor | None = None,
+        ignore: torch.Tensor | None = None,
         objective: str = "unified",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Unified AFM/SFM loss (Eq. 4). `objective="sfm"` sets m = 1: the w/o-unified-training ablation."""
+        """Unified AFM/SFM loss (Eq. 4). `objective="sfm"` sets m = 1: the w/o-unified-training ablation.
+        `ignore` (B, L) bool marks tokens without a label (padding past the episode's end, pauses)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         B, L, A = actions.shape
@@ -204,7 +206,7 @@ class AsyncVLA(nn.Module):
         m, tau, n = m.to(self.device), tau.to(self.device), n.to(self.device)
         a_tau = flow.noisy_actions(actions, n, tau, m)
         v = self.full_velocity(self.embed_prefix(inputs), a_tau, tau[:, None] * m)
-        weight = m if action_pad is None else m * (~action_pad).float()  # padded steps carry no label
+        weight = m if ignore is None else m * (~ignore).float()  # padded and paused steps carry no label
         return flow.masked_flow_loss(v, flow.target_velocity(actions, n), weight)
 
     # -- inference: SFM -> confidence rater -> AFM (Alg. 1) ------------------------------

@@ -8,6 +8,7 @@ request key (sha256), so a chunk never depends on what it was batched with.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +19,8 @@ from asyncvla.backbone import Preprocessor
 from asyncvla.config import MODES
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
+
+log = logging.getLogger(__name__)
 
 
 class ObservationLike(Protocol):
@@ -62,6 +65,30 @@ class AsyncVLAPolicy:
         self.threshold = threshold
         self.action_dim = model.cfg.action_dim
         self.chunk_length = model.cfg.chunk_length
+        self._sizes_checked = False
+
+    def _check_image_sizes(self, images: dict[str, np.ndarray]) -> None:
+        """Warn once when the environment's images differ from the training images' native size by
+        more than 2x: both are resized to the model's image size, but a 128 px dataset and 256 px
+        renders (LIBERO's original files vs its evaluation) do not look alike after resizing."""
+        self._sizes_checked = True
+        record = self.model.training_record or {}
+        trained = record.get("data_image_size")
+        if not trained:
+            return
+        for camera, image in images.items():
+            ratio = max(image.shape[0] / trained[0], trained[0] / image.shape[0])
+            if ratio > 2:
+                log.warning(
+                    "camera %s renders %dx%d images; the checkpoint was trained on %dx%d ones (%.1fx "
+                    "apart): render the suite nearer the training size or train on images like these",
+                    camera,
+                    image.shape[0],
+                    image.shape[1],
+                    trained[0],
+                    trained[1],
+                    ratio,
+                )
 
     def _run(self, observations: list[ObservationLike], keys: list[str]):
         if len(observations) != len(keys):
@@ -77,6 +104,8 @@ class AsyncVLAPolicy:
                     f"{self.model.cfg.state_dim}-D (the suite and the training data must agree)"
                 )
             states.append(self.stats.normalize_state(state))
+        if not self._sizes_checked:
+            self._check_image_sizes(observations[0].images)
         inputs = self.preprocessor(
             [o.images for o in observations], [o.instruction for o in observations], np.stack(states)
         )
@@ -108,10 +137,11 @@ def load(
     path: str, mode: str = "asyncvla", threshold: float | None = None, device: str = "cpu"
 ) -> AsyncVLAPolicy:
     """A ready policy from a checkpoint directory (bf16 on CUDA, fp32 on CPU)."""
-    from asyncvla.checkpoint import load_checkpoint
+    from asyncvla.checkpoint import check_mode, load_checkpoint
 
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model, tokenizer, stats = load_checkpoint(path, device=device, dtype=dtype)
+    check_mode(path, model.training_record, mode)
     return AsyncVLAPolicy(model, tokenizer, stats, mode=mode, threshold=threshold)

@@ -31,7 +31,7 @@ from asyncvla import flow
 from asyncvla.backbone import Preprocessor, VLInputs, build_tiny_tokenizer, load_tokenizer
 from asyncvla.checkpoint import load_checkpoint, save_checkpoint
 from asyncvla.config import OBJECTIVES, ModelConfig
-from asyncvla.datasets import ChunkDataset, Sample, read_dataset
+from asyncvla.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 
@@ -59,6 +59,37 @@ class TrainConfig:
     save_every: int = 500
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads per worker (default: torch's, cores / workers under DDP)
+    pause_threshold: float = PAUSE_THRESHOLD  # asyncvla.datasets: pauses carry no label; 0 = none
+
+
+def training_record(
+    previous: dict | None,
+    cfg: TrainConfig,
+    steps: int,
+    dataset: ChunkDataset,
+    data_sha256: str,
+    image_size: int,
+) -> dict:
+    """What config.json says of how the checkpoint was trained: the objective, each stage run with
+    its step count, the data (hash, native image size, pauses) and the image size trained at.
+    The policy stage starts a record (a policy retrained from scratch drops the rater's); the rater
+    stage adds itself to the policy's."""
+    record = dict(previous or {}) if (cfg.stage == "rater" or cfg.resume) else {}
+    stages = dict(record.get("stages", {}))
+    if cfg.stage == "policy":
+        stages.pop("rater", None)  # the rater was trained on another policy's SFM actions
+        record["objective"] = cfg.objective
+    stages[cfg.stage] = {"steps": steps}
+    frames = next(iter(dataset.episodes[0].images.values()))
+    record.update(
+        stages=stages,
+        data_sha256=data_sha256,
+        image_size=image_size,
+        data_image_size=list(frames.shape[1:3]),
+        pause_threshold=cfg.pause_threshold,
+        pause_fraction=round(dataset.pause_fraction(), 4),
+    )
+    return record
 
 
 def collate(
@@ -67,22 +98,30 @@ def collate(
     states = np.stack([stats.normalize_state(s.state) for s in samples])
     inputs = pre([s.images for s in samples], [s.instruction for s in samples], states)
     actions = torch.from_numpy(np.stack([stats.normalize_action(s.actions) for s in samples]))
-    pad = torch.from_numpy(np.stack([s.action_pad for s in samples]))
-    return inputs.to(device), actions.to(device), pad.to(device)
+    ignore = torch.from_numpy(np.stack([s.ignore for s in samples]))  # padding and pauses
+    return inputs.to(device), actions.to(device), ignore.to(device)
 
 
 def rater_loss(
-    model: AsyncVLA, inputs: VLInputs, actions: torch.Tensor, generator: torch.Generator
+    model: AsyncVLA,
+    inputs: VLInputs,
+    actions: torch.Tensor,
+    generator: torch.Generator,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rater stage: SFM actions from the frozen model, Eq. (6) pseudo labels, MSE to the rater's p."""
+    """Rater stage: SFM actions from the frozen model, Eq. (6) pseudo labels, MSE to the rater's p,
+    over the tokens that carry a label (`ignore` marks padding and pauses)."""
+    valid = torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
+    if ignore is not None:
+        valid = ~ignore
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
         cache, hidden = model.encode_prefix(prefix)
         noise = torch.randn(actions.shape, generator=generator).to(actions.device)
         sfm = model.integrate(cache, prefix, noise, torch.ones(actions.shape[:2], device=actions.device))
-        q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1))
+        q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1), valid)
     p = model.rater(hidden, prefix.valid, sfm)
-    return (p - q).pow(2).mean()
+    return ((p - q).pow(2) * valid).sum() / valid.sum().clamp(min=1)
 
 
 class _StageLoss(nn.Module):
@@ -92,10 +131,10 @@ class _StageLoss(nn.Module):
         super().__init__()
         self.model, self.stage, self.objective = model, stage, objective
 
-    def forward(self, inputs, actions, pad, generator):
+    def forward(self, inputs, actions, ignore, generator):
         if self.stage == "rater":
-            return rater_loss(self.model, inputs, actions, generator)
-        return self.model.compute_loss(inputs, actions, pad, self.objective, generator)
+            return rater_loss(self.model, inputs, actions, generator, ignore)
+        return self.model.compute_loss(inputs, actions, ignore, self.objective, generator)
 
 
 def _param_groups(model: AsyncVLA, cfg: TrainConfig) -> list[dict]:
@@ -163,7 +202,10 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
             torch.cuda.set_device(device)
     episodes, info = read_dataset(cfg.dataset)
     model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device)
-    dataset = ChunkDataset(episodes, model.cfg.chunk_length)
+    dataset = ChunkDataset(episodes, model.cfg.chunk_length, cfg.pause_threshold)
+    data_sha256 = dataset_sha256(cfg.dataset)
+    previous_record = model.training_record
+    log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
     pre = Preprocessor(model.cfg, tokenizer)
     groups = _param_groups(model, cfg)
     if device.type == "cuda":
@@ -213,6 +255,9 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     def save() -> None:
         if rank != 0:
             return
+        model.training_record = training_record(
+            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size
+        )
         save_checkpoint(out, model, tokenizer, stats)
         torch.save(
             {
@@ -325,6 +370,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument(
         "--threads", type=int, help="torch CPU threads per worker (on a shared machine, 1 is often fastest)"
+    )
+    p.add_argument(
+        "--pause-threshold",
+        type=float,
+        default=PAUSE_THRESHOLD,
+        help="a step whose arm action's norm is below this, gripper unchanged, is a pause and has no label "
+        "(default 1e-4, OpenVLA's LIBERO no-op rule; 0 disables)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)

@@ -21,6 +21,7 @@ shared/notes/ablation-regimes.md).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ import pandas as pd
 
 from evalsuite.evaluate import EvalConfig, evaluate
 from evalsuite.tables import rate_row, wilson_interval, write_tables
+
+log = logging.getLogger(__name__)
 
 VARIANTS = (  # (row label, run dir name, which checkpoint, inference mode)
     ("w/o unified training", "wo_unified_training", "sfm", "asyncvla"),
@@ -156,6 +159,23 @@ def run_ablations(
     return table, markdown
 
 
+def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
+    """The rows need a unified-trained --ckpt and an SFM-trained --sfm-ckpt: refuse swapped or
+    mismatched checkpoints (checkpoints without a training record cannot be checked: a warning)."""
+    from asyncvla.checkpoint import read_training_record
+    from evalsuite.cli import UsageError
+
+    for flag, path, wanted in (("--ckpt", unified_ckpt, "unified"), ("--sfm-ckpt", sfm_ckpt, "sfm")):
+        record = read_training_record(path)
+        if record is None:
+            log.warning("%s %s has no training record: its objective cannot be checked", flag, path)
+        elif record.get("objective") != wanted:
+            raise UsageError(
+                f"{flag} {path} was trained with objective {record.get('objective')!r}; the ablation needs "
+                f"a {wanted!r}-trained checkpoint there (asyncvla-train ... --objective {wanted})"
+            )
+
+
 def main(argv: list[str]) -> int:
     from evalsuite.cli import (
         UsageError,
@@ -180,7 +200,8 @@ def main(argv: list[str]) -> int:
         args.out = f"runs/ablations-{args.suite}-seed{args.seed or 0}"
     base = config_from_args(args, ["ablations", *argv])
     sfm_ckpt = resolve_checkpoint(args.sfm_ckpt)
-    check_checkpoint_for(sfm_ckpt, base.suites)
+    check_checkpoint_for(sfm_ckpt, base.suites, mode="asyncvla")  # its row runs the full inference
+    check_objectives(base.policy.checkpoint, sfm_ckpt)
     _, markdown = run_ablations(base, sfm_ckpt, show_progress=not args.quiet, data_note=args.data)
     print(markdown)
     return 0

@@ -231,11 +231,14 @@ def resolve_device(device: str, address: str | None) -> str:
     return device
 
 
-def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec]) -> None:
-    """The checkpoint is checked here, in the driver, before anything starts: never first in an actor."""
-    from asyncvla.checkpoint import check_checkpoint
+def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec], mode: str | None = None) -> None:
+    """The checkpoint is checked here, in the driver, before anything starts: never first in an actor.
+    With `mode`, also that it was trained for that inference mode (a trained rater for asyncvla)."""
+    from asyncvla.checkpoint import check_checkpoint, check_mode, read_training_record
 
     cfg, _, _ = check_checkpoint(checkpoint)
+    if mode is not None:
+        check_mode(checkpoint, read_training_record(checkpoint), mode)
     for suite in suites:
         if cfg.action_dim != suite.action_dim:
             raise UsageError(
@@ -272,7 +275,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
         if check_ckpt:
-            check_checkpoint_for(checkpoint, suites)
+            check_checkpoint_for(checkpoint, suites, args.mode)
         suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
         kind, checkpoint = args.policy, None

@@ -105,17 +105,6 @@ def sh(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def dataset_hash(path: Path) -> str:
-    """sha256 over the episode files' names and bytes, in order (the manifest's data hash)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted((path / "episodes").glob("*.npz")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def file_hash(path: Path) -> str:
     import hashlib
 
@@ -184,6 +173,8 @@ def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Na
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from asyncvla.datasets import dataset_sha256
+
     dest.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         shutil.copy2(demo / name, dest / name)
@@ -198,7 +189,7 @@ def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Na
         "record_command": str(info.get("source")).replace(str(ROOT) + "/", ""),
         "train_commands": [shlex.join(c).replace(str(ROOT) + "/", "") for c in rel],
         "data": data_note(demos),
-        "data_sha256": dataset_hash(demos),
+        "data_sha256": dataset_sha256(demos),
         "plan": dataclasses.asdict(plan),
         "final_policy_loss_mean_last_100": float(
             pd.read_csv(demo / "loss_policy.csv")["loss"].tail(100).mean()

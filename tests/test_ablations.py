@@ -116,3 +116,49 @@ def test_seed_summary_refuses_rows_out_of_order():
     rows = [(label, _records([True])) for label in reversed([v[0] for v in VARIANTS])]
     with pytest.raises(ValueError, match="expected"):
         seed_summary({0: ablation_table(rows)})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two tiny checkpoints trained for a step each: one unified (with its rater), one SFM-only."""
+    import numpy as np
+
+    from asyncvla.datasets import Episode, write_asyncvla_episodes
+    from asyncvla.train import TrainConfig, run
+
+    root = tmp_path_factory.mktemp("trained")
+    T = 10
+    images = {c: np.full((T, 56, 56, 3), 90, np.uint8) for c in ("agentview", "wrist")}
+    episode = Episode(images, np.zeros((T, 8), np.float32), np.full((T, 7), 0.1, np.float32), "reach")
+    data = str(write_asyncvla_episodes(root / "data", [episode], fps=10, source="test"))
+    made = {}
+    for objective in ("unified", "sfm"):
+        out = str(root / objective)
+        run(TrainConfig(dataset=data, out=out, batch_size=4, steps=1, objective=objective))
+        run(TrainConfig(dataset=data, out=out, batch_size=4, steps=1, stage="rater"))
+        made[objective] = out
+    policy_only = str(root / "policy_only")
+    run(TrainConfig(dataset=data, out=policy_only, batch_size=4, steps=1))
+    made["policy_only"] = policy_only
+    return made
+
+
+def test_ablations_refuse_swapped_checkpoints(trained):
+    from evalsuite.ablations import check_objectives
+    from evalsuite.errors import UsageError
+
+    check_objectives(trained["unified"], trained["sfm"])
+    with pytest.raises(UsageError, match="--ckpt .* was trained with objective 'sfm'"):
+        check_objectives(trained["sfm"], trained["unified"])
+
+
+def test_asyncvla_mode_is_refused_for_a_checkpoint_without_a_trained_rater(
+    trained, toy_suites, tmp_path, capsys
+):
+    from evalsuite.cli import main
+
+    args = ["toy", "--ckpt", trained["policy_only"], "--workers", "0", "--out", str(tmp_path / "run"), "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "its rater was never trained" in err and "--stage rater" in err
+    assert not (tmp_path / "run").exists()

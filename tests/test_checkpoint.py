@@ -163,3 +163,24 @@ def test_wrong_format_and_bad_json_are_named(ckpt, tmp_path):
     (good / "norm_stats.json").write_text("[]")
     with pytest.raises(CheckpointError, match="norm_stats.json: unreadable normalisation statistics"):
         asyncvla.load(str(good))
+
+
+def test_a_large_resize_from_the_training_images_is_warned_about_once(caplog):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import asyncvla
+
+    policy = asyncvla.load(str(asyncvla.demo_checkpoint()), mode="sfm")
+    policy.model.training_record = {"data_image_size": [56, 56]}
+    cfg = policy.model.cfg
+    obs = SimpleNamespace(
+        images={c: np.zeros((256, 256, 3), np.uint8) for c in cfg.cameras},
+        state=np.zeros(cfg.state_dim, np.float32),
+        instruction="put the red block on the plate",
+    )
+    policy.act([obs], ["k@0"])
+    policy.act([obs], ["k@1"])
+    warnings = [r for r in caplog.records if "the checkpoint was trained on 56x56" in r.getMessage()]
+    assert len(warnings) == len(cfg.cameras) and "4.6x apart" in warnings[0].getMessage()

@@ -54,9 +54,9 @@ def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
     )
     real_check = nightly_module.check_checkpoint_for
 
-    def check(path, suites):  # the fake checkpoints pass; any other directory gets the real check
+    def check(path, suites, mode=None):  # the fake checkpoints pass; any other gets the real check
         if not _is_gain_checkpoint(path):
-            real_check(path, suites)
+            real_check(path, suites, mode)
 
     monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)
     monkeypatch.setattr(cli_module, "check_checkpoint_for", check)

@@ -108,3 +108,96 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "--steps / --epochs must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(data), "--out", str(tmp_path / "o"), "--objective", "afm"])
+
+
+@pytest.mark.parametrize(
+    "moves, grippers, pauses",
+    [
+        ([1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]),  # a pause in the middle
+        ([0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]),  # at the start
+        ([1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]),  # none
+        ([1, 1, 0, 0, 1, 1], [1, 1, -1, -1, -1, -1], [0, 0, 0, 1, 0, 0]),  # still, but closing: not a pause
+    ],
+)
+def test_pause_detection(moves, grippers, pauses):
+    from asyncvla.datasets import pause_steps
+
+    action = np.zeros((len(moves), 7), np.float32)
+    action[:, 0] = 0.01 * np.asarray(moves)
+    action[:, 6] = grippers
+    assert pause_steps(action).astype(int).tolist() == pauses
+    assert not pause_steps(action, threshold=0).any()  # 0 disables
+
+
+def _paused_episode(T: int = 10) -> Episode:
+    ep = _deterministic(0, T)
+    ep.action[3:6, :6] = 0.0  # the demonstrator waits three steps
+    ep.action[3:6, 6] = ep.action[2, 6]
+    return ep
+
+
+def test_paused_and_padded_tokens_carry_no_gradient(tmp_path, monkeypatch):
+    """The policy's loss sends no gradient through the velocity of a paused or padded token, and
+    perturbing those tokens' targets changes neither the rater's loss nor its labels (they leave the
+    chunk's min and max of Eq. 6). (Their noisy actions stay model inputs, as the paper's.)"""
+    from asyncvla.train import rater_loss
+
+    data = write_asyncvla_episodes(tmp_path / "data", [_paused_episode()], fps=10, source="test")
+    run(TrainConfig(dataset=str(data), out=str(tmp_path / "ckpt"), batch_size=4, steps=1))
+    model, tok, stats = load_checkpoint(tmp_path / "ckpt")
+    ds = ChunkDataset(read_dataset(data)[0], model.cfg.chunk_length)
+    samples = [ds[i] for i in (1, 5, 8)]  # chunks over the pause, after it, and past the end
+    inputs, actions, ignore = collate(samples, Preprocessor(model.cfg, tok), stats, "cpu")
+    assert ignore.any(dim=1).all() and not ignore.all()
+
+    velocities = []
+    full_velocity = model.full_velocity
+
+    def keep(*args):
+        v = full_velocity(*args)
+        v.retain_grad()
+        velocities.append(v)
+        return v
+
+    monkeypatch.setattr(model, "full_velocity", keep)
+    model.compute_loss(inputs, actions, ignore, "sfm", torch.Generator().manual_seed(0)).backward()
+    grad = velocities[0].grad.abs().sum(-1)
+    assert (grad[ignore] == 0).all() and (grad[~ignore] > 0).all()
+
+    perturbed = actions.clone()
+    perturbed[ignore] += 100.0
+    same = rater_loss(model, inputs, actions, torch.Generator().manual_seed(0), ignore)
+    assert rater_loss(
+        model, inputs, perturbed, torch.Generator().manual_seed(0), ignore
+    ).item() == pytest.approx(same.item(), rel=1e-6)
+    err = torch.rand(2, 8)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[:, 6:] = False
+    bumped = err.clone()
+    bumped[:, 6:] = 50.0
+    assert torch.allclose(flow.pseudo_labels(err, valid)[valid], flow.pseudo_labels(bumped, valid)[valid])
+
+
+def test_the_checkpoint_records_how_it_was_trained_and_refuses_an_untrained_rater(tmp_path):
+    import asyncvla
+    from asyncvla.checkpoint import CheckpointError, read_training_record
+    from asyncvla.datasets import dataset_sha256
+
+    data = write_asyncvla_episodes(tmp_path / "data", [_paused_episode()], fps=10, source="test")
+    ckpt = tmp_path / "ckpt"
+    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=3, objective="sfm"))
+    record = read_training_record(ckpt)
+    assert record["objective"] == "sfm" and record["stages"] == {"policy": {"steps": 3}}
+    assert record["data_sha256"] == dataset_sha256(data) and record["image_size"] == 56
+    assert record["data_image_size"] == [56, 56] and record["pause_fraction"] == pytest.approx(0.3)
+    with pytest.raises(CheckpointError, match="its rater was never trained.*--stage rater"):
+        asyncvla.load(str(ckpt), mode="asyncvla")
+    asyncvla.load(str(ckpt), mode="sfm")  # SFM needs no rater
+    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=2, stage="rater"))
+    record = read_training_record(ckpt)
+    assert (
+        record["stages"] == {"policy": {"steps": 3}, "rater": {"steps": 2}} and record["objective"] == "sfm"
+    )
+    asyncvla.load(str(ckpt), mode="asyncvla")
+    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=1))  # a new policy: rater stale
+    assert read_training_record(ckpt)["stages"] == {"policy": {"steps": 1}}

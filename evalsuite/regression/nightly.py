@@ -146,7 +146,7 @@ class Nightly:
         from asyncvla.checkpoint import CheckpointError
 
         try:
-            check_checkpoint_for(str(checkpoint), self.suites)
+            check_checkpoint_for(str(checkpoint), self.suites, self.args.mode or "asyncvla")
         except (CheckpointError, UsageError) as e:
             log.error("broken checkpoint %s: %s", checkpoint, e)
             self.broken.append((checkpoint, str(e)))
