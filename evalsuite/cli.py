@@ -139,7 +139,11 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--suites", help="comma-separated suites of the family to run")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--ckpt", help="AsyncVLA checkpoint directory, or 'demo' for the shipped tabletop model")
-    who.add_argument("--policy", choices=["scripted", "random"], help="a policy that needs no checkpoint")
+    who.add_argument(
+        "--policy",
+        help="scripted | random | ws://HOST:PORT (a websocket policy server, openpi's protocol) | "
+        "package.module:Class (your Policy, run in the batching policy server)",
+    )
     p.add_argument(
         "--mode",
         default="asyncvla",
@@ -184,6 +188,14 @@ def eval_parser() -> argparse.ArgumentParser:
         "--retry-errors", action="store_true", help="on resume, run episodes recorded as errors again"
     )
     p.add_argument("--dry-run", action="store_true", help="print the episode plan and run nothing")
+    p.add_argument(
+        "--remote-layout",
+        help="--policy ws://...: JSON of the wire keys (docs/remote.md), e.g. "
+        '\'{"images": {"agentview": "observation/exterior_image_1_left"}}\'',
+    )
+    p.add_argument(
+        "--remote-timeout", type=float, default=120.0, help="--policy ws://...: seconds to wait for an answer"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -247,6 +259,42 @@ def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec], mode: str | N
             )
 
 
+def policy_kind(value: str) -> str:
+    """What --policy names: scripted, random, a websocket server, or a user's module:Class."""
+    if value in ("scripted", "random"):
+        return value
+    if value.startswith(("ws://", "wss://")):
+        return "remote"
+    module, sep, attr = value.partition(":")
+    if sep and module and attr.isidentifier():
+        return "import"
+    raise UsageError(
+        f"--policy {value!r}: use scripted, random, ws://HOST:PORT (a policy server) or package.module:Class"
+    )
+
+
+def check_external_policy(policy: PolicySpec) -> None:
+    """A remote server answers and fits the suite; a user's class imports and keeps the contract:
+    checked once here, before anything starts, instead of failing in every worker."""
+    if policy.kind == "remote":
+        from evalsuite.remote import WireLayout, probe
+
+        try:
+            WireLayout.parse(policy.layout)
+        except (ValueError, TypeError) as e:
+            raise UsageError(str(e)) from e
+        probe(policy.url, policy.action_dim, timeout_s=min(10.0, policy.timeout_s))
+    elif policy.kind == "import":
+        from evalsuite.policy import import_policy
+
+        built = import_policy(policy.factory)
+        if built.action_dim != policy.action_dim:
+            raise UsageError(
+                f"--policy {policy.factory} returns {built.action_dim}-D actions but the suite takes "
+                f"{policy.action_dim}-D ones"
+            )
+
+
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """A HOST:PORT that nothing answers on is refused in seconds (ray.init would wait on it)."""
     import socket
@@ -278,9 +326,11 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
             check_checkpoint_for(checkpoint, suites, args.mode)
         suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
-        kind, checkpoint = args.policy, None
+        kind, checkpoint = policy_kind(args.policy), None
     else:
-        raise UsageError("choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random")
+        raise UsageError(
+            "choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random|ws://HOST:PORT|module:Class"
+        )
     if kind == "scripted" and not suites[0].expert_factory:
         raise UsageError(
             f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
@@ -289,6 +339,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     device = resolve_device(args.device, args.address)
     if args.address:
         check_ray_address(args.address)
+    if args.remote_timeout is not None and not args.remote_timeout > 0:
+        raise UsageError(f"--remote-timeout {args.remote_timeout}: must be a positive number of seconds")
     policy = PolicySpec(
         kind=kind,
         checkpoint=checkpoint,
@@ -297,7 +349,12 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         expert_factory=suites[0].expert_factory,
         action_dim=suites[0].action_dim,
         device=device,
+        factory=args.policy if kind == "import" else None,
+        url=args.policy if kind == "remote" else None,
+        layout=args.remote_layout if kind == "remote" else None,
+        timeout_s=args.remote_timeout,
     )
+    check_external_policy(policy)
     seed = args.seed if args.seed is not None else int(suites[0].protocol.get("seed", 0))
     out = (
         Path(args.out)
@@ -383,6 +440,12 @@ def cmd_ablations(argv: list[str]) -> int:
     return ablations.main(argv)
 
 
+def cmd_serve(argv: list[str]) -> int:
+    from evalsuite.serve import cmd_serve as serve  # websockets and Ray: only when serving
+
+    return serve(argv)
+
+
 def cmd_list(argv: list[str]) -> int:
     for name, suite in sorted(registry().items()):
         episodes = sum(t.episodes for t in suite.tasks)
@@ -396,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     from evalsuite.regression.nightly import cmd_compare, cmd_nightly  # imports this module: not at the top
 
     handlers = {
+        "serve": cmd_serve,  # an AsyncVLA checkpoint (or module:Class) behind openpi's websocket protocol
         "report": cmd_report,
         "record-demos": cmd_record_demos,
         "list": cmd_list,

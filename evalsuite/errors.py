@@ -32,3 +32,8 @@ class UnknownName(EvalError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class FatalPolicyError(EvalError):
+    """A policy error that would repeat on every episode (a remote server serving the wrong action
+    size, a user policy that breaks the contract): the run stops with the message, records kept."""

@@ -57,13 +57,19 @@ class RandomPolicy:
 class PolicySpec:
     """How to build the run's policy; shipped to the policy server, which builds it there."""
 
-    kind: str  # "asyncvla" (from a checkpoint), "scripted" (the suite's expert), "random"
+    # "asyncvla" (a checkpoint), "scripted" (the suite's expert), "random", "import" (a user's
+    # `module:Class`, run in the policy server like ours), "remote" (a websocket policy server)
+    kind: str
     checkpoint: str | None = None
     mode: str = "asyncvla"  # asyncvla | sfm | random-mask (AsyncVLA inference modes)
     threshold: float = 0.5
     expert_factory: str | None = None
     action_dim: int = 7
     device: str = "cpu"
+    factory: str | None = None  # import: "package.module:Class"
+    url: str | None = None  # remote: ws://HOST:PORT
+    layout: str | None = None  # remote: --remote-layout JSON (evalsuite.remote.WireLayout)
+    timeout_s: float = 120.0  # remote: seconds a request may wait for its answer
 
     @property
     def name(self) -> str:
@@ -88,4 +94,43 @@ def build_policy(spec: PolicySpec) -> Policy:
         import asyncvla
 
         return asyncvla.load(spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device)
-    raise ValueError(f"unknown policy kind {spec.kind!r}; expected asyncvla, scripted or random")
+    if spec.kind == "remote":
+        from evalsuite.remote import RemotePolicy, WireLayout
+
+        return RemotePolicy(spec.url, spec.action_dim, WireLayout.parse(spec.layout), spec.timeout_s)
+    if spec.kind == "import":
+        return import_policy(spec.factory)
+    raise ValueError(
+        f"unknown policy kind {spec.kind!r}; expected asyncvla, scripted, random, import or remote"
+    )
+
+
+def import_policy(factory: str) -> Policy:
+    """A user's policy class, `package.module:Class`, built without arguments and checked against
+    the contract: a broken one stops the run with one message instead of failing every episode."""
+    from evalsuite.errors import FatalPolicyError
+    from evalsuite.suites.spec import import_object
+
+    try:
+        cls = import_object(factory)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise FatalPolicyError(
+            f"--policy {factory}: cannot import it ({type(e).__name__}: {e}); give package.module:Class "
+            "importable here (and on every Ray node)"
+        ) from e
+    try:
+        policy = cls()
+    except Exception as e:  # user code: any failure to construct is reported, not raised through
+        raise FatalPolicyError(f"--policy {factory}: {factory}() failed ({type(e).__name__}: {e})") from e
+    problems = [name for name in ("act", "reset") if not callable(getattr(policy, name, None))]
+    problems += [
+        name
+        for name in ("action_dim", "chunk_length")
+        if not isinstance(getattr(policy, name, None), int) or getattr(policy, name) < 1
+    ]
+    if problems:
+        raise FatalPolicyError(
+            f"--policy {factory}: does not implement the Policy contract (docs/CONTRACTS.md): "
+            f"missing or invalid {', '.join(problems)}"
+        )
+    return policy

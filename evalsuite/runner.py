@@ -23,17 +23,18 @@ from tqdm import tqdm
 
 from envs.base import InvalidAction, SetupError
 from evalsuite.episode import EpisodeResult, run_episode
-from evalsuite.errors import EvalError
+from evalsuite.errors import EvalError, FatalPolicyError
 from evalsuite.policy import PolicySpec, build_policy
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
 
-FATAL_ERRORS = (SetupError, InvalidAction)
+FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError)
 # Scripted and random policies cost microseconds and have nothing to batch: a round trip to the
 # policy server would cost more than the policy, so each env worker runs its own copy.
-IN_WORKER_POLICIES = ("scripted", "random")
+# A remote policy is a client in each worker: the server at the other end does the batching.
+IN_WORKER_POLICIES = ("scripted", "random", "remote")
 
 
 class RunAborted(EvalError):

@@ -35,9 +35,9 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 # Manifest keys that define *what* is measured: resuming into a directory whose manifest
 # disagrees on any of them would mix two experiments in one table. The checkpoint is identified by
 # its sha256, not its path, and the device is not part of what is measured: a moved checkpoint, or
-# a resume on another host, continues the same run.
+# a resume on another host, continues the same run (likewise a remote policy's address and timeout).
 IDENTITY_KEYS = ("suites", "policy", "protocol", "checkpoint_sha256", "seed", "replan_steps")
-NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device")
+NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s")
 
 
 class RunDirError(EvalError):

@@ -138,6 +138,14 @@ def data_note(path: Path) -> str:
     return f"{len(episodes)} demos ({steps} steps), {len(info['tasks'])} tasks, {info['image_size']} px"
 
 
+def training_data_note(demos: Path, demo: Path) -> str:
+    """The demo's training data: from the recording when it is here, else from the shipped manifest."""
+    if (demos / "info.json").is_file():
+        return data_note(demos)
+    manifest = demo / "manifest.json"
+    return json.loads(manifest.read_text())["data"] if manifest.is_file() else "unknown"
+
+
 def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
     """The demo checkpoint's `asyncvla-train` commands: per phase, the unified policy trained (or
     resumed) up to that phase's total step count, then the rater on it."""
@@ -348,6 +356,7 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
     """The demo checkpoint against the random policy and the scripted expert, and the same
     checkpoint run without AFM (SFM only) and without the rater (random masks): the inference
     half of Table 4 on a model that solves tasks, all on the same episodes."""
+    from evalsuite.ablations import mcnemar_exact, paired_discordance
     from evalsuite.tables import rate_row, write_tables
 
     work, rows = Path(args.work) / "eval-demo", []
@@ -359,13 +368,13 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
         ("demo checkpoint w/o confidence rater (random masks)", ckpt, "random-mask"),
         ("random policy", ["--policy", "random"], None),
     ]
-    rates = {}
+    rates, frames = {}, {}
     for label, policy, mode in policies:
         name = policy[1] if mode is None else f"demo-{mode}"
         if mode is not None:  # a retrained checkpoint must not resume the old one's run
             name += "-" + file_hash(demo / "model.safetensors")[:10]
         config = eval_config(policy, work / name, plan.demo_eval_episodes, plan, mode=mode or "asyncvla")
-        frame = success_frame(config)
+        frame = frames[label] = success_frame(config)
         stats = rate_row(frame["success"])
         rates[label] = stats["success_rate"]
         row = {"policy": label, "success rate": stats["success_rate"]}
@@ -373,11 +382,18 @@ def stage_demo_eval(args, plan: Plan, demo: Path, note: str) -> None:
         row |= {"episodes": stats["episodes"], "errors": stats["errors"]}
         row |= {t: g["success"].mean() for t, g in frame.groupby("task", sort=False)}
         rows.append(row)
+    # the demo's inference ablations draw the same noise on an episode: compare them pairwise
+    full = frames["AsyncVLA demo checkpoint"]
+    for row, (label, _, mode) in zip(rows, policies, strict=True):
+        if mode in ("sfm", "random-mask"):
+            wins, losses = paired_discordance(frames[label], full)
+            row["wins / losses vs AsyncVLA demo"] = f"{wins} / {losses}"
+            row["McNemar p"] = round(mcnemar_exact(wins, losses), 4)
     table = pd.DataFrame(rows)
     expert = rates["scripted expert"]
     table.insert(2, "gap to expert (points)", [100 * (expert - r) for r in table["success rate"]])
     for col in table.columns:
-        if table[col].dtype.kind == "f" and col != "gap to expert (points)":
+        if table[col].dtype.kind == "f" and col not in ("gap to expert (points)", "McNemar p"):
             table[col] = (100 * table[col]).round(1)
     text = header(
         "demo checkpoint (and its inference ablations) vs random policy vs scripted expert, "
@@ -659,8 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     demo = Path(args.demo_ckpt) if args.demo_ckpt else work / "demo"
     timed = StageTimer(out / "timings.json", args.quick)
-    subset = make_subset(demos, work / f"subset{plan.subset_per_task}", plan.subset_per_task)
-    sub_note = data_note(subset)
+    if {"ablations", "efficiency"} & set(stages):  # only they train on the subset
+        subset = make_subset(demos, work / f"subset{plan.subset_per_task}", plan.subset_per_task)
+        sub_note = data_note(subset)
     with ThreadPoolExecutor(max_workers=1) as background:
         # The demo checkpoint trains on one core (a subprocess) while the ablation and efficiency
         # stages, which do not need it, train and evaluate on the other.
@@ -676,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ship" in stages:
         ship_demo(plan, demos, demo, ROOT / "asyncvla" / "demo", args)
     if "demo-eval" in stages:
-        timed("demo-eval", stage_demo_eval, args, plan, demo, data_note(demos))
+        timed("demo-eval", stage_demo_eval, args, plan, demo, training_data_note(demos, demo))
     if "figure" in stages:
         timed("figure", stage_figure, args, plan, demo)
     return 0

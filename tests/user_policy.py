@@ -1,0 +1,29 @@
+"""A user's own policy, given to the harness as `--policy user_policy:DriftPolicy` (tests/test_remote.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DriftPolicy:
+    """The Policy contract (docs/CONTRACTS.md) and nothing else: a small push along +x."""
+
+    action_dim = 7
+    chunk_length = 4
+
+    def act(self, observations, keys):
+        actions = np.zeros((len(observations), self.chunk_length, self.action_dim), np.float32)
+        actions[..., 0] = 0.3
+        return actions
+
+    def reset(self, episode_key: str) -> None:
+        pass
+
+
+class NotAPolicy:
+    """Forgets `act` and `chunk_length`."""
+
+    action_dim = 7
+
+    def reset(self, episode_key: str) -> None:
+        pass
