@@ -153,7 +153,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
     p.add_argument("--device", default="auto", help="policy device: auto, cpu, cuda")
     p.add_argument("--episodes-per-task", type=int, help="episodes per task (default: the suite's)")
-    p.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--tasks", help="comma-separated task names, or indices in the suite's order (0,3)")
     p.add_argument("--workers", type=int, default=2, help="env workers; 0 runs inline without Ray")
     p.add_argument("--address", help="Ray cluster address to join (default: start a local cluster)")
     p.add_argument("--out", help="run directory (default: runs/<suite>-<policy>-<mode>-seed<S>)")
@@ -447,6 +447,13 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
+    """Every suite; with a suite or family name, its tasks with their indices (for --tasks)."""
+    if argv:
+        for suite in resolve_suites(argv[0], None):
+            print(f"{suite.name}:")
+            for index, task in enumerate(suite.tasks):
+                print(f"  {index:>3}  {task.name}  ({task.episodes} episodes)")
+        return 0
     for name, suite in sorted(registry().items()):
         episodes = sum(t.episodes for t in suite.tasks)
         print(f"{name:<24} family={suite.family or '-':<16} tasks={len(suite.tasks):<4} episodes={episodes}")

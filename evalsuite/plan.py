@@ -18,8 +18,13 @@ def plan_episodes(
     tasks: list[str] | None = None,
     episodes_per_task: int | None = None,
 ) -> list[EpisodeSpec]:
-    """Every episode of the run. Episode k of a task is the task's fixed initial state k."""
-    wanted = set(tasks or [])
+    """Every episode of the run. Episode k of a task is the task's fixed initial state k.
+
+    `tasks` holds names, or indices into each suite's task list (`0,3` = the suite's tasks 0 and 3
+    in its own order: LIBERO's benchmark order, as openpi's and OpenVLA-OFT's clients number them;
+    `asyncvla-eval list SUITE` prints the indices)."""
+    wanted = {t for t in tasks or [] if not t.isdigit()}
+    indices = {int(t) for t in tasks or [] if t.isdigit()}
     known = {t.name for s in suites for t in s.tasks}
     unknown = sorted(wanted - known)
     if unknown:
@@ -27,10 +32,16 @@ def plan_episodes(
         raise PlanError(
             f"unknown task(s) {', '.join(unknown)}; tasks of the chosen suite(s) include: {sample}"
         )
+    for suite in suites:
+        if indices and max(indices) >= len(suite.tasks):
+            raise PlanError(
+                f"task index {max(indices)} is out of range for suite {suite.name!r}, which has "
+                f"{len(suite.tasks)} tasks (0-{len(suite.tasks) - 1}); `asyncvla-eval list {suite.name}` prints them"
+            )
     plan = []
     for suite in suites:
-        for task in suite.tasks:
-            if wanted and task.name not in wanted:
+        for index, task in enumerate(suite.tasks):
+            if (wanted or indices) and task.name not in wanted and index not in indices:
                 continue
             n = task.episodes if episodes_per_task is None else episodes_per_task
             if n < 1:

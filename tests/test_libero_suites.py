@@ -165,3 +165,21 @@ def test_upstream_libero_gets_a_config_instead_of_a_stdin_prompt(tmp_path, monke
     (tmp_path / "cfg" / "config.yaml").write_text("benchmark_root: /mine\n")
     package.prepare_upstream_config()
     assert (tmp_path / "cfg" / "config.yaml").read_text() == "benchmark_root: /mine\n"
+
+
+def test_tasks_by_index_follow_the_benchmarks_order(capsys):
+    """`--tasks 0,3` = tasks 0 and 3 of each suite, as openpi's and OFT's clients number them."""
+    from envs.libero.tasks import SUITE_TASKS
+    from evalsuite.cli import main
+    from evalsuite.plan import PlanError, plan_episodes
+    from evalsuite.suites import registry
+
+    suite = registry()["libero_spatial"]
+    by_index = plan_episodes([suite], "random", 7, ["0", "3"], 1)
+    assert [s.task for s in by_index] == [SUITE_TASKS["libero_spatial"][i][0] for i in (0, 3)]
+    assert plan_episodes([suite], "random", 7, [SUITE_TASKS["libero_spatial"][0][0]], 1)[0] == by_index[0]
+    with pytest.raises(PlanError, match="task index 10 is out of range for suite 'libero_spatial'"):
+        plan_episodes([suite], "random", 7, ["10"], 1)
+    assert main(["list", "libero_goal"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "libero_goal:" and lines[1].split()[:2] == ["0", SUITE_TASKS["libero_goal"][0][0]]
