@@ -109,6 +109,25 @@ def _same_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
+def apply_client_preset(suites: list[SuiteSpec]) -> tuple[list[SuiteSpec], dict]:
+    """`--set client=NAME`: the preset's env options go into each suite's env_kwargs (so run.json
+    records them with the client's name); its replan steps and seed are returned for the run."""
+    import dataclasses
+
+    names = {s.env_kwargs.get("client") for s in suites} - {None}
+    if not names:
+        return suites, {}
+    name = names.pop()
+    out = []
+    for suite in suites:
+        if name not in suite.client_presets:
+            known = ", ".join(suite.client_presets) or "none"
+            raise UsageError(f"--set client={name}: suite {suite.name!r} knows the clients: {known}")
+        preset = suite.client_presets[name]
+        out.append(dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, **preset["env_kwargs"]}))
+    return out, suite.client_presets[name]
+
+
 def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str] = ()) -> SuiteSpec:
     """The suite's env renders at the checkpoint's image size where its protocol allows it and
     `--set image_size=...` (one of `overrides`) did not choose a size."""
@@ -335,6 +354,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         raise UsageError(
             f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
         )
+    suites, preset = apply_client_preset(suites)
     check_numbers(args)
     device = resolve_device(args.device, args.address)
     if args.address:
@@ -355,7 +375,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         timeout_s=args.remote_timeout,
     )
     check_external_policy(policy)
-    seed = args.seed if args.seed is not None else int(suites[0].protocol.get("seed", 0))
+    seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
     out = (
         Path(args.out)
         if args.out
@@ -364,7 +384,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     options = RunOptions(
         workers=args.workers,
         address=args.address,
-        replan_steps=args.replan_steps,
+        replan_steps=args.replan_steps or preset.get("replan_steps"),
         max_steps=args.max_steps,
         video=args.video,
         retries=args.retries,

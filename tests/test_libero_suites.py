@@ -40,6 +40,8 @@ def test_each_suite_lists_its_tasks_with_the_protocol_budget():
             "resolution": 256,
             "settle_steps": 10,
             "skip_unused_renders": True,
+            "gripper": "continuous",
+            "client": None,
         }
         assert [t.name for t in suite.tasks] == [n for n, _ in SUITE_TASKS[name]]
     assert suites["libero_spatial"].tasks[0].instruction == (
@@ -183,3 +185,42 @@ def test_tasks_by_index_follow_the_benchmarks_order(capsys):
     assert main(["list", "libero_goal"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "libero_goal:" and lines[1].split()[:2] == ["0", SUITE_TASKS["libero_goal"][0][0]]
+
+
+@pytest.mark.parametrize(
+    "client, replan, seed, gripper", [("openpi", 5, 7, "continuous"), ("oft", 8, 0, "sign")]
+)
+def test_a_reference_clients_preset_sets_its_choices_and_records_its_name(
+    tmp_path, client, replan, seed, gripper
+):
+    from evalsuite.cli import config_from_args, eval_parser
+    from evalsuite.evaluate import build_manifest
+
+    argv = ["libero_spatial", "--policy", "random", "--set", f"client={client}", "--out", str(tmp_path)]
+    config = config_from_args(eval_parser().parse_args(argv), argv)
+    assert (config.options.replan_steps, config.seed) == (replan, seed)
+    env_kwargs = build_manifest(config)["protocol"]["libero_spatial"]["env_kwargs"]
+    assert env_kwargs["client"] == client and env_kwargs["gripper"] == gripper
+    argv += ["--replan-steps", "3", "--seed", "11"]  # explicit values win
+    config = config_from_args(eval_parser().parse_args(argv), argv)
+    assert (config.options.replan_steps, config.seed) == (3, 11)
+
+
+def test_an_unknown_client_is_refused(tmp_path, capsys):
+    from evalsuite.cli import main
+
+    assert (
+        main(
+            ["libero_spatial", "--policy", "random", "--set", "client=lerobot", "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
+    assert "knows the clients: openpi, oft" in capsys.readouterr().err
+
+
+def test_ofts_gripper_is_binarised_with_sign():
+    from envs.libero.env import client_action
+
+    action = np.array([0.1, 0, 0, 0, 0, 0, 0.3])
+    assert client_action(action, "sign")[-1] == 1.0 and client_action(-action, "sign")[-1] == -1.0
+    assert client_action(action, "continuous")[-1] == 0.3 and action[-1] == 0.3  # not modified in place

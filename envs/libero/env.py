@@ -43,8 +43,14 @@ class LiberoConfig:
     settle_steps: int = 10
     rotate_180: bool = True  # img[::-1, ::-1]: robosuite renders upside down (OpenGL convention)
     skip_unused_renders: bool = True  # gate the camera sensors on steps rendered with render=False
+    # How the gripper command reaches the simulator: "continuous" as the policy gives it, or "sign"
+    # (OpenVLA-OFT's client binarises it with np.sign before env.step).
+    gripper: str = "continuous"
+    client: str | None = None  # a reference client's preset (evalsuite/suites/libero.py CLIENT_PRESETS)
 
     def __post_init__(self) -> None:
+        if self.gripper not in ("continuous", "sign"):
+            raise ValueError(f"gripper={self.gripper!r}: choose continuous or sign")
         if self.suite not in SUITE_TASKS:
             raise ValueError(f"unknown LIBERO suite {self.suite!r}; choose one of {', '.join(SUITE_TASKS)}")
         if self.resolution < 16:
@@ -66,6 +72,14 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     safe = np.where(np.isclose(den, 0.0), 1.0, den)
     out = quat[..., :3] * (angle / safe)[..., None]
     return np.where(np.isclose(den, 0.0)[..., None], 0.0, out)
+
+
+def client_action(action: np.ndarray, gripper: str) -> np.ndarray:
+    """The action as the chosen client hands it to LIBERO (`gripper="sign"`: OFT's np.sign)."""
+    if gripper == "sign":
+        action = action.copy()
+        action[-1] = np.sign(action[-1])
+    return action
 
 
 def libero_state(raw: dict) -> np.ndarray:
@@ -122,7 +136,7 @@ class LiberoEnv:
         return self._observation(raw, render=True)
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool, bool, dict]:
-        action = check_action(action, ACTION_DIM)
+        action = client_action(check_action(action, ACTION_DIM), self.config.gripper)
         self._render_now = render or not self.skip_unused_renders
         before = self._real_renders
         raw, reward, done, info = self._env.step(action.tolist())

@@ -19,6 +19,22 @@ BUDGETS = {
     "libero_90": (400, "LIBERO-90"),
 }
 PAPER_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+
+# What each reference client does to a policy's output (`--set client=NAME`): everything else
+# (task order, init states, settle steps, budgets, rotation, state, success) they share with the
+# default. A preset's replan steps and seed apply unless --replan-steps / --seed are given.
+CLIENT_PRESETS = {
+    "openpi": {  # openpi examples/libero/main.py: replan_steps=5 of a 10-step chunk, seed 7
+        "replan_steps": 5,
+        "seed": 7,
+        "env_kwargs": {"gripper": "continuous"},
+    },
+    "oft": {  # OpenVLA-OFT experiments/robot/libero/run_libero_eval.py: all 8 actions, sign gripper, seed 0
+        "replan_steps": 8,
+        "seed": 0,
+        "env_kwargs": {"gripper": "sign"},
+    },
+}
 EPISODES_PER_TASK = 50  # each task ships 50 initial states
 
 # Values the published clients agree on, and the ones they differ in (with the choice made here).
@@ -53,7 +69,15 @@ def libero_suite(name: str) -> SuiteSpec:
         tasks=tasks,
         env_factory="envs.libero:make_env",
         # Options users may change with --set (recorded in run.json and the table header).
-        env_kwargs={"suite": name, "resolution": 256, "settle_steps": 10, "skip_unused_renders": True},
+        env_kwargs={
+            "suite": name,
+            "resolution": 256,
+            "settle_steps": 10,
+            "skip_unused_renders": True,
+            "gripper": "continuous",
+            "client": None,  # openpi | oft: CLIENT_PRESETS
+        },
+        client_presets=CLIENT_PRESETS,
         end_on_success=True,
         action_dim=7,
         protocol=dict(PROTOCOL),

@@ -41,6 +41,9 @@ class SuiteSpec:
     # env kwargs (`preflight(tasks=[...], **env_kwargs)`); it raises a SetupError naming everything
     # that is missing, so a run that cannot succeed is refused at once instead of at episode 1.
     preflight: str | None = None
+    # name -> {"replan_steps", "seed", "env_kwargs"}: reference clients' choices, picked with
+    # `--set client=NAME` (LIBERO: openpi, oft) and recorded in run.json under that name.
+    client_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
