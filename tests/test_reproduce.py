@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import asyncvla
-from asyncvla.datasets import read_dataset
+from asyncvla.datasets import dataset_sha256, read_dataset
 from evalsuite.cli import main as eval_main
 from evalsuite.cli import resolve_checkpoint
 
@@ -121,4 +121,4 @@ def test_subset_takes_the_first_demos_of_each_task(tmp_path):
     assert info["num_episodes"] == 2
     assert [int(e.state[0, 0]) for e in episodes] == [0, 3]  # episode 0 of task a, episode 0 of task b
     assert repro.data_note(sub) == "2 demos (6 steps), 2 tasks, 8 px"
-    assert repro.dataset_hash(sub) == repro.dataset_hash(sub) != repro.dataset_hash(tmp_path / "full")
+    assert dataset_sha256(sub) == dataset_sha256(sub) != dataset_sha256(tmp_path / "full")
