@@ -177,13 +177,8 @@ def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from evalsuite.cli import (
-        UsageError,
-        check_checkpoint_for,
-        config_from_args,
-        eval_parser,
-        resolve_checkpoint,
-    )
+    from evalsuite.cli import UsageError, config_from_args, eval_parser, resolve_checkpoint
+    from evalsuite.validate import check_checkpoint_for
 
     parser = eval_parser()
     parser.prog = "asyncvla-eval ablations"

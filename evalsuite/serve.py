@@ -153,8 +153,8 @@ def serve_parser() -> ArgumentParser:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from evalsuite.cli import check_checkpoint_for, resolve_checkpoint, resolve_device
-    from evalsuite.policy import build_policy  # noqa: F401  (import errors surface here, not later)
+    from evalsuite.cli import resolve_checkpoint
+    from evalsuite.validate import check_checkpoint_for, resolve_device
 
     args = serve_parser().parse_args(argv)
     if not 0 < args.port < 65536 or args.max_batch < 1 or args.max_message_mb <= 0:

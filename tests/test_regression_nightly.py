@@ -58,7 +58,7 @@ def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
         if not _is_gain_checkpoint(path):
             real_check(path, suites, mode)
 
-    monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)
+    monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)  # both callers' names
     monkeypatch.setattr(cli_module, "check_checkpoint_for", check)
     monkeypatch.setattr(GainPolicy, "interrupt_after", None)
     monkeypatch.setattr(GainPolicy, "resets", 0)

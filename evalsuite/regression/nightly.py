@@ -25,7 +25,6 @@ import pandas as pd
 from evalsuite.cli import (
     UsageError,
     apply_overrides,
-    check_checkpoint_for,
     config_from_args,
     eval_parser,
     render_at_model_size,
@@ -39,6 +38,7 @@ from evalsuite.regression.history import History, HistoryError, RunRow, TaskResu
 from evalsuite.regression.report import NightlyReport, to_markdown, write_report
 from evalsuite.suites import registry
 from evalsuite.tables import per_task_table, records_frame
+from evalsuite.validate import check_checkpoint_for
 
 log = logging.getLogger(__name__)
 
