@@ -260,3 +260,18 @@ def test_a_server_for_another_action_size_is_refused(tmp_path, capsys):
     url = start_thread_server(PolicySpec(kind="random", action_dim=6))
     assert main([*TABLETOP, "--policy", url, "--workers", "0", "--out", str(tmp_path / "run")]) == 2
     assert f"{url} serves 6-D actions but the suite takes 7-D ones" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "/no/such/ckpt"], "checkpoint '/no/such/ckpt' does not exist"),
+        (["--ckpt", "demo", "--port", "0"], "--port must be 1-65535"),
+        (["--ckpt", "demo", "--remote-layout", "{bad"], "--remote-layout is not JSON"),
+        (["--policy", "user_policy:NotAPolicy"], "does not implement the Policy contract"),
+    ],
+)
+def test_serve_refuses_bad_input_before_listening(toy_suites, capsys, args, message):
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
