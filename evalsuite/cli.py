@@ -117,9 +117,12 @@ def _same_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
-def apply_client_preset(suites: list[SuiteSpec]) -> tuple[list[SuiteSpec], dict]:
+def apply_client_preset(
+    suites: list[SuiteSpec], explicit: set[str] = frozenset()
+) -> tuple[list[SuiteSpec], dict]:
     """`--set client=NAME`: the preset's env options go into each suite's env_kwargs (so run.json
-    records them with the client's name); its replan steps and seed are returned for the run."""
+    records them with the client's name), except those `--set` gave (`explicit`); its replan
+    steps and seed are returned for the run."""
     import dataclasses
 
     names = {s.env_kwargs.get("client") for s in suites} - {None}
@@ -132,7 +135,8 @@ def apply_client_preset(suites: list[SuiteSpec]) -> tuple[list[SuiteSpec], dict]
             known = ", ".join(suite.client_presets) or "none"
             raise UsageError(f"--set client={name}: suite {suite.name!r} knows the clients: {known}")
         preset = suite.client_presets[name]
-        out.append(dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, **preset["env_kwargs"]}))
+        chosen = {k: v for k, v in preset["env_kwargs"].items() if k not in explicit}
+        out.append(dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, **chosen}))
     return out, suite.client_presets[name]
 
 
@@ -247,7 +251,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         raise UsageError(
             f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
         )
-    suites, preset = apply_client_preset(suites)
+    suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
     check_numbers(args)
     device = resolve_device(args.device, args.address)
     if args.address:

@@ -201,9 +201,10 @@ def test_a_reference_clients_preset_sets_its_choices_and_records_its_name(
     assert (config.options.replan_steps, config.seed) == (replan, seed)
     env_kwargs = build_manifest(config)["protocol"]["libero_spatial"]["env_kwargs"]
     assert env_kwargs["client"] == client and env_kwargs["gripper"] == gripper
-    argv += ["--replan-steps", "3", "--seed", "11"]  # explicit values win
+    argv += ["--replan-steps", "3", "--seed", "11", "--set", "gripper=continuous"]  # explicit values win
     config = config_from_args(eval_parser().parse_args(argv), argv)
     assert (config.options.replan_steps, config.seed) == (3, 11)
+    assert config.suites[0].env_kwargs["gripper"] == "continuous"
 
 
 def test_an_unknown_client_is_refused(tmp_path, capsys):
