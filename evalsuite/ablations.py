@@ -163,7 +163,7 @@ def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
     """The rows need a unified-trained --ckpt and an SFM-trained --sfm-ckpt: refuse swapped or
     mismatched checkpoints (checkpoints without a training record cannot be checked: a warning)."""
     from asyncvla.checkpoint import read_training_record
-    from evalsuite.cli import UsageError
+    from evalsuite.errors import UsageError
 
     for flag, path, wanted in (("--ckpt", unified_ckpt, "unified"), ("--sfm-ckpt", sfm_ckpt, "sfm")):
         record = read_training_record(path)

@@ -256,8 +256,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     device = resolve_device(args.device, args.address)
     if args.address:
         check_ray_address(args.address)
-    if args.remote_timeout is not None and not args.remote_timeout > 0:
-        raise UsageError(f"--remote-timeout {args.remote_timeout}: must be a positive number of seconds")
     policy = PolicySpec(
         kind=kind,
         checkpoint=checkpoint,

@@ -119,24 +119,28 @@ def to_display(table: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"success_rate": "success %", "mean_of_tasks": "mean of tasks %"})
 
 
-def render_tables(tables: dict[str, pd.DataFrame], header: str) -> str:
-    """The Markdown of all tables under the protocol header (what the CLI prints)."""
+def render_tables(tables: dict[str, pd.DataFrame], header: str, out_dir: Path | None = None) -> str:
+    """The Markdown of all tables under the protocol header (what the CLI prints); with `out_dir`,
+    each table is also written there as .md/.csv/.tex."""
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     parts = [header]
     for name, table in tables.items():
-        parts.append(f"### {name}\n\n{to_display(table).to_markdown(index=False, floatfmt='.1f')}")
+        shown = to_display(table)
+        markdown = shown.to_markdown(index=False, floatfmt=".1f")
+        if out_dir is not None:
+            table.to_csv(out_dir / f"{name}.csv", index=False)
+            (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
+            (out_dir / f"{name}.tex").write_text(
+                shown.to_latex(index=False, na_rep="--", float_format="%.1f")
+            )
+        parts.append(f"### {name}\n\n{markdown}")
     return "\n\n".join(parts) + "\n"
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, header: str) -> str:
-    """Write each table as .md/.csv/.tex; return `render_tables`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-        shown = to_display(table)
-        markdown = shown.to_markdown(index=False, floatfmt=".1f")
-        (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
-        (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, na_rep="--", float_format="%.1f"))
-    return render_tables(tables, header)
+    """Write each table as .md/.csv/.tex; return the Markdown of all of them."""
+    return render_tables(tables, header, out_dir)
 
 
 def protocol_header(manifest: dict) -> str:

@@ -33,6 +33,8 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} {value}: must be at least {low} ({meaning})")
     if args.episode_timeout is not None and not args.episode_timeout > 0:
         raise UsageError(f"--episode-timeout {args.episode_timeout}: must be a positive number of seconds")
+    if args.remote_timeout is not None and not args.remote_timeout > 0:
+        raise UsageError(f"--remote-timeout {args.remote_timeout}: must be a positive number of seconds")
     if not 0 < args.threshold < 1:
         raise UsageError(
             f"--threshold {args.threshold}: the rater's threshold T lies strictly between 0 and 1"

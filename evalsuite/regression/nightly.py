@@ -161,7 +161,8 @@ class Nightly:
             run = history.start_run(sha, checkpoint, self.suite_names, self.mode, run_dir)
         else:
             log.info("resuming the unfinished run of %s in %s", checkpoint, run.run_dir)
-        summary = evaluate(self.config_for(checkpoint, Path(run.run_dir)), show_progress=not self.args.quiet)
+        config = self.config_for(checkpoint, Path(run.run_dir), check_ckpt=False)  # checked above
+        summary = evaluate(config, show_progress=not self.args.quiet)
         per_task = summary.tables["per_task"]
         history.finish_run(
             run.id,
