@@ -33,7 +33,11 @@ class Observation:
 
 
 class Env(Protocol):
-    """One simulator instance. Not thread-safe; the runner gives each worker its own."""
+    """One simulator instance. Not thread-safe; the runner gives each worker its own.
+
+    An env that builds its simulator per task (LIBERO) may count the builds in an int attribute
+    `builds`; the harness then marks each episode whose reset built one (`info["env_built"]`).
+    """
 
     def reset(self, task: str, episode_index: int, seed: int) -> Observation:
         """Start episode `episode_index` of `task` from its fixed initial state."""

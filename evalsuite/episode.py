@@ -41,7 +41,9 @@ def run_episode(
     task = suite.task(spec.task)
     budget = max_steps or task.max_steps
     start = time.perf_counter()
+    builds = getattr(env, "builds", None)
     obs = env.reset(spec.task, spec.episode_index, spec.seed)
+    reset_s = time.perf_counter() - start
     frames = [env.render_frame()] if record_video else []
     queue: list[np.ndarray] = []
     success, steps, done, policy_calls = False, 0, False, 0
@@ -74,6 +76,8 @@ def run_episode(
             "env_done": bool(done),
             # a fingerprint of the trajectory: two runs of an episode that agree here took the same path
             "final_state": [round(float(x), 6) for x in obs.state],
+            "reset_s": round(reset_s, 3),
+            **({"env_built": env.builds != builds} if builds is not None else {}),
             **_scalars(info),
         },
     )

@@ -11,6 +11,7 @@ written so far stays in the run directory.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 import traceback
@@ -363,17 +364,42 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
 
 def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:
-    """The next episode for `worker`, preferring its last task: some simulators (LIBERO) rebuild
-    the env on a task change, which costs 10-15 s, so a worker stays on a task while it lasts."""
+    """The next episode for `worker`. Some simulators (LIBERO) build a new env on a task change
+    (5-15 s), so a worker stays on its task while that task has episodes waiting; a worker that
+    needs a new task takes the one with the most waiting episodes per worker already on it
+    (ties: plan order). Workers thus spread over the tasks and each builds an env about once per
+    task it takes, instead of every worker building every task's env in turn (measured by
+    `scripts/bench_libero.py --schedule`)."""
     current = last_task.get(worker)
-    if current is not None:
-        for i, spec in enumerate(queue):
-            if (spec.suite, spec.task) == current:
-                del queue[i]
-                return spec
-            if i > 256:  # the plan is task-major; a match, if any, is near the head
-                break
-    return queue.popleft()
+    waiting: Counter = Counter((spec.suite, spec.task) for spec in queue)  # plan order kept
+    if current not in waiting:
+        on_task = Counter(task for w, task in last_task.items() if w is not worker)
+        current = max(waiting, key=lambda task: waiting[task] / (1 + on_task[task]))
+    index = next(i for i, spec in enumerate(queue) if (spec.suite, spec.task) == current)
+    spec = queue[index]
+    del queue[index]
+    return spec
+
+
+def simulate_env_builds(
+    plan: list[EpisodeSpec],
+    workers: int,
+    seconds: Callable[[EpisodeSpec, bool], float],
+    choose: Callable[[object, deque, dict], EpisodeSpec] = _next_for,
+) -> dict:
+    """Replay the dispatch of `plan` over `workers` without running anything: each worker, when
+    free, takes `choose(...)`'s episode, which lasts `seconds(spec, built_env)`. Returns how many
+    envs the workers built and when the last episode ends (for projections and the scheduler's tests)."""
+    queue, last_task, builds = deque(plan), {}, 0
+    free_at = [(0.0, w) for w in range(workers)]
+    while queue:
+        t, worker = heapq.heappop(free_at)
+        spec = choose(worker, queue, last_task)
+        built = last_task.get(worker) != (spec.suite, spec.task)
+        builds += built
+        last_task[worker] = (spec.suite, spec.task)
+        heapq.heappush(free_at, (t + seconds(spec, built), worker))
+    return {"env_builds": builds, "wall_s": max(t for t, _ in free_at)}
 
 
 def _retry_or_error(spec, reason, attempts, options, queue) -> EpisodeResult | None:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.libero
 from envs.libero import make_env  # noqa: E402
 from envs.libero.env import libero_state  # noqa: E402
 from evalsuite.episode import run_episode  # noqa: E402
-from evalsuite.policy import RandomPolicy  # noqa: E402
+from evalsuite.policy import PolicySpec, RandomPolicy  # noqa: E402
 from evalsuite.records import EpisodeSpec  # noqa: E402
 from evalsuite.suites import get_suite  # noqa: E402
 
@@ -142,3 +142,66 @@ def test_hdf5_reader_shows_training_what_the_env_shows(env, tmp_path):
         assert np.array_equal(demo.images[cam][0], obs.images[cam])
     np.testing.assert_allclose(demo.state[0], obs.state, rtol=1e-6)
     assert demo.instruction == obs.instruction
+
+
+def _episode_trace(env, k: int, actions: np.ndarray) -> dict:
+    first = env.reset(TASK, k, 7)
+    trace = {"settled": env._env.get_sim_state().copy(), "state_8d": first.state, **first.images}
+    trace["body_pos"] = np.array(env._env.sim.model.body_pos)
+    trace["after"] = np.stack(
+        [(env.step(a, render=False), env._env.get_sim_state().copy())[1] for a in actions]
+    )
+    return trace
+
+
+def test_cheap_reset_is_the_hard_reset_bit_for_bit(env):
+    """On the real package: the default env resets cheaply (robosuite's soft reset, the gripper's
+    command integrator zeroed); a second env resets the reference way (hard: the model recompiled).
+    Before each cheap reset the env ran a random episode that closed the gripper, so a state it
+    keeps across resets would show. scripts/check_libero_reset.py runs the same over every init
+    state of one task per suite (results/libero/reset_check.json)."""
+    reference = make_env(**(SUITE.env_kwargs | {"cheap_reset": False}))
+    try:
+        for k in (0, 17, 49):
+            actions = _actions(6)
+            expected = _episode_trace(reference, k, actions)
+            env.reset(TASK, (k + 1) % 50, 7)
+            for a in _actions(15):
+                env.step(np.concatenate([a[:6], [1.0]]), render=False)  # gripper closing
+            assert np.abs(env._env.env.robots[0].gripper.current_action).max() > 0.1
+            got = _episode_trace(env, k, actions)
+            for key in expected:
+                assert np.array_equal(got[key], expected[key]), f"init state {k}: {key} differs"
+    finally:
+        reference.close()
+
+
+def test_a_run_with_cheap_resets_records_what_hard_resets_record(tmp_path):
+    """The random policy over 3 episodes of one env, run by the harness with each reset: same
+    records (outcome, steps, final state) and the same video frames (the mp4 bytes)."""
+    import dataclasses
+
+    from evalsuite.runner import RunOptions, VideoSlots, run_plan
+
+    runs = {}
+    for cheap in (True, False):
+        suite = dataclasses.replace(SUITE, env_kwargs=SUITE.env_kwargs | {"cheap_reset": cheap})
+        plan = [_spec(k) for k in (3, 4, 3)]
+        kept: list = []
+        run_plan(
+            plan,
+            {suite.name: suite},
+            PolicySpec(kind="random"),
+            RunOptions(workers=0, max_steps=12, video="all"),
+            lambda record, video, kept=kept: kept.append((record, video)) or record,
+            VideoSlots("all", {}),
+        )
+        runs[cheap] = kept
+    for (cheap, cheap_video), (hard, hard_video) in zip(runs[True], runs[False], strict=True):
+        assert (cheap.success, cheap.steps, cheap.info["final_state"]) == (
+            hard.success,
+            hard.steps,
+            hard.info["final_state"],
+        )
+        assert cheap_video == hard_video and len(cheap_video) > 1000
+    assert [r.info["env_built"] for r, _ in runs[True]] == [True, False, False]

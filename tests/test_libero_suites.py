@@ -40,6 +40,7 @@ def test_each_suite_lists_its_tasks_with_the_protocol_budget():
             "resolution": 256,
             "settle_steps": 10,
             "skip_unused_renders": True,
+            "cheap_reset": True,
             "gripper": "continuous",
             "client": None,
         }

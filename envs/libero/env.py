@@ -13,6 +13,17 @@ sampling clocks tick exactly as in the reference loop) and only their sensor is 
 whose images nobody uses, the sensor returns a placeholder instead of rendering. Rendering never
 changes the physics, so states stay bit-identical and the images of rendered steps are the
 reference images (measured: scripts/bench_libero.py, results/libero/).
+
+Cheap resets: robosuite's default (hard) reset recompiles the MuJoCo model and rebuilds its render
+context on every `env.reset()`, 2.6-4 s here. All an episode needs is the same simulator in the
+same state, so episodes after the first reuse the compiled model (robosuite's soft reset:
+`mj_resetData`, then the same Python-side reset and object placement). The one piece of state a
+soft reset keeps and a hard reset does not is the gripper's command integrator
+(`PandaGripper.current_action`, which moves 0.01 per step towards the commanded side): a hard reset
+builds a new gripper object with it at zero, so the cheap reset zeroes it. With that, the state after
+the settle steps, the model's body poses, the first images and the states of the steps that follow
+are bit-identical to the hard reset's for every init state checked (scripts/check_libero_reset.py,
+results/libero/reset_check.json); `--set cheap_reset=false` restores the hard reset.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ class LiberoConfig:
     settle_steps: int = 10
     rotate_180: bool = True  # img[::-1, ::-1]: robosuite renders upside down (OpenGL convention)
     skip_unused_renders: bool = True  # gate the camera sensors on steps rendered with render=False
+    cheap_reset: bool = True  # reuse the compiled model between episodes (module docstring)
     # How the gripper command reaches the simulator: "continuous" as the policy gives it, or "sign"
     # (OpenVLA-OFT's client binarises it with np.sign before env.step).
     gripper: str = "continuous"
@@ -105,6 +117,7 @@ class LiberoEnv:
         self._real_renders = 0  # camera sensor calls that rendered (checked by `step`)
         self._last_images: dict[str, np.ndarray] = {}
         self.skip_unused_renders = config.skip_unused_renders
+        self.builds = 0  # simulators built (one per task change): envs.base.Env
 
     # -- episode -----------------------------------------------------------------------------
     def reset(self, task: str, episode_index: int, seed: int) -> Observation:
@@ -123,9 +136,9 @@ class LiberoEnv:
         # LIBERO's seed() is np.random.seed: reseeding per episode makes episode k independent of
         # which episodes this worker ran before (openpi seeds once per task env, sequentially).
         self._env.seed(seed)
-        self._env.reset()
+        self._render_now = False  # only the last settle step's images are seen
+        self._reset_simulator()
         self._gate_cameras()
-        self._render_now = False
         raw = self._env.set_init_state(self._init_states[episode_index])
         for i in range(self.config.settle_steps):
             self._render_now = i == self.config.settle_steps - 1 or not self.skip_unused_renders
@@ -170,14 +183,26 @@ class LiberoEnv:
             raise SetupError(f"LIBERO task file {bddl} is missing; reinstall: pip install -e '.[libero]'")
         size = self.config.resolution
         self._env = self.lib.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=size, camera_widths=size)
+        self.builds += 1
         self._init_states = np.asarray(self.suite.get_task_init_states(task_id))
         self._task, self._instruction = task, spec.language
 
+    def _reset_simulator(self) -> None:
+        """`env.reset()`, hard (rebuild the model) or cheap (reuse it, module docstring)."""
+        robosuite_env = self._env.env
+        robosuite_env.hard_reset = not self.config.cheap_reset
+        self._env.reset()
+        if self.config.cheap_reset:
+            for robot in robosuite_env.robots:  # what a hard reset's new gripper object starts with
+                robot.gripper.current_action = np.zeros(robot.gripper.dof)
+
     def _gate_cameras(self) -> None:
-        """Wrap the camera sensors (robosuite re-creates them on every hard reset)."""
+        """Wrap the camera sensors (a hard reset re-creates them; a cheap one keeps the wrapped ones)."""
         observables = self._env.env._observables  # robosuite keeps no public accessor for sensors
         for name in CAMERAS:
             real = observables[name]._sensor
+            if getattr(real, "gated", False):
+                continue
             blank = np.zeros((self.config.resolution, self.config.resolution, 3), dtype=np.uint8)
 
             def gated(obs_cache, real=real, blank=blank):
@@ -187,6 +212,7 @@ class LiberoEnv:
                 return blank
 
             gated.__modality__ = getattr(real, "__modality__", "image")
+            gated.gated = True
             observables[name]._sensor = gated  # set_sensor() would render once to validate it
 
     def _observation(self, raw: dict, render: bool) -> Observation:

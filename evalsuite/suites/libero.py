@@ -74,6 +74,7 @@ def libero_suite(name: str) -> SuiteSpec:
             "resolution": 256,
             "settle_steps": 10,
             "skip_unused_renders": True,
+            "cheap_reset": True,
             "gripper": "continuous",
             "client": None,  # openpi | oft: CLIENT_PRESETS
         },
