@@ -213,6 +213,12 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch", type=int, default=16, help="policy server: largest batch")
     p.add_argument(
+        "--policy-servers",
+        type=int,
+        default=1,
+        help="policy server replicas, one GPU each with --device cuda; env workers share them round-robin",
+    )
+    p.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="policy server: longest wait to fill a batch"
     )
     p.add_argument(
@@ -286,6 +292,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         episode_timeout_s=args.episode_timeout,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        policy_servers=args.policy_servers,
     )
     tasks = None
     if args.tasks is not None:

@@ -53,6 +53,7 @@ class RunOptions:
     episode_timeout_s: float | None = 1800.0
     max_batch: int = 16
     max_wait_ms: float = 5.0
+    policy_servers: int = 1  # replicas of the policy server (one GPU each); workers share them round-robin
 
 
 class VideoSlots:
@@ -257,25 +258,36 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     worker_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EnvWorker)
     in_worker = policy_spec.kind in IN_WORKER_POLICIES
     num_gpus = 1 if policy_spec.device.startswith("cuda") and not in_worker else 0
-    if num_gpus > ray.cluster_resources().get("GPU", 0):  # the policy server would wait forever
+    replicas = 0 if in_worker else min(options.policy_servers, options.workers)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if num_gpus * replicas > gpus:  # a policy server without its GPU would wait forever
         if started_here:
             ray.shutdown()
         raise RunAborted(
-            f"--device {policy_spec.device} needs a GPU but the Ray cluster has none; "
-            "use --device cpu or add a node with a GPU (ray start --num-gpus=1 ...)"
+            f"--device {policy_spec.device} with --policy-servers {replicas} needs {replicas} GPU(s) but the "
+            f"Ray cluster has {gpus:g}; use --device cpu, fewer --policy-servers, or add nodes with GPUs "
+            "(ray start --num-gpus=1 ...)"
         )
-    server = None
+    servers = []
     if in_worker:
         build_policy(policy_spec)  # surfaces a bad policy before any worker starts
     else:
-        server = start_policy_server(
-            policy_spec, options.max_batch, options.max_wait_ms, num_gpus=num_gpus, clients=options.workers
-        )
+        servers = [
+            start_policy_server(
+                policy_spec,
+                options.max_batch,
+                options.max_wait_ms,
+                num_gpus=num_gpus,
+                clients=len(range(i, options.workers, replicas)),  # the workers it serves
+            )
+            for i in range(replicas)
+        ]
         try:
-            ray.get(server.info.remote())  # surfaces a bad checkpoint before any env is built
+            ray.get([server.info.remote() for server in servers])  # a bad checkpoint, before any env
         except (RayTaskError, RayActorError) as e:
             raise RunAborted(f"the policy could not be built: {_cause_text(e)}") from e
     workers = [worker_cls.remote(suites, policy_spec if in_worker else None) for _ in range(options.workers)]
+    server_of = {w: servers[i % replicas] if servers else None for i, w in enumerate(workers)}
     queue = deque(todo)
     attempts: Counter[str] = Counter()
     inflight: dict = {}  # episode ref -> (worker, spec, start time)
@@ -293,7 +305,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
                 last_task[worker] = (spec.suite, spec.task)
                 attempts[spec.id] += 1
                 ref = worker.run.remote(
-                    spec, server, options.replan_steps, options.max_steps, videos.wanted(spec)
+                    spec, server_of[worker], options.replan_steps, options.max_steps, videos.wanted(spec)
                 )
                 inflight[ref] = (worker, spec, time.monotonic())
 
@@ -356,7 +368,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     finally:
         for w in workers:
             ray.kill(w, no_restart=True)
-        if server is not None:
+        for server in servers:
             ray.kill(server, no_restart=True)
         if started_here:
             ray.shutdown()

@@ -23,6 +23,7 @@ NUMERIC_LIMITS = (
     ("--episodes-per-task", "episodes_per_task", 1, "episodes per task"),
     ("--max-batch", "max_batch", 1, "the policy server's largest batch"),
     ("--max-wait-ms", "max_wait_ms", 0, "milliseconds"),
+    ("--policy-servers", "policy_servers", 1, "policy server replicas"),
 )
 
 
@@ -31,6 +32,11 @@ def check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise UsageError(f"{flag} {value}: must be at least {low} ({meaning})")
+    if getattr(args, "policy_servers", 1) > max(args.workers, 1):
+        raise UsageError(
+            f"--policy-servers {args.policy_servers} exceeds --workers {args.workers}: a server without "
+            "env workers would hold its GPU for nothing"
+        )
     if args.episode_timeout is not None and not args.episode_timeout > 0:
         raise UsageError(f"--episode-timeout {args.episode_timeout}: must be a positive number of seconds")
     if args.remote_timeout is not None and not args.remote_timeout > 0:

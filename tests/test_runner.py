@@ -113,3 +113,32 @@ def test_the_modes_of_a_model_draw_from_the_same_keys(toy_suites):
         run_episode(env, suite, spec, act, replan_steps=None, max_steps=6)
     assert seen["asyncvla"] == seen["sfm"] == seen["random-mask"]
     assert seen["sfm"][0] == "toy/reach/-/ep003/seed0@0"
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_policy_server_replicas_share_the_workers(toy_suites, tmp_path, monkeypatch, replicas):
+    """--policy-servers N starts N batching servers (one GPU each on a cluster); each env worker
+    asks one of them, round-robin. A user policy class leaves one file per serving process."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("ASYNCVLA_TEST_PID_DIR", str(pids))
+    suite = toy_suites("toy")
+    spec = PolicySpec(kind="import", factory="user_policy:PidPolicy")
+    config = EvalConfig(
+        suites=[suite],
+        policy=spec,
+        out=tmp_path / "run",
+        options=RunOptions(workers=2, video="none", policy_servers=replicas, max_wait_ms=50),
+    )
+    summary = evaluate(config, show_progress=False)
+    assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
+    assert len(list(pids.iterdir())) == replicas
+
+
+def test_more_policy_servers_than_workers_is_refused(tmp_path, capsys):
+    from evalsuite.cli import main
+
+    argv = ["tabletop", "--policy", "random", "--workers", "2", "--policy-servers", "3"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "-q"]) == 2
+    assert "--policy-servers 3 exceeds --workers 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 
@@ -27,3 +30,12 @@ class NotAPolicy:
 
     def reset(self, episode_key: str) -> None:
         pass
+
+
+class PidPolicy(DriftPolicy):
+    """DriftPolicy that leaves a file named after the process serving it in $ASYNCVLA_TEST_PID_DIR
+    (tests/test_runner.py: which policy server replicas answered)."""
+
+    def act(self, observations, keys):
+        Path(os.environ["ASYNCVLA_TEST_PID_DIR"], str(os.getpid())).touch()
+        return super().act(observations, keys)
