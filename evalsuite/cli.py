@@ -72,7 +72,7 @@ def resolve_checkpoint(path: str) -> str:
             raise UsageError(str(e)) from e
     if not Path(path).exists():
         raise UsageError(f"checkpoint {path!r} does not exist; pass a checkpoint directory (or 'demo')")
-    return path
+    return str(Path(path).resolve())  # the policy server may run on another node, in another directory
 
 
 def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:

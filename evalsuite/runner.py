@@ -381,7 +381,7 @@ def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:
     needs a new task takes the one with the most waiting episodes per worker already on it
     (ties: plan order). Workers thus spread over the tasks and each builds an env about once per
     task it takes, instead of every worker building every task's env in turn (measured by
-    `scripts/bench_libero.py --schedule`)."""
+    `scripts/bench_libero.py --project`; tests/test_scheduler.py)."""
     current = last_task.get(worker)
     waiting: Counter = Counter((spec.suite, spec.task) for spec in queue)  # plan order kept
     if current not in waiting:

@@ -97,45 +97,95 @@ def record_video(env, suite, steps: int = 40) -> dict:
     return {"bytes": result.video, "steps": result.record.steps, "success": result.record.success}
 
 
-def projection(here: dict, scene_here: dict, scene_node: dict, policy_s: float, chunk: int = 8) -> dict:
-    """Wall time of the 2,000 paper episodes on the 16-core, 1-GPU node, from measured costs.
+def plan_order_rule(worker, queue, last_task):
+    """The scheduler before 2026-12-01, for comparison: a worker kept its task while it lasted,
+    then took the next episode in plan order, so every worker followed every other one from
+    task to task."""
+    current = last_task.get(worker)
+    for i, spec in enumerate(queue):
+        if (spec.suite, spec.task) == current:
+            del queue[i]
+            return spec
+    return queue.popleft()
 
-    LIBERO cannot be installed on the node (it has no network; the install is ~1.2 GB), so the
+
+def projection(here, scene_here, scene_node, reset_check, model, workers_per_node=15, target_s=900) -> dict:
+    """Wall time of the paper's 2,000 LIBERO episodes on 16-core, 1-GPU nodes, from measured costs.
+
+    LIBERO cannot be installed on the lent GPU node (no network; the install is ~1.2 GB), so the
     node ran the same compiled scene with raw mujoco (`--scene-bench`): its physics time against
-    this machine's gives the CPU ratio that scales the LIBERO costs measured here (controller,
-    observables, reset), and its EGL render time with 15 processes at once is the GPU render cost.
-    Upper bound: every episode runs its full budget (a policy that always fails); a policy at the
-    paper's ~97 % success stops earlier. `policy_s` is an assumed wait per chunk (not measured).
+    this machine's scales the LIBERO costs measured here (step, cheap reset, env build), and its
+    EGL render time with 15 processes at once is the render cost. The policy's time per chunk is
+    the 3B model's measured `act()` on one H200 (results/bench, random weights, the current
+    inference path), at a batch of all of a node's workers (one policy server per node:
+    `--policy-servers NODES`). Episodes are dispatched by the runner's own scheduler
+    (`simulate_env_builds`), so env builds and the tail where workers run out of work are counted.
+    Upper bound: every episode runs its whole budget (a policy that always fails).
     """
+    from evalsuite.plan import plan_episodes
+    from evalsuite.runner import simulate_env_builds
+    from evalsuite.suites import get_suite
+
     node_1 = scene_node["runs"][0]
-    node_15 = next(r for r in scene_node["runs"] if r["processes"] == 15)
+    node_15 = next(r for r in scene_node["runs"] if r["processes"] == workers_per_node)
     cpu_ratio = node_1["physics_s_per_step"] / scene_here["runs"][0]["physics_s_per_step"]
-    step_s = here["step_no_render_s"] * cpu_ratio  # LIBERO step without rendering, on the node
-    reset_s = here["reset_s"] * cpu_ratio
-    render_s = node_15["render_pair_s"]  # both cameras, 15 workers rendering on one GPU
-    workers = node_15["processes"]
-    rows, serial = {}, 0.0
-    for suite, budget in PAPER_SUITES.items():
-        chunks = -(-budget // chunk)
-        env_s = reset_s + budget * step_s + chunks * render_s
-        episode_s = env_s + chunks * policy_s
-        rows[suite] = {
+    step_s = here["step_no_render_s"] * cpu_ratio
+    render_s = node_15["render_pair_s"]
+    checked = {s["suite"]: s for s in reset_check["suites"]}
+    reset_s = {name: checked[name]["cheap_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES}
+    build_s = float(np.mean([s["per_init_state"][0]["cheap_s"] for s in checked.values()])) * cpu_ratio
+    batch = min(workers_per_node, max(r["batch"] for r in model["rows"]))
+    rows = sorted(model["rows"], key=lambda r: r["batch"])
+    policy_s = float(np.interp(batch, [r["batch"] for r in rows], [r["act_asyncvla_ms"] for r in rows])) / 1000
+    suites = [get_suite(name) for name in PAPER_SUITES]
+    plan = plan_episodes(suites, mode="asyncvla", seed=7)
+
+    def seconds(policy: float):
+        def episode_s(spec, built: bool) -> float:
+            budget = PAPER_SUITES[spec.suite]
+            chunks = -(-budget // 8)
+            return built * build_s + reset_s[spec.suite] + budget * step_s + chunks * (render_s + policy)
+
+        return episode_s
+
+    def sweep(nodes: int, policy: float, rule=None) -> dict:
+        kwargs = {"choose": rule} if rule else {}
+        result = simulate_env_builds(plan, nodes * workers_per_node, seconds(policy), **kwargs)
+        return {"nodes": nodes, "env_builds": result["env_builds"], "wall_s": round(result["wall_s"])}
+
+    def nodes_for(policy: float) -> dict:
+        for nodes in range(1, 257):
+            row = sweep(nodes, policy)
+            if row["wall_s"] <= target_s:
+                return row
+        return {"nodes": None}
+
+    per_suite = {}
+    for name, budget in PAPER_SUITES.items():
+        chunks = -(-budget // 8)
+        per_suite[name] = {
             "budget": budget,
-            "arithmetic": f"{reset_s:.2f} + {budget}*{step_s:.4f} + {chunks}*{render_s:.4f} + {chunks}*{policy_s}",
-            "episode_s": round(episode_s, 1),
+            "arithmetic": f"{reset_s[name]:.2f} + {budget}*{step_s:.4f} + {chunks}*({render_s:.4f} + {policy_s:.3f})",
+            "episode_s": round(reset_s[name] + budget * step_s + chunks * (render_s + policy_s), 1),
         }
-        serial += 500 * episode_s
     return {
         "cpu_ratio_node_vs_here": round(cpu_ratio, 2),
         "step_no_render_s": round(step_s, 4),
-        "reset_s": round(reset_s, 2),
-        "render_pair_s_15_workers": render_s,
-        "policy_s_per_chunk_assumed": policy_s,
-        "env_workers": workers,
-        "per_suite": rows,
-        "serial_s": round(serial),
-        "wall_h": round(serial / workers / 3600, 2),
-        "memory_gib": round(workers * here["peak_rss_gib"], 1),
+        "cheap_reset_s": {k: round(v, 3) for k, v in reset_s.items()},
+        "env_build_s": round(build_s, 2),
+        "render_pair_s": render_s,
+        "policy_batch": batch,
+        "policy_s_per_chunk": round(policy_s, 3),
+        "policy_source": f"{model['meta']['device']}, {model['meta']['size']}, act() at batch {batch} (interpolated)",
+        "workers_per_node": workers_per_node,
+        "per_suite_episode_s": per_suite,
+        "one_node": sweep(1, policy_s),
+        "one_node_previous_scheduler": sweep(1, policy_s, plan_order_rule),
+        "one_node_hard_reset": {"reset_s_each": round(reset_check["suites"][0]["hard_reset_s_mean"] * cpu_ratio, 2)},
+        "target_s": target_s,
+        "smallest_cluster_for_target": nodes_for(policy_s),
+        "smallest_cluster_for_target_policy_free": nodes_for(0.0),
+        "memory_gib_per_node": round(workers_per_node * here["peak_rss_gib"], 1),
     }
 
 
@@ -246,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--project", action="store_true", help="project the 2,000-episode wall time from saved results"
     )
+    p.add_argument(
+        "--model-bench",
+        default="results/bench/model_latency_qwen2.5-vl-3b_cuda.json",
+        help="--project: the policy's measured latency per batch (scripts/bench_model.py)",
+    )
     p.add_argument("--reset-memory", type=int, help="resident memory after each of N resets")
     p.add_argument("--label", default="local", help="--scene-bench: name of the machine, for the output file")
     args = p.parse_args(argv)
@@ -256,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         here = json.loads((out / "bench.json").read_text())["measured"]
         scene_here = json.loads((out / "scene" / "scene_bench_local-mesa-egl.json").read_text())
         scene_node = json.loads((out / "scene" / "scene_bench_h200-egl.json").read_text())
-        result = {p: projection(here, scene_here, scene_node, p) for p in (0.1, 0.3)}
+        reset_check = json.loads((out / "reset_check.json").read_text())
+        model = json.loads(Path(args.model_bench).read_text())
+        result = projection(here, scene_here, scene_node, reset_check, model)
+        result["command"] = "python scripts/bench_libero.py --project"
         (out / "projection.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0

@@ -142,3 +142,29 @@ def test_more_policy_servers_than_workers_is_refused(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "run"), "-q"]) == 2
     assert "--policy-servers 3 exceeds --workers 2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_on_a_two_node_ray_cluster(toy_suites, tmp_path, monkeypatch):
+    """A head node and a worker node (ray.cluster_utils.Cluster: two raylets on this machine, as
+    docs/cluster.md starts them on two machines), one CPU each, so each node hosts one env worker;
+    the driver joins with --address and two policy server replicas serve the workers."""
+    from ray.cluster_utils import Cluster
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("ASYNCVLA_TEST_PID_DIR", str(pids))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        config = EvalConfig(
+            suites=[toy_suites("toy")],
+            policy=PolicySpec(kind="import", factory="user_policy:PidPolicy"),
+            out=tmp_path / "run",
+            options=RunOptions(workers=2, address=cluster.address, video="none", policy_servers=2),
+        )
+        summary = evaluate(config, show_progress=False)
+    finally:
+        cluster.shutdown()
+    assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
+    assert len(list(pids.iterdir())) == 2
