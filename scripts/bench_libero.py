@@ -136,26 +136,32 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     build_s = float(np.mean([s["per_init_state"][0]["cheap_s"] for s in checked.values()])) * cpu_ratio
     batch = min(workers_per_node, max(r["batch"] for r in model["rows"]))
     rows = sorted(model["rows"], key=lambda r: r["batch"])
-    policy_s = float(np.interp(batch, [r["batch"] for r in rows], [r["act_asyncvla_ms"] for r in rows])) / 1000
+    policy_s = (
+        float(np.interp(batch, [r["batch"] for r in rows], [r["act_asyncvla_ms"] for r in rows])) / 1000
+    )
     suites = [get_suite(name) for name in PAPER_SUITES]
     plan = plan_episodes(suites, mode="asyncvla", seed=7)
 
-    def seconds(policy: float):
+    hard_reset_s = {name: checked[name]["hard_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES}
+    hard_build_s = float(np.mean([s["per_init_state"][0]["hard_s"] for s in checked.values()])) * cpu_ratio
+
+    def sweep(nodes: int, policy: float, previous: bool = False) -> dict:
+        """`previous`: hard resets and plan-order dispatch, as before issue 19."""
+        resets, build = (hard_reset_s, hard_build_s) if previous else (reset_s, build_s)
+
         def episode_s(spec, built: bool) -> float:
             budget = PAPER_SUITES[spec.suite]
-            chunks = -(-budget // 8)
-            return built * build_s + reset_s[spec.suite] + budget * step_s + chunks * (render_s + policy)
+            return (
+                built * build + resets[spec.suite] + budget * step_s + -(-budget // 8) * (render_s + policy)
+            )
 
-        return episode_s
-
-    def sweep(nodes: int, policy: float, rule=None) -> dict:
-        kwargs = {"choose": rule} if rule else {}
-        result = simulate_env_builds(plan, nodes * workers_per_node, seconds(policy), **kwargs)
+        rule = {"choose": plan_order_rule} if previous else {}
+        result = simulate_env_builds(plan, nodes * workers_per_node, episode_s, **rule)
         return {"nodes": nodes, "env_builds": result["env_builds"], "wall_s": round(result["wall_s"])}
 
-    def nodes_for(policy: float) -> dict:
+    def nodes_for(policy: float, previous: bool = False) -> dict:
         for nodes in range(1, 257):
-            row = sweep(nodes, policy)
+            row = sweep(nodes, policy, previous)
             if row["wall_s"] <= target_s:
                 return row
         return {"nodes": None}
@@ -172,7 +178,9 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
         "cpu_ratio_node_vs_here": round(cpu_ratio, 2),
         "step_no_render_s": round(step_s, 4),
         "cheap_reset_s": {k: round(v, 3) for k, v in reset_s.items()},
-        "env_build_s": round(build_s, 2),
+        "hard_reset_s": {k: round(v, 3) for k, v in hard_reset_s.items()},
+        "env_build_and_first_reset_s": round(build_s, 2),
+        "env_build_and_first_hard_reset_s": round(hard_build_s, 2),
         "render_pair_s": render_s,
         "policy_batch": batch,
         "policy_s_per_chunk": round(policy_s, 3),
@@ -180,11 +188,14 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
         "workers_per_node": workers_per_node,
         "per_suite_episode_s": per_suite,
         "one_node": sweep(1, policy_s),
-        "one_node_previous_scheduler": sweep(1, policy_s, plan_order_rule),
-        "one_node_hard_reset": {"reset_s_each": round(reset_check["suites"][0]["hard_reset_s_mean"] * cpu_ratio, 2)},
+        "one_node_hard_reset_plan_order": sweep(1, policy_s, previous=True),
+        "one_node_policy_free": sweep(1, 0.0),
+        "one_node_policy_free_hard_reset_plan_order": sweep(1, 0.0, previous=True),
         "target_s": target_s,
         "smallest_cluster_for_target": nodes_for(policy_s),
+        "smallest_cluster_for_target_hard_reset_plan_order": nodes_for(policy_s, previous=True),
         "smallest_cluster_for_target_policy_free": nodes_for(0.0),
+        "smallest_cluster_for_target_policy_free_hard_reset_plan_order": nodes_for(0.0, previous=True),
         "memory_gib_per_node": round(workers_per_node * here["peak_rss_gib"], 1),
     }
 
