@@ -3,7 +3,8 @@
     python scripts/bench_libero.py [--steps 64] [--resets 3] [--out results/libero]
 
 Measures, on libero_spatial task 0 (one process, one env):
-  - env construction, reset (seed + reset + init state + 10 settle steps) and per-step cost with
+  - env construction, reset (seed + reset + init state + 10 settle steps; cheap, the default, and
+    robosuite's hard reset in a second env) and per-step cost with
     both cameras rendered every step (the reference loop), with 1 step in 8 rendered (gated camera
     sensors, what an 8-step-chunk policy needs) and with no rendering (physics only);
   - whether the gated loop reproduces the reference loop: simulator state after every step and
@@ -61,6 +62,14 @@ def measure(steps: int, resets: int) -> dict:
         t0 = time.perf_counter()
         env.reset(task, k, 7)
         reset_times.append(time.perf_counter() - t0)
+    hard = make_env(**(suite.env_kwargs | {"cheap_reset": False}))
+    hard.reset(task, 0, 7)
+    hard_times = []
+    for k in range(resets):
+        t0 = time.perf_counter()
+        hard.reset(task, k, 7)
+        hard_times.append(time.perf_counter() - t0)
+    hard.close()
     actions = np.random.default_rng(0).uniform(-1, 1, (steps, 7)) * 0.3
     every_s, ref_states, ref_images = timed_steps(env, task, actions, 1, skip=False)
     gated_s, states, images = timed_steps(env, task, actions, 8, skip=True)
@@ -72,7 +81,9 @@ def measure(steps: int, resets: int) -> dict:
     env.close()
     return {
         "construct_and_first_reset_s": round(construct_s, 2),
-        "reset_s": round(float(np.mean(reset_times)), 3),
+        "reset_s": round(float(np.mean(reset_times)), 3),  # cheap reset, the default
+        "reset_hard_s": round(float(np.mean(hard_times)), 3),
+        "reset_hard_over_cheap": round(float(np.mean(hard_times) / np.mean(reset_times)), 2),
         "step_render_every_s": round(every_s, 4),
         "step_render_1_in_8_s": round(gated_s, 4),
         "step_no_render_s": round(physics_s, 4),
