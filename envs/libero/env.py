@@ -137,6 +137,8 @@ class LiberoEnv:
         # which episodes this worker ran before (openpi seeds once per task env, sequentially).
         self._env.seed(seed)
         self._render_now = False  # only the last settle step's images are seen
+        if self.config.cheap_reset:
+            self._gate_cameras()  # the sensors outlive a cheap reset: its observation renders nothing
         self._reset_simulator()
         self._gate_cameras()
         raw = self._env.set_init_state(self._init_states[episode_index])
