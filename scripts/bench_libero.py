@@ -53,6 +53,16 @@ def measure(steps: int, resets: int) -> dict:
 
     suite = get_suite("libero_spatial")
     task = suite.tasks[0].name
+    # Hard resets first, in an env closed before the measured one is built: closing a robosuite
+    # env ends the process's EGL display, and every other live env then renders black.
+    hard = make_env(**(suite.env_kwargs | {"cheap_reset": False}))
+    hard.reset(task, 0, 7)
+    hard_times = []
+    for k in range(resets):
+        t0 = time.perf_counter()
+        hard.reset(task, k, 7)
+        hard_times.append(time.perf_counter() - t0)
+    hard.close()
     t0 = time.perf_counter()
     env = make_env(**suite.env_kwargs)
     env.reset(task, 0, 7)
@@ -62,14 +72,6 @@ def measure(steps: int, resets: int) -> dict:
         t0 = time.perf_counter()
         env.reset(task, k, 7)
         reset_times.append(time.perf_counter() - t0)
-    hard = make_env(**(suite.env_kwargs | {"cheap_reset": False}))
-    hard.reset(task, 0, 7)
-    hard_times = []
-    for k in range(resets):
-        t0 = time.perf_counter()
-        hard.reset(task, k, 7)
-        hard_times.append(time.perf_counter() - t0)
-    hard.close()
     actions = np.random.default_rng(0).uniform(-1, 1, (steps, 7)) * 0.3
     every_s, ref_states, ref_images = timed_steps(env, task, actions, 1, skip=False)
     gated_s, states, images = timed_steps(env, task, actions, 8, skip=True)
