@@ -173,7 +173,7 @@ def test_cheap_reset_is_the_hard_reset_bit_for_bit(env):
             for key in expected:
                 assert np.array_equal(got[key], expected[key]), f"init state {k}: {key} differs"
     finally:
-        reference.close()
+        reference.close()  # after this, `env` renders black (robosuite ends the EGL display): keep it last
 
 
 def test_a_run_with_cheap_resets_records_what_hard_resets_record(tmp_path):
