@@ -38,6 +38,11 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 # a resume on another host, continues the same run (likewise a remote policy's address and timeout).
 IDENTITY_KEYS = ("suites", "policy", "protocol", "checkpoint_sha256", "seed", "replan_steps")
 NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s")
+# Env options that change how fast a simulator runs, not what it computes: LIBERO's gated
+# rendering and cheap reset give bit-identical states and images (scripts/bench_libero.py,
+# scripts/check_libero_reset.py), so a run resumed with either switched, or begun before the
+# option existed, is the same run.
+NOT_IDENTITY_ENV_KWARGS = ("skip_unused_renders", "cheap_reset")
 
 
 class RunDirError(EvalError):
@@ -48,6 +53,18 @@ def identity(manifest: dict[str, Any], key: str) -> Any:
     value = manifest.get(key)
     if key == "policy" and isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in NOT_IDENTITY_POLICY_KEYS}
+    if key == "protocol" and isinstance(value, dict):
+        value = {
+            suite: {
+                **values,
+                "env_kwargs": {
+                    k: v for k, v in values.get("env_kwargs", {}).items() if k not in NOT_IDENTITY_ENV_KWARGS
+                },
+            }
+            if isinstance(values, dict)
+            else values
+            for suite, values in value.items()
+        }
     return value
 
 

@@ -101,6 +101,25 @@ def test_a_moved_checkpoint_or_another_device_resumes_the_same_run(tmp_path):
         RunStore(tmp_path).open(_manifest(policy=moved, checkpoint_sha256="def"))
 
 
+def test_speed_only_env_options_do_not_make_another_run(tmp_path):
+    """A LIBERO run begun before `cheap_reset` existed (or with rendering ungated) resumes with
+    it: both options give bit-identical states and images. The render size is what is measured."""
+    before = {"libero_spatial": {"seed": 7, "env_kwargs": {"resolution": 256, "skip_unused_renders": False}}}
+    RunStore(tmp_path).open(_manifest(protocol=before))
+    now = {
+        "libero_spatial": {
+            "seed": 7,
+            "env_kwargs": {"resolution": 256, "skip_unused_renders": True, "cheap_reset": True},
+        }
+    }
+    store = RunStore(tmp_path)
+    store.open(_manifest(protocol=now))
+    store.close()
+    other = {"libero_spatial": {"seed": 7, "env_kwargs": {"resolution": 224, "cheap_reset": True}}}
+    with pytest.raises(RunDirError, match="different 'protocol'"):
+        RunStore(tmp_path).open(_manifest(protocol=other))
+
+
 @pytest.mark.parametrize(
     "content, message", [("[1, 2]", "holds a JSON list"), ('{"seed": 0}', "no list of 'suites'")]
 )
