@@ -377,7 +377,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
 def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:
     """The next episode for `worker`. Some simulators (LIBERO) build a new env on a task change
-    (5-15 s), so a worker stays on its task while that task has episodes waiting; a worker that
+    (2-15 s), so a worker stays on its task while that task has episodes waiting; a worker that
     needs a new task takes the one with the most waiting episodes per worker already on it
     (ties: plan order). Workers thus spread over the tasks and each builds an env about once per
     task it takes, instead of every worker building every task's env in turn (measured by

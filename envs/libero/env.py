@@ -15,7 +15,7 @@ changes the physics, so states stay bit-identical and the images of rendered ste
 reference images (measured: scripts/bench_libero.py, results/libero/).
 
 Cheap resets: robosuite's default (hard) reset recompiles the MuJoCo model and rebuilds its render
-context on every `env.reset()`, 2.6-4 s here. All an episode needs is the same simulator in the
+context on every `env.reset()`, 2-4 s here. All an episode needs is the same simulator in the
 same state, so episodes after the first reuse the compiled model (robosuite's soft reset:
 `mj_resetData`, then the same Python-side reset and object placement). The one piece of state a
 soft reset keeps and a hard reset does not is the gripper's command integrator
