@@ -383,11 +383,12 @@ def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:
     task it takes, instead of every worker building every task's env in turn (measured by
     `scripts/bench_libero.py --project`; tests/test_scheduler.py)."""
     current = last_task.get(worker)
-    waiting: Counter = Counter((spec.suite, spec.task) for spec in queue)  # plan order kept
-    if current not in waiting:
+    index = next((i for i, spec in enumerate(queue) if (spec.suite, spec.task) == current), None)
+    if index is None:
+        waiting: Counter = Counter((spec.suite, spec.task) for spec in queue)  # in plan order
         on_task = Counter(task for w, task in last_task.items() if w is not worker)
         current = max(waiting, key=lambda task: waiting[task] / (1 + on_task[task]))
-    index = next(i for i, spec in enumerate(queue) if (spec.suite, spec.task) == current)
+        index = next(i for i, spec in enumerate(queue) if (spec.suite, spec.task) == current)
     spec = queue[index]
     del queue[index]
     return spec

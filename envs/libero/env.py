@@ -137,10 +137,7 @@ class LiberoEnv:
         # which episodes this worker ran before (openpi seeds once per task env, sequentially).
         self._env.seed(seed)
         self._render_now = False  # only the last settle step's images are seen
-        if self.config.cheap_reset:
-            self._gate_cameras()  # the sensors outlive a cheap reset: its observation renders nothing
         self._reset_simulator()
-        self._gate_cameras()
         raw = self._env.set_init_state(self._init_states[episode_index])
         for i in range(self.config.settle_steps):
             self._render_now = i == self.config.settle_steps - 1 or not self.skip_unused_renders
@@ -190,13 +187,19 @@ class LiberoEnv:
         self._task, self._instruction = task, spec.language
 
     def _reset_simulator(self) -> None:
-        """`env.reset()`, hard (rebuild the model) or cheap (reuse it, module docstring)."""
+        """`env.reset()`, cheap (reuse the model, module docstring) or hard (rebuild it), with the
+        camera sensors gated: a cheap reset keeps the sensors, so they are gated before it and its
+        own observation renders nothing; a hard reset makes new ones, gated after it."""
         robosuite_env = self._env.env
         robosuite_env.hard_reset = not self.config.cheap_reset
+        if not self.config.cheap_reset:
+            self._env.reset()
+            self._gate_cameras()
+            return
+        self._gate_cameras()
         self._env.reset()
-        if self.config.cheap_reset:
-            for robot in robosuite_env.robots:  # what a hard reset's new gripper object starts with
-                robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        for robot in robosuite_env.robots:  # what a hard reset's new gripper object starts with
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
 
     def _gate_cameras(self) -> None:
         """Wrap the camera sensors (a hard reset re-creates them; a cheap one keeps the wrapped ones)."""
