@@ -135,6 +135,7 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     (`simulate_env_builds`), so env builds and the tail where workers run out of work are counted.
     Upper bound: every episode runs its whole budget (a policy that always fails).
     """
+    from envs.libero.env import HISTORY_DEPENDENT_TASKS
     from evalsuite.plan import plan_episodes
     from evalsuite.runner import simulate_env_builds
     from evalsuite.suites import get_suite
@@ -164,9 +165,11 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
 
         def episode_s(spec, built: bool) -> float:
             budget = PAPER_SUITES[spec.suite]
-            return (
-                built * build + resets[spec.suite] + budget * step_s + -(-budget // 8) * (render_s + policy)
-            )
+            if spec.task in HISTORY_DEPENDENT_TASKS:  # these keep the hard reset (envs/libero/env.py)
+                built_s, reset = hard_build_s, hard_reset_s[spec.suite]
+            else:
+                built_s, reset = build, resets[spec.suite]
+            return built * built_s + reset + budget * step_s + -(-budget // 8) * (render_s + policy)
 
         rule = {"choose": plan_order_rule} if previous else {}
         result = simulate_env_builds(plan, nodes * workers_per_node, episode_s, **rule)
