@@ -370,6 +370,18 @@ def cmd_serve(argv: list[str]) -> int:
     return serve(argv)
 
 
+def cmd_nightly(argv: list[str]) -> int:
+    from evalsuite.regression.nightly import cmd_nightly as nightly  # matplotlib; it imports this module
+
+    return nightly(argv)
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from evalsuite.regression.nightly import cmd_compare as compare
+
+    return compare(argv)
+
+
 def cmd_list(argv: list[str]) -> int:
     """Every suite; with a suite or family name, its tasks with their indices (for --tasks)."""
     if argv:
@@ -387,8 +399,6 @@ def cmd_list(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from evalsuite.regression.nightly import cmd_compare, cmd_nightly  # imports this module: not at the top
-
     handlers = {
         "serve": cmd_serve,  # an AsyncVLA checkpoint (or module:Class) behind openpi's websocket protocol
         "report": cmd_report,

@@ -69,14 +69,26 @@ def host_info() -> dict[str, object]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
+    gpus = host_gpus()
+    if gpus:
+        info["gpus"] = gpus
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return info
+
+
+def host_gpus() -> list[str]:
+    """The host's NVIDIA GPUs by name, as nvidia-smi lists them ([] without a driver). Asking
+    torch instead would import it (1-1.5 s) at the start of every run, model or not."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [name.strip() for name in done.stdout.splitlines() if name.strip()] if done.returncode == 0 else []
 
 
 def checkpoint_sha256(path: str | Path) -> str:

@@ -250,7 +250,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     cpus = ray.cluster_resources().get("CPU", 0)
     if options.workers > cpus:  # each env worker reserves a CPU: the extra ones would never start
         if started_here:
-            ray.shutdown()
+            _stop_local_ray(ray)
         raise RunAborted(
             f"--workers {options.workers} needs {options.workers} CPUs but the Ray cluster has {cpus:g}; "
             f"use --workers {int(cpus)} or fewer (or add nodes to the cluster)"
@@ -262,7 +262,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     gpus = ray.cluster_resources().get("GPU", 0)
     if num_gpus * replicas > gpus:  # a policy server without its GPU would wait forever
         if started_here:
-            ray.shutdown()
+            _stop_local_ray(ray)
         raise RunAborted(
             f"--device {policy_spec.device} with --policy-servers {replicas} needs {replicas} GPU(s) but the "
             f"Ray cluster has {gpus:g}; use --device cpu, fewer --policy-servers, or add nodes with GPUs "
@@ -371,8 +371,22 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         for server in servers:
             ray.kill(server, no_restart=True)
         if started_here:
-            ray.shutdown()
+            _stop_local_ray(ray)
     return records
+
+
+def _stop_local_ray(ray) -> None:
+    """`ray.shutdown()` of the cluster `ray.init()` started here. Ray stops the GCS before the
+    autoscaler monitor, whose SIGTERM handler then waits on the GCS until Ray's 1 s grace period
+    ends in a SIGKILL: a second of every run (1.4 s of shutdown, 0.35 s with the monitor first). The
+    monitor has nothing to scale in a local cluster; stop it first while the GCS still answers.
+    `Node.kill_monitor` is not public API: without it the shutdown is only slower."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        node.kill_monitor(check_alive=False)
+    except Exception as e:  # another Ray version; nothing is lost but the second
+        log.debug("could not stop Ray's monitor first: %s", e)
+    ray.shutdown()
 
 
 def _next_for(worker, queue: deque, last_task: dict) -> EpisodeSpec:

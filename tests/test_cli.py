@@ -131,3 +131,38 @@ def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(caps
     assert config.suites[0].env_kwargs["backend"] == "maniskill3"
     assert main(["tabletop", "--policy", "random", "--backend", "maniskill3", "--dry-run"]) == 2
     assert "has no such option" in capsys.readouterr().err
+
+
+def test_a_run_without_a_model_starts_without_torch_or_matplotlib(toy_suites, tmp_path):
+    """What a random- or scripted-policy run imports: torch (1-1.5 s) and matplotlib (0.3 s) stay
+    out; statsmodels comes in for the tables (bench_libero_peer.py measures the start-up)."""
+    probe = (
+        "import json, sys\n"
+        "from evalsuite.cli import main\n"
+        f"code = main(['toy', '--policy', 'random', '--workers', '0', '-q', '--out', {str(tmp_path / 'run')!r}])\n"
+        "print(json.dumps([code, sorted(m for m in ('torch', 'matplotlib', 'statsmodels') if m in sys.modules)]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ, check=True
+    )
+    code, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert imported == ["statsmodels"]
+
+
+def test_run_json_names_the_hosts_gpus_as_nvidia_smi_lists_them(toy_suites, tmp_path, monkeypatch):
+    """host_info asks nvidia-smi (a stand-in here, on PATH) instead of importing torch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf 'NVIDIA H200\\nNVIDIA H200\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert _eval(tmp_path, "toy", "--policy", "random", "--workers", "0", "--episodes-per-task", "1") == 0
+    host = json.loads((tmp_path / "run" / "run.json").read_text())["host"]
+    assert host["gpus"] == ["NVIDIA H200", "NVIDIA H200"] and host["cuda_visible_devices"] == "1"
+
+    smi.unlink()  # no driver: no gpus entry, and no error
+    assert main(["toy", "--policy", "random", "--workers", "0", "-q", "--out", str(tmp_path / "cpu")]) == 0
+    assert "gpus" not in json.loads((tmp_path / "cpu" / "run.json").read_text())["host"]

@@ -2,6 +2,7 @@
 crash recovery through Ray actor restarts, errors kept apart from failures."""
 
 import dataclasses
+import time
 
 import pytest
 
@@ -168,3 +169,33 @@ def test_a_run_on_a_two_node_ray_cluster(toy_suites, tmp_path, monkeypatch):
         cluster.shutdown()
     assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
     assert len(list(pids.iterdir())) == 2
+
+
+@pytest.mark.parametrize("monitor_api", ["present", "missing"])
+def test_a_run_leaves_no_ray_process_behind(toy_suites, tmp_path, monkeypatch, monitor_api):
+    """The runner stops Ray's autoscaler monitor itself before `ray.shutdown()` (1 s less per run,
+    scripts/bench_libero_peer.py); every process the run's `ray.init()` started must still end, and
+    a Ray without `Node.kill_monitor` only shuts down slower."""
+    import psutil
+    from ray._private import node
+
+    if monitor_api == "missing":
+        monkeypatch.delattr(node.Node, "kill_monitor")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    summary = evaluate(_config(toy_suites("toy"), tmp_path / "run", workers=2), show_progress=False)
+    assert len(summary.records) == 12
+
+    def started_by_the_run():
+        alive = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p.name())
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    deadline = time.time() + 30
+    while started_by_the_run() and time.time() < deadline:
+        time.sleep(0.2)
+    assert started_by_the_run() == []
