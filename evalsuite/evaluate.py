@@ -22,14 +22,7 @@ from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
 from evalsuite.store import RunStore
 from evalsuite.suites.spec import SuiteSpec, import_object
-from evalsuite.tables import (
-    build_tables,
-    import_statistics_early,
-    protocol_header,
-    records_frame,
-    render_tables,
-    write_tables,
-)
+from evalsuite.tables import build_tables, protocol_header, records_frame, render_tables, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +142,6 @@ def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dic
     ended: dict = {}
     try:
         if todo:
-            import_statistics_early()
             run_plan(
                 todo,
                 {s.name: s for s in config.suites},

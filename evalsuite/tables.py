@@ -6,10 +6,8 @@ that crashed on every attempt) are counted apart and never enter n.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import threading
 from importlib import resources
 from pathlib import Path
 
@@ -19,17 +17,11 @@ from evalsuite.records import EpisodeRecord
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 
-def import_statistics_early() -> None:
-    """Import statsmodels (0.5-0.9 s of scipy) on a thread while a run's simulators start, so that
-    its tables do not wait for it at the end. Not a daemon: the interpreter never exits mid-import."""
-    threading.Thread(target=importlib.import_module, args=("statsmodels.stats.proportion",)).start()
-
-
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval (95 % by default); (0, 1) when there is no episode to judge by."""
     if n == 0:
         return 0.0, 1.0
-    from statsmodels.stats.proportion import proportion_confint  # not at start-up: import_statistics_early
+    from statsmodels.stats.proportion import proportion_confint  # 0.5 s of scipy: only once tables are made
 
     lo, hi = proportion_confint(successes, n, alpha=alpha, method="wilson")
     return float(lo), float(hi)
