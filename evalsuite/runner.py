@@ -377,9 +377,9 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
 def _stop_local_ray(ray) -> None:
     """`ray.shutdown()` of the cluster `ray.init()` started here. Ray stops the GCS before the
-    autoscaler monitor, whose SIGTERM handler then waits on the GCS until Ray's 1 s grace period
-    ends in a SIGKILL: a second of every run (1.4 s of shutdown, 0.35 s with the monitor first). The
-    monitor has nothing to scale in a local cluster; stop it first while the GCS still answers.
+    autoscaler monitor, whose SIGTERM handler then waits on the dead GCS until Ray's 1 s grace
+    period ends in a SIGKILL: a second of every run (shutdown 1.4 s, 0.35 s with the monitor gone
+    first). A local cluster has nothing to autoscale, so the monitor gets that SIGKILL first.
     `Node.kill_monitor` is not public API: without it the shutdown is only slower."""
     node = getattr(ray._private.worker, "_global_node", None)
     try:

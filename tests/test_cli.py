@@ -135,19 +135,25 @@ def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(caps
 
 def test_a_run_without_a_model_starts_without_torch_or_matplotlib(toy_suites, tmp_path):
     """What a random- or scripted-policy run imports: torch (1-1.5 s) and matplotlib (0.3 s) stay
-    out; statsmodels comes in for the tables (bench_libero_peer.py measures the start-up)."""
+    out, the suite registry does without scipy (SimplerEnv's adapter), statsmodels comes in for
+    the tables (scripts/bench_libero_peer.py measures the start-up)."""
     probe = (
         "import json, sys\n"
         "from evalsuite.cli import main\n"
+        "from evalsuite.suites import registry\n"
+        "registry()\n"
+        "heavy = ('torch', 'matplotlib', 'scipy', 'statsmodels')\n"
+        "before = [m for m in heavy if m in sys.modules]\n"
         f"code = main(['toy', '--policy', 'random', '--workers', '0', '-q', '--out', {str(tmp_path / 'run')!r}])\n"
-        "print(json.dumps([code, sorted(m for m in ('torch', 'matplotlib', 'statsmodels') if m in sys.modules)]))\n"
+        "print(json.dumps([code, before, [m for m in heavy if m in sys.modules]]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ, check=True
     )
-    code, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    code, before, after = json.loads(done.stdout.strip().splitlines()[-1])
     assert code == 0
-    assert imported == ["statsmodels"]
+    assert before == []
+    assert after == ["scipy", "statsmodels"]
 
 
 def test_run_json_names_the_hosts_gpus_as_nvidia_smi_lists_them(toy_suites, tmp_path, monkeypatch):
