@@ -4,7 +4,7 @@
 
 Every measurement runs in a fresh interpreter (a user's run pays each cost once per process):
 1. Ray as the runner uses it: a local cluster, two 1-CPU actors answering once, then the stop,
-   before and after this session's change, alternated: plain `ray.shutdown()` vs
+   the old way and the runner's, alternated: plain `ray.shutdown()` vs
    `evalsuite.runner._stop_local_ray` (Ray's autoscaler monitor stopped first).
 2. Imports: what a run's start-up imports now (the CLI, the suite registry, run.json's host info),
    and what it imported before for nothing: torch (run.json's GPU list), matplotlib (the
