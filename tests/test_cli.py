@@ -6,10 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from evalsuite.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _eval(tmp_path, *args):
@@ -157,17 +160,22 @@ def test_a_run_without_a_model_starts_without_torch_or_matplotlib(toy_suites, tm
 
 
 def test_run_json_names_the_hosts_gpus_as_nvidia_smi_lists_them(toy_suites, tmp_path, monkeypatch):
-    """host_info asks nvidia-smi (a stand-in here, on PATH) instead of importing torch."""
+    """host_info asks nvidia-smi (a stand-in here, on PATH) instead of importing torch. The stand-in
+    prints, one per line as `--format=csv,noheader` does, the name the real H200 reported when the
+    model was benchmarked on it (results/bench; read there through torch: no GPU here to record
+    nvidia-smi itself)."""
+    bench = json.loads((ROOT / "results/bench/model_latency_qwen2.5-vl-3b_cuda.json").read_text())
+    recorded = bench["meta"]["device"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf 'NVIDIA H200\\nNVIDIA H200\\n'\n")
+    smi.write_text(f"#!/bin/sh\nprintf '{recorded}\\n{recorded}\\n'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert _eval(tmp_path, "toy", "--policy", "random", "--workers", "0", "--episodes-per-task", "1") == 0
     host = json.loads((tmp_path / "run" / "run.json").read_text())["host"]
-    assert host["gpus"] == ["NVIDIA H200", "NVIDIA H200"] and host["cuda_visible_devices"] == "1"
+    assert host["gpus"] == [recorded, recorded] and host["cuda_visible_devices"] == "1"
 
     smi.unlink()  # no driver: no gpus entry, and no error
     assert main(["toy", "--policy", "random", "--workers", "0", "-q", "--out", str(tmp_path / "cpu")]) == 0

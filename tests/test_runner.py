@@ -174,7 +174,7 @@ def test_a_run_on_a_two_node_ray_cluster(toy_suites, tmp_path, monkeypatch):
 @pytest.mark.parametrize("monitor_api", ["present", "missing"])
 def test_a_run_leaves_no_ray_process_behind(toy_suites, tmp_path, monkeypatch, monitor_api):
     """The runner stops Ray's autoscaler monitor itself before `ray.shutdown()` (1 s less per run,
-    scripts/bench_libero_peer.py); every process the run's `ray.init()` started must still end, and
+    scripts/bench_startup.py); every process the run's `ray.init()` started must still end, and
     a Ray without `Node.kill_monitor` only shuts down slower."""
     import psutil
     from ray._private import node
