@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 import traceback
 from collections import Counter, deque
@@ -36,6 +37,15 @@ FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError)
 # policy server would cost more than the policy, so each env worker runs its own copy.
 # A remote policy is a client in each worker: the server at the other end does the batching.
 IN_WORKER_POLICIES = ("scripted", "random", "remote")
+# Ray's settings for a cluster a run starts on its own machine. The raylet connects to its object
+# store, which another of its threads is still creating, and a missed connect sleeps
+# `raylet_client_connect_timeout_milliseconds` (1 s by default) before retrying: in about 1 start of
+# 3 here, a whole second before the workers could start. 100 ms between 100 attempts keeps Ray's 10 s
+# budget (scripts/bench_startup.py measures the start both ways).
+LOCAL_RAY_CONFIG = {
+    "raylet_client_connect_timeout_milliseconds": 100,
+    "raylet_client_num_connect_attempts": 100,
+}
 
 
 class RunAborted(EvalError):
@@ -246,6 +256,8 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,
+            # a cluster joined (--address, RAY_ADDRESS) keeps its own settings: Ray refuses others
+            _system_config=None if options.address or os.environ.get("RAY_ADDRESS") else LOCAL_RAY_CONFIG,
         )
     cpus = ray.cluster_resources().get("CPU", 0)
     if options.workers > cpus:  # each env worker reserves a CPU: the extra ones would never start

@@ -1,16 +1,23 @@
 """Where a run's fixed cost goes: Ray's start and stop, start-up imports, one LIBERO env build.
 
-    python scripts/bench_startup.py [--repeats 3] [--no-libero] [--out results/bench]
+    python scripts/bench_startup.py [--repeats 3] [--ray-repeats 8] [--no-libero] [--out results/bench]
 
 Every measurement runs in a fresh interpreter (a user's run pays each cost once per process):
 1. Ray as the runner uses it: a local cluster, two 1-CPU actors answering once, then the stop,
-   the old way and the runner's, alternated: plain `ray.shutdown()` vs
-   `evalsuite.runner._stop_local_ray` (Ray's autoscaler monitor stopped first).
+   the old way and the runner's, alternated (`--ray-repeats` each): Ray's defaults and a plain
+   `ray.shutdown()` vs `evalsuite.runner.LOCAL_RAY_CONFIG` and `_stop_local_ray` (Ray's
+   autoscaler monitor stopped first). Each start also reports, from the raylet's log, how long
+   the raylet waited to connect to its own object store (1 s when its first try misses, with
+   Ray's default retry interval).
 2. Imports: what a run's start-up imports now (the CLI, the suite registry, run.json's host info),
    and what it imported before for nothing: torch (run.json's GPU list), matplotlib (the
-   nightly/compare commands), scipy.spatial (SimplerEnv's adapter, through the registry). Each is
-   timed after numpy, which every run imports anyway.
-3. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
+   nightly/compare commands), scipy.spatial (SimplerEnv's adapter, through the registry); and
+   what the tables' Wilson intervals import at the end of a run, now (scipy.stats) and before
+   (statsmodels). Each is timed after numpy, which every run imports anyway.
+3. The interpreter's exit after a run's imports (Ray, pandas, scipy.stats), with and without
+   `gc.freeze()` first (what `evalsuite.cli.console_main` does), alternated: from the last
+   statement to the process's end, as the parent sees it.
+4. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
    without the package): robosuite's XML compile, the GL context, the renders, numba's first
    dispatch, the rest.
 Writes startup.json to --out. The whole-command comparison with vla-eval is
@@ -27,27 +34,37 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 RAY_LIFECYCLE = """
-import json, logging, sys, time
+import datetime, json, logging, os, re, sys, time
 import ray
-from evalsuite.runner import _stop_local_ray
+from evalsuite.runner import LOCAL_RAY_CONFIG, _stop_local_ray
+now = sys.argv[1] == "now"
 t0 = time.perf_counter()
-ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+         _system_config=LOCAL_RAY_CONFIG if now else None)
 t1 = time.perf_counter()
 Worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1}))
 workers = [Worker.remote() for _ in range(2)]
 ray.get([w.ping.remote() for w in workers])
 t2 = time.perf_counter()
-if sys.argv[1] == "monitor_first":
+raylet_log = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "raylet.out")
+if now:
     _stop_local_ray(ray)
 else:
     ray.shutdown()
 t3 = time.perf_counter()
-print(json.dumps({"init_s": t1 - t0, "actors_s": t2 - t1, "stop_s": t3 - t2}))
+def logged_at(line_part):
+    for line in open(raylet_log):
+        if line_part in line:
+            stamp = re.match(r"\\[(\\S+ \\S+) ", line).group(1)
+            return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+gap = logged_at("ObjectManager server started") - logged_at("Plasma store debug dump")
+print(json.dumps({"init_s": t1 - t0, "actors_s": t2 - t1, "stop_s": t3 - t2, "store_connect_s": gap}))
 """
 
 IMPORT_TIME = """
@@ -62,13 +79,22 @@ IMPORTS = {
     "now: evalsuite.cli + suite registry": "from evalsuite.cli import main\n"
     "from evalsuite.suites import registry\nregistry()",
     "now: run.json host info (nvidia-smi)": "from evalsuite.manifest import host_info\nhost_info()",
-    "now: statsmodels for the tables' Wilson intervals (at the end)": "import pandas\n"
-    "from statsmodels.stats.proportion import proportion_confint",
+    "now, at the end: scipy.stats for the tables' Wilson intervals": "from scipy.stats import binomtest",
+    "before, at the end: statsmodels for the tables' Wilson intervals": "from statsmodels.stats.proportion "
+    "import proportion_confint",
     "before: torch for run.json's GPU list": "import torch\ntorch.cuda.is_available()",
     "before: matplotlib.pyplot (nightly/compare)": "import matplotlib\nmatplotlib.use('Agg')\n"
     "import matplotlib.pyplot",
     "before: scipy.spatial.transform (SimplerEnv's adapter)": "from scipy.spatial.transform import Rotation",
 }
+
+EXIT = """
+import gc, sys, time
+import pandas, ray, scipy.stats
+if sys.argv[1] == "freeze":
+    gc.freeze()
+print(time.time(), flush=True)
+"""
 
 LIBERO_BUILD = """
 import cProfile, json, pstats, time
@@ -106,6 +132,15 @@ def run_child(program: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def exit_seconds(mode: str) -> float:
+    """From the child's last statement (it prints the time) to its end, as the parent sees it."""
+    done = subprocess.run([sys.executable, "-c", EXIT, mode], capture_output=True, text=True, cwd=ROOT)
+    ended = time.time()
+    if done.returncode != 0:
+        raise RuntimeError(f"child failed ({done.returncode}): {done.stderr[-2000:]}")
+    return ended - float(done.stdout.strip().splitlines()[-1])
+
+
 def summary(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "runs": [round(v, 3) for v in values]}
 
@@ -115,14 +150,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray-repeats", type=int, default=8, help="Ray starts of each kind")
     parser.add_argument("--no-libero", action="store_true", help="skip the LIBERO env build")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()
 
-    ray_runs: dict[str, list[dict]] = {"plain_shutdown": [], "monitor_first": []}
-    for i in range(args.repeats):
-        order = ["plain_shutdown", "monitor_first"] if i % 2 == 0 else ["monitor_first", "plain_shutdown"]
-        for mode in order:
+    ray_runs: dict[str, list[dict]] = {"before": [], "now": []}
+    for i in range(args.ray_repeats):
+        for mode in ["before", "now"] if i % 2 == 0 else ["now", "before"]:
             ray_runs[mode].append(run_child(RAY_LIFECYCLE, mode))
             print(f"ray {mode}: {ray_runs[mode][-1]}", flush=True)
     ray_result = {
@@ -133,6 +168,13 @@ def main() -> int:
     for name, code in IMPORTS.items():
         imports[name] = summary([run_child(IMPORT_TIME, code)["s"] for _ in range(args.repeats)])
         print(f"{name}: {imports[name]['median']} s", flush=True)
+
+    exits: dict[str, list[float]] = {"plain": [], "freeze": []}
+    for i in range(args.repeats):
+        for mode in ["plain", "freeze"] if i % 2 == 0 else ["freeze", "plain"]:
+            exits[mode].append(exit_seconds(mode))
+    exit_result = {mode: summary(values) for mode, values in exits.items()}
+    print(f"exit: {exit_result}", flush=True)
 
     libero = None
     if not args.no_libero:
@@ -153,6 +195,7 @@ def main() -> int:
         },
         "ray_lifecycle_s": ray_result,
         "imports_s": imports,
+        "exit_after_a_run_s": exit_result,
         "libero_first_build_s": libero,
     }
     args.out.mkdir(parents=True, exist_ok=True)

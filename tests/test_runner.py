@@ -171,6 +171,41 @@ def test_a_run_on_a_two_node_ray_cluster(toy_suites, tmp_path, monkeypatch):
     assert len(list(pids.iterdir())) == 2
 
 
+@pytest.mark.parametrize("cluster", ["started by the run", "joined through RAY_ADDRESS"])
+def test_the_runners_ray_settings_reach_the_cluster_it_starts_and_no_other(
+    toy_suites, tmp_path, monkeypatch, cluster
+):
+    """LOCAL_RAY_CONFIG (100 ms instead of 1 s between the raylet's tries to reach its object store,
+    scripts/bench_startup.py) is what the policy server's Ray process runs with when the run starts
+    the cluster; a cluster it joins keeps Ray's default (and Ray refuses settings from a joining
+    driver, so the run would fail if the runner passed them)."""
+    from ray.cluster_utils import Cluster
+
+    from evalsuite.runner import LOCAL_RAY_CONFIG
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv("ASYNCVLA_TEST_PID_DIR", str(seen))
+    head = None
+    if cluster == "joined through RAY_ADDRESS":
+        head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        monkeypatch.setenv("RAY_ADDRESS", head.address)
+    try:
+        config = EvalConfig(
+            suites=[toy_suites("toy")],
+            policy=PolicySpec(kind="import", factory="user_policy:RayConfigPolicy"),
+            out=tmp_path / "run",
+            options=RunOptions(workers=1, video="none"),
+        )
+        summary = evaluate(config, show_progress=False)
+    finally:
+        if head is not None:
+            head.shutdown()
+    assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
+    interval = LOCAL_RAY_CONFIG["raylet_client_connect_timeout_milliseconds"] if head is None else 1000
+    assert [p.name for p in seen.iterdir()] == [str(interval)]
+
+
 @pytest.mark.parametrize("monitor_api", ["present", "missing"])
 def test_a_run_leaves_no_ray_process_behind(toy_suites, tmp_path, monkeypatch, monitor_api):
     """The runner stops Ray's autoscaler monitor itself before `ray.shutdown()` (1 s less per run,
