@@ -11,9 +11,11 @@ written so far stays in the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -249,16 +251,19 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
     from evalsuite.policy_server import start_policy_server
 
+    _await_ray_stop()  # the previous run's, in this process
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(
-            address=options.address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            # a cluster joined (--address, RAY_ADDRESS) keeps its own settings: Ray refuses others
-            _system_config=None if options.address or os.environ.get("RAY_ADDRESS") else LOCAL_RAY_CONFIG,
-        )
+        joins = bool(options.address or os.environ.get("RAY_ADDRESS"))
+        with contextlib.nullcontext() if joins else _node_registration_polled_finely(ray):
+            ray.init(
+                address=options.address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                # a cluster joined keeps its own settings: Ray refuses others from a joining driver
+                _system_config=None if joins else LOCAL_RAY_CONFIG,
+            )
     cpus = ray.cluster_resources().get("CPU", 0)
     if options.workers > cpus:  # each env worker reserves a CPU: the extra ones would never start
         if started_here:
@@ -383,8 +388,60 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         for server in servers:
             ray.kill(server, no_restart=True)
         if started_here:
-            _stop_local_ray(ray)
+            _stop_ray_beside_the_tables(ray)
     return records
+
+
+@contextlib.contextmanager
+def _node_registration_polled_finely(ray):
+    """While a local cluster starts: Ray asks the GCS for its new raylet once, then once a second
+    (a fixed sleep in its C++ `GlobalStateAccessor::GetNode`), and the raylet registers about
+    0.95 s after the first ask, once its agents have booted: a start a little slower than that
+    waits a whole extra second (1 start in 4 to 1 in 2 on 2 loaded cores; scripts/bench_startup.py).
+    Ray's own wait (`ray._private.services.get_node`, not public API) is therefore preceded by one
+    that asks every 20 ms with the GCS client Ray's services use; Ray's then finds the node at its
+    first ask. Any error in ours, or another Ray without that function, leaves Ray's as it was."""
+    services = ray._private.services
+    rays_wait = getattr(services, "get_node", None)
+    if rays_wait is None:
+        yield
+        return
+
+    def get_node(gcs_address, node_id, *args, **kwargs):
+        try:
+            gcs = ray._raylet.GcsClient(address=gcs_address)
+            deadline = time.monotonic() + 10  # then Ray's own wait, with its own 30 s
+            while time.monotonic() < deadline:
+                if any(node.hex() == node_id for node in gcs.get_all_node_info(timeout=1)):
+                    break
+                time.sleep(0.02)
+        except Exception as e:  # Ray's wait below still waits, a second at a time
+            log.debug("could not poll the GCS for the raylet: %s", e)
+        return rays_wait(gcs_address, node_id, *args, **kwargs)
+
+    services.get_node = get_node
+    try:
+        yield
+    finally:
+        services.get_node = rays_wait
+
+
+_ray_stopping: threading.Thread | None = None  # the last run's Ray stop, while under way
+
+
+def _stop_ray_beside_the_tables(ray) -> None:
+    """The end of a run: `_stop_local_ray` waits for Ray's processes to exit (0.1-0.4 s,
+    scripts/bench_startup.py), while nothing after the episodes needs Ray; so it runs on a thread
+    while the tables are made. Not a daemon: the interpreter waits for it before exiting, and the
+    next run in this process waits for it before its own `ray.init()` (`_await_ray_stop`)."""
+    global _ray_stopping
+    _ray_stopping = threading.Thread(target=_stop_local_ray, args=(ray,), name="ray-stop")
+    _ray_stopping.start()
+
+
+def _await_ray_stop() -> None:
+    if _ray_stopping is not None:
+        _ray_stopping.join()
 
 
 def _stop_local_ray(ray) -> None:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from evalsuite.evaluate import EvalConfig, evaluate
+from evalsuite.plan import plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.runner import RunOptions
 
@@ -204,6 +205,69 @@ def test_the_runners_ray_settings_reach_the_cluster_it_starts_and_no_other(
     assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
     interval = LOCAL_RAY_CONFIG["raylet_client_connect_timeout_milliseconds"] if head is None else 1000
     assert [p.name for p in seen.iterdir()] == [str(interval)]
+
+
+@pytest.mark.parametrize("gcs_client", ["works", "fails"])
+def test_rays_own_wait_for_the_raylet_first_asks_when_it_has_registered(
+    toy_suites, tmp_path, monkeypatch, gcs_client
+):
+    """Ray's wait for its new raylet sleeps a second between asks; the runner's finer wait comes
+    first, so Ray's first ask already finds the node (without it, Ray asks 0.1 s after launching the
+    raylet, which registers about 0.95 s later). If the GCS client the runner polls with fails,
+    Ray's own wait still starts the cluster."""
+    import ray
+    from ray._private import services
+
+    rays_wait, gcs_client_class = services.get_node, ray._raylet.GcsClient
+    asked_when_registered = []
+
+    def recording_wait(gcs_address, node_id, *args, **kwargs):
+        nodes = gcs_client_class(address=gcs_address).get_all_node_info(timeout=5)
+        asked_when_registered.append(any(node.hex() == node_id for node in nodes))
+        return rays_wait(gcs_address, node_id, *args, **kwargs)
+
+    monkeypatch.setattr(services, "get_node", recording_wait)
+    if gcs_client == "fails":
+
+        class FailingClient(gcs_client_class):
+            def get_all_node_info(self, *args, **kwargs):
+                raise RuntimeError("GCS unreachable")
+
+        monkeypatch.setattr(ray._raylet, "GcsClient", FailingClient)  # what the runner's poll uses
+    summary = evaluate(_config(toy_suites("toy"), tmp_path / "run", workers=1), show_progress=False)
+    assert len(summary.records) == 12 and all(r.error is None for r in summary.records)
+    assert services.get_node is recording_wait  # the runner put Ray's wait back
+    if gcs_client == "works":
+        assert asked_when_registered == [True]
+    else:
+        assert asked_when_registered[0] is False and len(asked_when_registered) == 1
+
+
+def test_back_to_back_runs_in_one_process_each_start_their_own_cluster(toy_suites):
+    """A run stops its Ray cluster on a thread while the tables are made; the next run in the same
+    process waits for that stop before `ray.init()` instead of joining a cluster that is going away."""
+    import ray
+
+    from evalsuite import runner
+    from evalsuite.runner import VideoSlots, run_plan
+
+    suite = toy_suites("toy")
+    plan = plan_episodes([suite], "asyncvla", seed=0, episodes_per_task=1)
+    results = []
+    for _ in range(2):
+        kept: list = []
+        run_plan(
+            plan,
+            {suite.name: suite},
+            PolicySpec(kind="random", expert_factory=suite.expert_factory),
+            RunOptions(workers=1, video="none"),
+            lambda record, video, kept=kept: kept.append(record) or record,
+            VideoSlots("none", {}),
+        )
+        results.append(sorted((r.episode_id, r.success, r.steps) for r in kept))
+    runner._await_ray_stop()
+    assert not ray.is_initialized()
+    assert results[0] == results[1] and len(results[0]) == len(plan)
 
 
 @pytest.mark.parametrize("monitor_api", ["present", "missing"])
