@@ -41,8 +41,8 @@ FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError)
 IN_WORKER_POLICIES = ("scripted", "random", "remote")
 # Ray's settings for a cluster a run starts on its own machine. The raylet connects to its object
 # store, which another of its threads is still creating, and a missed connect sleeps
-# `raylet_client_connect_timeout_milliseconds` (1 s by default) before retrying: in about 1 start of
-# 3 here, a whole second before the workers could start. 100 ms between 100 attempts keeps Ray's 10 s
+# `raylet_client_connect_timeout_milliseconds` (1 s by default) before retrying: in 2 starts of 8
+# here, a whole second before the workers could start. 100 ms between 100 attempts keeps Ray's 10 s
 # budget (scripts/bench_startup.py measures the start both ways).
 LOCAL_RAY_CONFIG = {
     "raylet_client_connect_timeout_milliseconds": 100,
@@ -397,7 +397,7 @@ def _node_registration_polled_finely(ray):
     """While a local cluster starts: Ray asks the GCS for its new raylet once, then once a second
     (a fixed sleep in its C++ `GlobalStateAccessor::GetNode`), and the raylet registers about
     0.95 s after the first ask, once its agents have booted: a start a little slower than that
-    waits a whole extra second (1 start in 4 to 1 in 2 on 2 loaded cores; scripts/bench_startup.py).
+    waits a whole extra second (6 starts of 8 on this loaded 2-core machine; scripts/bench_startup.py).
     Ray's own wait (`ray._private.services.get_node`, not public API) is therefore preceded by one
     that asks every 20 ms with the GCS client Ray's services use; Ray's then finds the node at its
     first ask. Any error in ours, or another Ray without that function, leaves Ray's as it was."""

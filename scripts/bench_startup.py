@@ -5,10 +5,12 @@
 Every measurement runs in a fresh interpreter (a user's run pays each cost once per process):
 1. Ray as the runner uses it: a local cluster, two 1-CPU actors answering once, then the stop,
    the old way and the runner's, alternated (`--ray-repeats` each): Ray's defaults and a plain
-   `ray.shutdown()` vs `evalsuite.runner.LOCAL_RAY_CONFIG` and `_stop_local_ray` (Ray's
-   autoscaler monitor stopped first). Each start also reports, from the raylet's log, how long
-   the raylet waited to connect to its own object store (1 s when its first try misses, with
-   Ray's default retry interval).
+   `ray.shutdown()` vs the runner's start (`LOCAL_RAY_CONFIG`, the raylet's registration polled
+   every 20 ms by `_node_registration_polled_finely`) and `_stop_local_ray` (Ray's autoscaler
+   monitor stopped first; a run does this on a thread beside its tables). Each start also
+   reports, from the raylet's log, how long the raylet waited to connect to its own object store
+   (1 s when its first try misses, with Ray's default retry interval). Ray's own wait for the
+   raylet asks once a second, so the old way's init times fall into two groups a second apart.
 2. Imports: what a run's start-up imports now (the CLI, the suite registry, run.json's host info),
    and what it imported before for nothing: torch (run.json's GPU list), matplotlib (the
    nightly/compare commands), scipy.spatial (SimplerEnv's adapter, through the registry); and
@@ -42,11 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY_LIFECYCLE = """
 import datetime, json, logging, os, re, sys, time
 import ray
-from evalsuite.runner import LOCAL_RAY_CONFIG, _stop_local_ray
+import contextlib
+from evalsuite.runner import LOCAL_RAY_CONFIG, _node_registration_polled_finely, _stop_local_ray
 now = sys.argv[1] == "now"
 t0 = time.perf_counter()
-ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-         _system_config=LOCAL_RAY_CONFIG if now else None)
+with _node_registration_polled_finely(ray) if now else contextlib.nullcontext():
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             _system_config=LOCAL_RAY_CONFIG if now else None)
 t1 = time.perf_counter()
 Worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1}))
 workers = [Worker.remote() for _ in range(2)]
