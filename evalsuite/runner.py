@@ -15,7 +15,6 @@ import contextlib
 import heapq
 import logging
 import os
-import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -251,7 +250,6 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
     from evalsuite.policy_server import start_policy_server
 
-    _await_ray_stop()  # the previous run's, in this process
     started_here = not ray.is_initialized()
     if started_here:
         joins = bool(options.address or os.environ.get("RAY_ADDRESS"))
@@ -388,7 +386,7 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         for server in servers:
             ray.kill(server, no_restart=True)
         if started_here:
-            _stop_ray_beside_the_tables(ray)
+            _stop_local_ray(ray)
     return records
 
 
@@ -424,24 +422,6 @@ def _node_registration_polled_finely(ray):
         yield
     finally:
         services.get_node = rays_wait
-
-
-_ray_stopping: threading.Thread | None = None  # the last run's Ray stop, while under way
-
-
-def _stop_ray_beside_the_tables(ray) -> None:
-    """The end of a run: `_stop_local_ray` waits for Ray's processes to exit (0.1-0.4 s,
-    scripts/bench_startup.py), while nothing after the episodes needs Ray; so it runs on a thread
-    while the tables are made. Not a daemon: the interpreter waits for it before exiting, and the
-    next run in this process waits for it before its own `ray.init()` (`_await_ray_stop`)."""
-    global _ray_stopping
-    _ray_stopping = threading.Thread(target=_stop_local_ray, args=(ray,), name="ray-stop")
-    _ray_stopping.start()
-
-
-def _await_ray_stop() -> None:
-    if _ray_stopping is not None:
-        _ray_stopping.join()
 
 
 def _stop_local_ray(ray) -> None:

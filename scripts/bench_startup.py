@@ -7,7 +7,7 @@ Every measurement runs in a fresh interpreter (a user's run pays each cost once 
    the old way and the runner's, alternated (`--ray-repeats` each): Ray's defaults and a plain
    `ray.shutdown()` vs the runner's start (`LOCAL_RAY_CONFIG`, the raylet's registration polled
    every 20 ms by `_node_registration_polled_finely`) and `_stop_local_ray` (Ray's autoscaler
-   monitor stopped first; a run does this on a thread beside its tables). Each start also
+   monitor stopped first). Each start also
    reports, from the raylet's log, how long the raylet waited to connect to its own object store
    (1 s when its first try misses, with Ray's default retry interval). Ray's own wait for the
    raylet asks once a second, so the old way's init times fall into two groups a second apart.

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from evalsuite.evaluate import EvalConfig, evaluate
-from evalsuite.plan import plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.runner import RunOptions
 
@@ -241,33 +240,6 @@ def test_rays_own_wait_for_the_raylet_first_asks_when_it_has_registered(
         assert asked_when_registered == [True]
     else:
         assert asked_when_registered[0] is False and len(asked_when_registered) == 1
-
-
-def test_back_to_back_runs_in_one_process_each_start_their_own_cluster(toy_suites):
-    """A run stops its Ray cluster on a thread while the tables are made; the next run in the same
-    process waits for that stop before `ray.init()` instead of joining a cluster that is going away."""
-    import ray
-
-    from evalsuite import runner
-    from evalsuite.runner import VideoSlots, run_plan
-
-    suite = toy_suites("toy")
-    plan = plan_episodes([suite], "asyncvla", seed=0, episodes_per_task=1)
-    results = []
-    for _ in range(2):
-        kept: list = []
-        run_plan(
-            plan,
-            {suite.name: suite},
-            PolicySpec(kind="random", expert_factory=suite.expert_factory),
-            RunOptions(workers=1, video="none"),
-            lambda record, video, kept=kept: kept.append(record) or record,
-            VideoSlots("none", {}),
-        )
-        results.append(sorted((r.episode_id, r.success, r.steps) for r in kept))
-    runner._await_ray_stop()
-    assert not ray.is_initialized()
-    assert results[0] == results[1] and len(results[0]) == len(plan)
 
 
 @pytest.mark.parametrize("monitor_api", ["present", "missing"])
