@@ -22,7 +22,14 @@ from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
 from evalsuite.store import RunStore
 from evalsuite.suites.spec import SuiteSpec, import_object
-from evalsuite.tables import build_tables, protocol_header, records_frame, render_tables, write_tables
+from evalsuite.tables import (
+    build_tables,
+    prefetch_table_imports,
+    protocol_header,
+    records_frame,
+    render_tables,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +136,18 @@ def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dic
     videos = VideoSlots(config.options.video, done)
     specs = {spec.id: spec for spec in plan}
 
+    stored = 0
+
     def sink(record: EpisodeRecord, video: bytes | None) -> EpisodeRecord:
+        nonlocal stored
         if video is not None and videos.keep(record):
             record.video = store.write_video(
                 video_name(specs[record.episode_id], bool(record.success)), video
             )
         store.append(record)
+        stored += 1
+        if stored == len(todo):  # the last episode: the tables' imports overlap Ray's stop
+            prefetch_table_imports()
         return record
 
     start = time.perf_counter()
