@@ -441,7 +441,7 @@ def console_main() -> int:
     """The `asyncvla-eval` command: `main`, then the objects it leaves are frozen out of the
     interpreter's last garbage collection (`gc.freeze`). That collection walks everything a run
     imported (Ray, pandas, scipy) looking for cycles to free in a process that is ending anyway:
-    0.4 s of every run (scripts/bench_startup.py). Files are closed and Ray is stopped before
+    0.3-0.4 s of every run (scripts/bench_startup.py). Files are closed and Ray is stopped before
     `main` returns, and atexit handlers still run. Not for `main` called in-process (tests)."""
     code = main()
     gc.freeze()

@@ -395,7 +395,7 @@ def _node_registration_polled_finely(ray):
     """While a local cluster starts: Ray asks the GCS for its new raylet once, then once a second
     (a fixed sleep in its C++ `GlobalStateAccessor::GetNode`), and the raylet registers about
     0.95 s after the first ask, once its agents have booted: a start a little slower than that
-    waits a whole extra second (6 starts of 8 on this loaded 2-core machine; scripts/bench_startup.py).
+    waits a whole extra second (3 starts of 8 here, 6 on a loaded machine; scripts/bench_startup.py).
     Ray's own wait (`ray._private.services.get_node`, not public API) is therefore preceded by one
     that asks every 20 ms with the GCS client Ray's services use; Ray's then finds the node at its
     first ask. Any error in ours, or another Ray without that function, leaves Ray's as it was."""

@@ -20,7 +20,7 @@ from evalsuite.suites.spec import SuiteSpec, import_object
 
 
 def prefetch_table_imports() -> threading.Thread:
-    """Import what the tables need (scipy.stats, 0.55 s) on a thread, while the driver waits on
+    """Import what the tables need (scipy.stats, 0.6 s) on a thread, while the driver waits on
     something else: the runner stopping Ray after the last episode (0.1-0.4 s). A later import of
     the same module waits for this one to finish instead of starting over (Python's import lock).
     Not a daemon: a process that ends before its tables lets the import finish rather than

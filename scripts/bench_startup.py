@@ -16,10 +16,14 @@ Every measurement runs in a fresh interpreter (a user's run pays each cost once 
    nightly/compare commands), scipy.spatial (SimplerEnv's adapter, through the registry); and
    what the tables' Wilson intervals import at the end of a run, now (scipy.stats) and before
    (statsmodels). Each is timed after numpy, which every run imports anyway.
-3. The interpreter's exit after a run's imports (Ray, pandas, scipy.stats), with and without
+3. The end of a run, from its last episode to its tables' statistics imported: Ray's stop
+   (`_stop_local_ray`) then `import scipy.stats`, vs the same with that import started first on
+   a thread (`evalsuite.tables.prefetch_table_imports`, what a run does), alternated
+   (`--ray-repeats` each).
+4. The interpreter's exit after a run's imports (Ray, pandas, scipy.stats), with and without
    `gc.freeze()` first (what `evalsuite.cli.console_main` does), alternated: from the last
    statement to the process's end, as the parent sees it.
-4. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
+5. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
    without the package): robosuite's XML compile, the GL context, the renders, numba's first
    dispatch, the rest.
 Writes startup.json to --out. The whole-command comparison with vla-eval is
@@ -91,6 +95,26 @@ IMPORTS = {
     "import matplotlib.pyplot",
     "before: scipy.spatial.transform (SimplerEnv's adapter)": "from scipy.spatial.transform import Rotation",
 }
+
+END_OF_RUN = """
+import json, logging, sys, time
+import ray
+from evalsuite.runner import LOCAL_RAY_CONFIG, _stop_local_ray
+from evalsuite.tables import prefetch_table_imports
+ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+         _system_config=LOCAL_RAY_CONFIG)
+Worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1}))
+workers = [Worker.remote() for _ in range(2)]
+ray.get([w.ping.remote() for w in workers])
+t0 = time.perf_counter()
+if sys.argv[1] == "overlapped":
+    prefetch_table_imports()
+for w in workers:
+    ray.kill(w, no_restart=True)
+_stop_local_ray(ray)
+import scipy.stats
+print(json.dumps({"s": time.perf_counter() - t0}))
+"""
 
 EXIT = """
 import gc, sys, time
@@ -173,6 +197,13 @@ def main() -> int:
         imports[name] = summary([run_child(IMPORT_TIME, code)["s"] for _ in range(args.repeats)])
         print(f"{name}: {imports[name]['median']} s", flush=True)
 
+    ends: dict[str, list[float]] = {"sequential": [], "overlapped": []}
+    for i in range(args.ray_repeats):
+        for mode in ["sequential", "overlapped"] if i % 2 == 0 else ["overlapped", "sequential"]:
+            ends[mode].append(run_child(END_OF_RUN, mode)["s"])
+    end_result = {mode: summary(values) for mode, values in ends.items()}
+    print(f"end of a run: {end_result}", flush=True)
+
     exits: dict[str, list[float]] = {"plain": [], "freeze": []}
     for i in range(args.repeats):
         for mode in ["plain", "freeze"] if i % 2 == 0 else ["freeze", "plain"]:
@@ -199,6 +230,7 @@ def main() -> int:
         },
         "ray_lifecycle_s": ray_result,
         "imports_s": imports,
+        "end_of_run_stop_and_statistics_import_s": end_result,
         "exit_after_a_run_s": exit_result,
         "libero_first_build_s": libero,
     }

@@ -138,7 +138,7 @@ def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(caps
 
 def test_the_command_freezes_what_a_run_leaves_out_of_the_last_garbage_collection(monkeypatch, capsys):
     """`asyncvla-eval` is `console_main`: `main`, then `gc.freeze()`, so the interpreter's exit does
-    not walk every object the run imported (0.34 -> 0.06 s, scripts/bench_startup.py). Tests call
+    not walk every object the run imported (0.32 -> 0.06 s, scripts/bench_startup.py). Tests call
     `main`, which must not freeze (a test session would keep every cycle it makes)."""
     import gc
     from importlib.metadata import entry_points
