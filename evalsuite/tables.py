@@ -39,8 +39,8 @@ def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float,
     """Wilson score interval (95 % by default); (0, 1) when there is no episode to judge by."""
     if n == 0:
         return 0.0, 1.0
-    # scipy's and not statsmodels' (the same interval to 1e-15): its import is 0.2 s lighter, and it
-    # is paid at the end of every run (scripts/bench_startup.py); imported here, once tables are made.
+    # scipy's and not statsmodels' (the same interval: tests/test_tables.py): its import is 0.2 s
+    # lighter, and it is paid at the end of every run (scripts/bench_startup.py); imported here.
     from scipy.stats import binomtest
 
     interval = binomtest(successes, n).proportion_ci(confidence_level=1 - alpha, method="wilson")

@@ -23,6 +23,17 @@ def test_wilson_interval_matches_the_formula(k, n):
     assert lo == pytest.approx(exp_lo, abs=1e-12) and hi == pytest.approx(exp_hi, abs=1e-12)
 
 
+def test_wilson_interval_is_the_one_statsmodels_gives():
+    """The tables took their intervals from statsmodels before scipy (a lighter import): every
+    k of every n up to 60 gives the same interval."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    for n in range(1, 61):
+        for k in range(n + 1):
+            expected = proportion_confint(k, n, alpha=0.05, method="wilson")
+            assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-12)
+
+
 def test_wilson_interval_known_values():
     # 0/10: the textbook upper bound 0.2775; 10/10 mirrors it
     assert wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
