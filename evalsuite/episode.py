@@ -2,7 +2,8 @@
 
 Shared by the inline loop and the Ray env workers, so both produce identical records.
 Rendering is requested only on steps whose images are used: the step before the policy is asked
-for its next chunk, and every step of an episode whose video is being recorded.
+for its next chunk, and every step of an episode whose video is being recorded (whose frames an
+env such as the tabletop's takes from the observation's images rather than rendering again).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def run_episode(
             policy_calls += 1
         action = queue.pop(0)
         need_images = not queue and steps + 1 < budget  # the next step asks the policy again
-        obs, done, success, info = env.step(action, render=need_images)
+        # a recorded step renders once: render_frame() reuses the observation's images where the env can
+        obs, done, success, info = env.step(action, render=need_images or record_video)
         steps += 1
         if record_video:
             frames.append(env.render_frame())

@@ -108,6 +108,7 @@ class TabletopEnv:
         self._finger_geoms = {m.geom("finger_left").id, m.geom("finger_right").id}
         self._block_geom = {b: m.geom(b).id for b in BLOCKS}
         self._renderer = None
+        self._last_images: dict[str, np.ndarray] = {}
         self.task: Task | None = None
 
     # -- episode -------------------------------------------------------------------------------
@@ -233,7 +234,8 @@ class TabletopEnv:
         eef_quat = d.xquat[self._hand].copy()
         fingers = np.array([d.qpos[a] for a in self._finger_qpos])
         state = np.concatenate([eef_pos, quat_to_axis_angle(eef_quat), fingers]).astype(np.float32)
-        images = {c: self._render(c) for c in self.cameras} if render else {}
+        images = self._render_cameras() if render else {}
+        self._last_images = images  # this state's images, for render_frame(); {} when not rendered
         poses = {
             b: np.concatenate([d.xpos[self._block_body[b]], d.xquat[self._block_body[b]]]) for b in BLOCKS
         }
@@ -255,21 +257,53 @@ class TabletopEnv:
         }
         return Observation(images, state, self.task.instruction, privileged)
 
-    def _render(self, camera: str) -> np.ndarray:
+    def _render_cameras(self) -> dict[str, np.ndarray]:
+        """Every camera in one pass: each into its own viewport of one offscreen buffer, then one
+        `readPixels` (it waits for Mesa to finish drawing: one wait per step instead of one per
+        camera). The images are bit-identical to rendering each camera alone (tested)."""
         if self._renderer is None:
             try:
-                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+                self._renderer = mujoco.Renderer(
+                    self.model, self.image_size, self.image_size * len(self.cameras)
+                )
             except Exception as e:
                 raise SimulatorMissing(
                     f"MuJoCo cannot render offscreen ({type(e).__name__}: {e}); install EGL or OSMesa "
                     "(apt-get install libegl1 libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa"
                 ) from e
-        self._renderer.update_scene(self.data, camera=camera)
-        return self._renderer.render().copy()
+            self._frame = np.empty((self.image_size, self.image_size * len(self.cameras), 3), np.uint8)
+        r, size = self._renderer, self.image_size
+        if r._gl_context:  # what Renderer.render() does first (another renderer may be current)
+            r._gl_context.make_current()
+        for i, camera in enumerate(self.cameras):
+            r.update_scene(self.data, camera=camera)
+            mujoco.mjr_render(mujoco.MjrRect(i * size, 0, size, size), r.scene, r._mjr_context)
+        mujoco.mjr_readPixels(
+            self._frame, None, mujoco.MjrRect(0, 0, size * len(self.cameras), size), r._mjr_context
+        )
+        frame = np.flipud(self._frame)  # OpenGL's rows run bottom-up
+        return {c: frame[:, i * size : (i + 1) * size].copy() for i, c in enumerate(self.cameras)}
 
     def render_frame(self) -> np.ndarray:
-        """The cameras side by side, at the current state (for videos)."""
-        return np.concatenate([self._render(c) for c in self.cameras], axis=1)
+        """The cameras side by side, at the current state (for videos): the last observation's
+        images where that step rendered them (bit-identical, no second render), else a render."""
+        images = self._last_images or self._render_cameras()
+        return np.concatenate([images[c] for c in self.cameras], axis=1)
+
+    @property
+    def render_settings(self) -> dict:
+        """What decides how the images look besides the state: recorded with demonstrations and in
+        a checkpoint's training record, so a model trained on other images is flagged (tested)."""
+        m = self.model
+        shadows = bool(m.light_castshadow.any())
+        return {
+            "scene": SCENE_PATH.name,
+            "shadows": shadows,
+            "shadowsize": int(m.vis.quality.shadowsize) if shadows else 0,
+            "reflection": bool((m.mat_reflectance > 0).any()),
+            "lights": [[round(float(v), 3) for v in m.light_diffuse[i]] for i in range(m.nlight)],
+            "headlight": [round(float(v), 3) for v in (*m.vis.headlight.ambient, *m.vis.headlight.diffuse)],
+        }
 
     def close(self) -> None:
         if self._renderer is not None:
