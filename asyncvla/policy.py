@@ -17,6 +17,7 @@ import torch
 
 from asyncvla.backbone import Preprocessor
 from asyncvla.config import MODES
+from asyncvla.fast import FastSampler
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 
@@ -52,13 +53,17 @@ class AsyncVLAPolicy:
         stats: NormStats,
         mode: str = "asyncvla",
         threshold: float | None = None,
+        fast: bool = True,
     ):
+        """`fast=False` runs the reference path of `asyncvla.model` (debugging, equivalence tests);
+        the fast path (`asyncvla.fast`) computes the same chunks without its per-step host work."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
         threshold = model.cfg.threshold if threshold is None else float(threshold)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold T must lie in (0, 1), got {threshold}")
         self.model = model.eval()
+        self.sampler = FastSampler(model) if fast else model
         self.preprocessor = Preprocessor(model.cfg, tokenizer)
         self.stats = stats
         self.mode = mode
@@ -110,7 +115,16 @@ class AsyncVLAPolicy:
             [o.images for o in observations], [o.instruction for o in observations], np.stack(states)
         )
         generators = [torch.Generator().manual_seed(seed_from_key(k)) for k in keys]
-        return self.model.sample_actions(inputs.to(self.model.device), generators, self.mode, self.threshold)
+        result = self.sampler.sample_actions(
+            inputs.to(self.model.device), generators, self.mode, self.threshold
+        )
+        if result.confidence is not None and not torch.isfinite(result.confidence).all():
+            # NaN never compares below T: no token would be masked and asyncvla would silently run as sfm
+            raise FloatingPointError(
+                "the confidence rater returned NaN or Inf: the checkpoint's rater weights or its inputs "
+                "are not finite; re-export the checkpoint (or run --mode sfm, which does not use the rater)"
+            )
+        return result
 
     def act(self, observations: list[ObservationLike], keys: list[str]) -> np.ndarray:
         """Action chunks, float32 [B, L, action_dim], in the environment's action units."""
@@ -134,9 +148,14 @@ class AsyncVLAPolicy:
 
 
 def load(
-    path: str, mode: str = "asyncvla", threshold: float | None = None, device: str = "cpu"
+    path: str,
+    mode: str = "asyncvla",
+    threshold: float | None = None,
+    device: str = "cpu",
+    fast: bool = True,
 ) -> AsyncVLAPolicy:
-    """A ready policy from a checkpoint directory (bf16 on CUDA, fp32 on CPU)."""
+    """A ready policy from a checkpoint directory (bf16 on CUDA, fp32 on CPU); `fast=False`: the
+    reference inference path."""
     from asyncvla.checkpoint import check_mode, load_checkpoint
 
     if mode not in MODES:
@@ -144,4 +163,4 @@ def load(
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model, tokenizer, stats = load_checkpoint(path, device=device, dtype=dtype)
     check_mode(path, model.training_record, mode)
-    return AsyncVLAPolicy(model, tokenizer, stats, mode=mode, threshold=threshold)
+    return AsyncVLAPolicy(model, tokenizer, stats, mode=mode, threshold=threshold, fast=fast)

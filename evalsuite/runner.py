@@ -15,6 +15,8 @@ import contextlib
 import heapq
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -33,7 +35,9 @@ from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
 
-FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError)
+# FloatingPointError: a model whose outputs are not finite (the AsyncVLA rater's confidence) is so
+# on every episode
+FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError, FloatingPointError)
 # Scripted and random policies cost microseconds and have nothing to batch: a round trip to the
 # policy server would cost more than the policy, so each env worker runs its own copy.
 # A remote policy is a client in each worker: the server at the other end does the batching.
@@ -148,6 +152,33 @@ def _error_record(spec: EpisodeSpec, error: str, attempts: int) -> EpisodeRecord
 
 
 # -- inline ------------------------------------------------------------------------------------
+class EpisodeTimeout(Exception):
+    """An inline episode outlived --episode-timeout (raised into it by SIGALRM)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """--episode-timeout for the inline loop: SIGALRM raises `EpisodeTimeout` into the episode,
+    which is then retried on a fresh simulator like a crashed one (on Ray the worker is killed
+    instead). Python code (a sleeping or looping policy, the env's Python) is interrupted; a call
+    into native code is interrupted when it returns. Signals reach the main thread only: elsewhere
+    (an embedding application's thread) the limit is not applied."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise EpisodeTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
     policy = build_policy(policy_spec)
     envs: dict[str, object] = {}
@@ -159,24 +190,26 @@ def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
                 if spec.suite not in envs:
                     envs[spec.suite] = import_object(suite.env_factory)(**suite.env_kwargs)
                 try:
-                    policy.reset(spec.id)
-                    result = run_episode(
-                        envs[spec.suite],
-                        suite,
-                        spec,
-                        policy.act,
-                        options.replan_steps,
-                        options.max_steps,
-                        record_video=videos.wanted(spec),
-                    )
+                    with _time_limit(options.episode_timeout_s):
+                        policy.reset(spec.id)
+                        result = run_episode(
+                            envs[spec.suite],
+                            suite,
+                            spec,
+                            policy.act,
+                            options.replan_steps,
+                            options.max_steps,
+                            record_video=videos.wanted(spec),
+                        )
                     result.record.attempts = attempt
                     break
                 except FATAL_ERRORS as e:
                     raise RunAborted(str(e)) from e
-                except Exception as e:  # a crashed simulator: start a fresh one and retry
+                except Exception as e:  # a crashed or hung simulator: start a fresh one and retry
                     log.warning("episode %s attempt %d crashed: %s", spec.id, attempt, e)
                     _close_quietly(envs.pop(spec.suite))
-                    result = EpisodeResult(_error_record(spec, _describe(e), attempt))
+                    reason = str(e) if isinstance(e, EpisodeTimeout) else _describe(e)
+                    result = EpisodeResult(_error_record(spec, reason, attempt))
             records.append(sink(result.record, result.video))
             if progress:
                 progress.update(records[-1])
@@ -253,6 +286,11 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
     started_here = not ray.is_initialized()
     if started_here:
         joins = bool(options.address or os.environ.get("RAY_ADDRESS"))
+        sigterm = (
+            signal.getsignal(signal.SIGTERM)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         with contextlib.nullcontext() if joins else _node_registration_polled_finely(ray):
             ray.init(
                 address=options.address,
@@ -262,6 +300,8 @@ def _run_ray(todo, suites, policy_spec, options, sink, videos, progress):
                 # a cluster joined keeps its own settings: Ray refuses others from a joining driver
                 _system_config=None if joins else LOCAL_RAY_CONFIG,
             )
+        if sigterm is not None:  # ray.init installs one that exits mid-run (kills its processes
+            signal.signal(signal.SIGTERM, sigterm)  # under the driver): the caller's handler again
     cpus = ray.cluster_resources().get("CPU", 0)
     if options.workers > cpus:  # each env worker reserves a CPU: the extra ones would never start
         if started_here:

@@ -1,0 +1,197 @@
+"""The fast inference path (asyncvla/fast.py) against the reference path of asyncvla/model.py.
+
+On CPU in float32 the two are bit-identical: the fast path runs the same operations in the same
+order (fused q/k/v and gate/up products give the same dot products). On CUDA (bf16, CUDA graphs,
+batch and prefix padding) the results agree to bf16 precision; those tests skip without a GPU
+and run in scripts/gpu_check.sh.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
+from asyncvla.config import ModelConfig
+from asyncvla.fast import FastSampler, batch_bucket, pad_prefix
+from asyncvla.model import AsyncVLA
+from asyncvla.normalize import NormStats
+from asyncvla.policy import AsyncVLAPolicy
+
+INSTRUCTIONS = [
+    "pick up the red cube",
+    "open the top drawer of the cabinet and stop",
+    "go",
+    "put the green block on the plate",
+]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+
+
+def _gens(n, offset=0):
+    return [torch.Generator().manual_seed(offset + i) for i in range(n)]
+
+
+def _inputs(cfg, tok, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [
+        {c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+        for _ in range(batch)
+    ]
+    instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(batch)]
+    return Preprocessor(cfg, tok)(images, instructions, rng.normal(size=(batch, cfg.state_dim)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig.named("tiny")
+    tok = build_tiny_tokenizer(cfg.text.vocab_size)
+    torch.manual_seed(0)
+    model = AsyncVLA(cfg, tok).eval()
+    return model, tok, FastSampler(model)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("mode", ["asyncvla", "sfm", "random-mask"])
+def test_fast_equals_eager_bit_for_bit(tiny, batch, mode):
+    model, tok, fast = tiny
+    inputs = _inputs(model.cfg, tok, batch)
+    if batch > 1:
+        assert not inputs.valid.all()  # prompts of different lengths: left padding is exercised
+    eager = model.sample_actions(inputs, _gens(batch), mode)
+    quick = fast.sample_actions(inputs, _gens(batch), mode)
+    assert torch.equal(eager.sfm, quick.sfm)
+    assert torch.equal(eager.actions, quick.actions)
+    assert torch.equal(eager.mask, quick.mask)
+    if mode == "asyncvla":
+        assert torch.equal(eager.confidence, quick.confidence)
+    if mode != "sfm":
+        assert 0 < quick.mask.sum() < quick.mask.numel()  # AFM regenerated some tokens, not all
+
+
+@pytest.mark.parametrize("threshold", [1e-9, 1.0 - 1e-9])  # AFM masks no token / every token
+def test_fast_equals_eager_when_afm_masks_none_or_all(tiny, threshold):
+    model, tok, fast = tiny
+    inputs = _inputs(model.cfg, tok, 3)
+    eager = model.sample_actions(inputs, _gens(3), "asyncvla", threshold)
+    quick = fast.sample_actions(inputs, _gens(3), "asyncvla", threshold)
+    assert quick.mask.sum() in (0, quick.mask.numel())
+    assert torch.equal(eager.actions, quick.actions) and torch.equal(eager.mask, quick.mask)
+
+
+def test_paper_style_pipeline_equals_eager(tiny):
+    model, tok, fast = tiny
+    inputs = _inputs(model.cfg, tok, 2)
+    assert torch.equal(
+        model.sample_actions_recompute(inputs, _gens(2)), fast.sample_actions_recompute(inputs, _gens(2))
+    )
+
+
+def test_a_request_batched_with_others_gets_its_chunk_alone(tiny):
+    model, tok, fast = tiny
+    both = fast.sample_actions(_inputs(model.cfg, tok, 3), _gens(3), "asyncvla")
+    # the third observation of that batch, alone (same images, instruction and state)
+    alone_inputs = _inputs(model.cfg, tok, 3)
+    alone_inputs.input_ids, alone_inputs.valid = alone_inputs.input_ids[2:], alone_inputs.valid[2:]
+    alone_inputs.state = alone_inputs.state[2:]
+    patches = alone_inputs.pixel_values.shape[0] // 3
+    alone_inputs.pixel_values = alone_inputs.pixel_values[2 * patches :]
+    alone_inputs.image_grid_thw = alone_inputs.image_grid_thw[2 * len(model.cfg.cameras) :]
+    keep = alone_inputs.valid[0]
+    alone_inputs.input_ids, alone_inputs.valid = alone_inputs.input_ids[:, keep], alone_inputs.valid[:, keep]
+    alone = fast.sample_actions(alone_inputs, _gens(1, offset=2), "asyncvla")
+    assert (alone.actions[0] - both.actions[2]).abs().max().item() < 1e-4
+
+
+def test_policy_runs_the_fast_path_by_default_and_the_reference_on_request(tiny):
+    model, tok, _ = tiny
+    stats = NormStats.identity(model.cfg.state_dim, model.cfg.action_dim)
+    assert isinstance(AsyncVLAPolicy(model, tok, stats).sampler, FastSampler)
+    assert AsyncVLAPolicy(model, tok, stats, fast=False).sampler is model
+
+
+def test_batch_buckets_and_prefix_padding():
+    assert [batch_bucket(b) for b in (1, 2, 3, 5, 8, 9, 16, 17, 40)] == [1, 2, 4, 8, 8, 16, 16, 32, 48]
+    cfg = ModelConfig.named("tiny")
+    tok = build_tiny_tokenizer(cfg.text.vocab_size)
+    torch.manual_seed(0)
+    model = AsyncVLA(cfg, tok).eval()
+    prefix = model.embed_prefix(_inputs(cfg, tok, 3))
+    padded = pad_prefix(prefix, 4, prefix.embeds.shape[1] + 5)
+    assert padded.embeds.shape[:2] == (4, prefix.embeds.shape[1] + 5)
+    assert not padded.valid[:, :5].any() and torch.equal(padded.valid[:3, 5:], prefix.valid)
+    assert torch.equal(padded.embeds[3], padded.embeds[2]) and torch.equal(
+        padded.positions[:, :3, 5:], prefix.positions
+    )
+
+
+def test_the_fast_path_builds_for_the_3b_layout():
+    """The 3B's head layout (16 query heads, 2 key/value heads, head_dim 128, mrope 16:24:24) on the
+    meta device: the fast layer's shapes work out at full size, not only for the tiny model."""
+    cfg = ModelConfig.named("qwen2.5-vl-3b")
+    cfg.text.vocab_size = 512
+    model = AsyncVLA(cfg, build_tiny_tokenizer(512), dtype=torch.bfloat16, device="meta")
+    fast = FastSampler(model, graphs=False)
+    assert (fast.heads, fast.head_dim, len(fast.layers)) == (16, 128, 36)
+    B, P, L, d = 2, 40, cfg.chunk_length, cfg.text.hidden_size
+    state_shape = (B, fast.heads, P + L, fast.head_dim)
+    keys = [torch.zeros(state_shape, dtype=torch.bfloat16, device="meta") for _ in fast.layers]
+    values = [torch.zeros(state_shape, dtype=torch.bfloat16, device="meta") for _ in fast.layers]
+    cos = torch.zeros(B, L, 1, fast.head_dim, dtype=torch.bfloat16, device="meta")
+    mask = torch.zeros(B, 1, L, P + L, dtype=torch.bfloat16, device="meta")
+    x = torch.zeros(B, L, d, dtype=torch.bfloat16, device="meta")
+    out = fast._run_layers(x, keys, values, cos, cos, mask)
+    assert out.shape == (B, L, d)
+
+
+def _scaled_3b(dtype, device):
+    """The 3B configuration's layout at reduced width (as tests/test_model_core.py builds it)."""
+    small = ModelConfig.named("qwen2.5-vl-3b")
+    small.text.hidden_size, small.text.num_layers, small.text.intermediate_size = 256, 2, 688
+    small.text.num_heads, small.text.num_kv_heads = 2, 1  # head_dim 128 as the 3B's
+    small.vision.depth, small.vision.hidden_size, small.vision.intermediate_size = 2, 80, 214
+    small.vision.num_heads, small.vision.fullatt_block_indexes = 1, [1]
+    small.rater.num_heads, small.rater.ffn_size, small.rater.num_layers, small.rater.hidden_size = (
+        4,
+        384,
+        1,
+        192,
+    )
+    small.image_size, small.text.vocab_size = 56, 512
+    small.validate()
+    tok = build_tiny_tokenizer(512)
+    torch.manual_seed(0)
+    return AsyncVLA(small, tok, dtype=dtype, device=device).eval(), tok
+
+
+def test_fast_equals_eager_on_the_3b_layout_at_reduced_width():
+    model, tok = _scaled_3b(torch.float32, "cpu")
+    inputs = _inputs(model.cfg, tok, 3)
+    eager = model.sample_actions(inputs, _gens(3), "random-mask")
+    assert torch.equal(
+        eager.actions, FastSampler(model).sample_actions(inputs, _gens(3), "random-mask").actions
+    )
+
+
+@cuda
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("mode", ["asyncvla", "sfm", "random-mask"])
+def test_cuda_graphs_equal_the_fast_path_without_graphs(batch, mode):
+    """fp32 on the GPU: graphs (batch padded to its bucket, prefix padded to a multiple of 32)
+    against the same fast path run op by op; padding changes only reduction order."""
+    model, tok = _scaled_3b(torch.float32, "cuda")
+    inputs = _inputs(model.cfg, tok, batch).to("cuda")
+    plain = FastSampler(model, graphs=False).sample_actions(inputs, _gens(batch), mode)
+    graphed = FastSampler(model, graphs=True)
+    for _ in range(2):  # the second call replays the captured graph
+        r = graphed.sample_actions(inputs, _gens(batch), mode)
+        assert r.actions.shape == plain.actions.shape
+        assert (r.actions - plain.actions).abs().max().item() < 1e-4
+        assert torch.equal(r.mask, plain.mask) or mode == "asyncvla"  # a confidence at T may flip
+
+
+@cuda
+def test_cuda_bf16_fast_path_is_close_to_eager():
+    model, tok = _scaled_3b(torch.bfloat16, "cuda")
+    inputs = _inputs(model.cfg, tok, 4).to("cuda")
+    eager = model.sample_actions(inputs, _gens(4), "sfm")
+    fast = FastSampler(model).sample_actions(inputs, _gens(4), "sfm")
+    assert (eager.actions - fast.actions).abs().max().item() < 0.05
