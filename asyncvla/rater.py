@@ -40,10 +40,16 @@ class ConfidenceRater(nn.Module):
         self.rate_head = nn.Linear(d, 1)
 
     def forward(self, vl_hidden: torch.Tensor, vl_valid: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """vl_hidden (B, P, d_lm), vl_valid (B, P) bool, actions (B, L, A) normalised -> p (B, L), float32."""
-        dtype = self.action_proj.weight.dtype
-        act = self.action_proj(actions.to(dtype)) + self.action_pos
-        x = torch.cat([self.vl_proj(self.vl_norm(vl_hidden.to(dtype))), act], dim=1)
-        pad = torch.cat([~vl_valid, torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)], dim=1)
-        h = self.layers(x, src_key_padding_mask=pad)
-        return torch.sigmoid(self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float())
+        """vl_hidden (B, P, d_lm), vl_valid (B, P) bool, actions (B, L, A) normalised -> p (B, L), float32.
+
+        Autocast is off in here: under training's bf16 autocast (CUDA) the rater would otherwise
+        run its matrix products in bf16 although its weights and inputs are float32."""
+        with torch.autocast(vl_hidden.device.type, enabled=False):
+            dtype = self.action_proj.weight.dtype
+            act = self.action_proj(actions.to(dtype)) + self.action_pos
+            x = torch.cat([self.vl_proj(self.vl_norm(vl_hidden.to(dtype))), act], dim=1)
+            pad = torch.cat(
+                [~vl_valid, torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)], dim=1
+            )
+            h = self.layers(x, src_key_padding_mask=pad)
+            return torch.sigmoid(self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float())

@@ -69,26 +69,34 @@ def training_record(
     dataset: ChunkDataset,
     data_sha256: str,
     image_size: int,
+    data_info: dict | None = None,
 ) -> dict:
-    """What config.json says of how the checkpoint was trained: the objective, each stage run with
-    its step count, the data (hash, native image size, pauses) and the image size trained at.
+    """What config.json says of how the checkpoint was trained: the objective, the image size the
+    model reads, and per stage its step count and data (hash, native image size, the renderer's
+    settings where the dataset names them, pauses), so a rater trained on other data never
+    replaces what the policy was trained on. The top-level `data_image_size` and `data_render` are
+    the policy stage's (what the policy saw: the harness compares the env's images with them).
     The policy stage starts a record (a policy retrained from scratch drops the rater's); the rater
     stage adds itself to the policy's."""
     record = dict(previous or {}) if (cfg.stage == "rater" or cfg.resume) else {}
+    for key in ("data_sha256", "pause_threshold", "pause_fraction"):  # records before per-stage data
+        record.pop(key, None)
     stages = dict(record.get("stages", {}))
+    frames = next(iter(dataset.episodes[0].images.values()))
+    data = {
+        "data_sha256": data_sha256,
+        "data_image_size": list(frames.shape[1:3]),
+        "data_render": (data_info or {}).get("render"),
+        "pause_threshold": cfg.pause_threshold,
+        "pause_fraction": round(dataset.pause_fraction(), 4),
+    }
     if cfg.stage == "policy":
         stages.pop("rater", None)  # the rater was trained on another policy's SFM actions
-        record["objective"] = cfg.objective
-    stages[cfg.stage] = {"steps": steps}
-    frames = next(iter(dataset.episodes[0].images.values()))
-    record.update(
-        stages=stages,
-        data_sha256=data_sha256,
-        image_size=image_size,
-        data_image_size=list(frames.shape[1:3]),
-        pause_threshold=cfg.pause_threshold,
-        pause_fraction=round(dataset.pause_fraction(), 4),
-    )
+        record.update(
+            objective=cfg.objective, data_image_size=data["data_image_size"], data_render=data["data_render"]
+        )
+    stages[cfg.stage] = {"steps": steps, **data}
+    record.update(stages=stages, image_size=image_size)
     return record
 
 
@@ -256,7 +264,7 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
         if rank != 0:
             return
         model.training_record = training_record(
-            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size
+            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size, info
         )
         save_checkpoint(out, model, tokenizer, stats)
         torch.save(

@@ -40,6 +40,7 @@ class Demo:
     images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
     state: np.ndarray  # (T, S) float32
     action: np.ndarray  # (T, 7) float32
+    render: dict | None = None  # the env's render_settings, where it has them (info.json "render")
 
 
 def _check_suite(suite: SuiteSpec) -> None:
@@ -86,6 +87,7 @@ def record_episode(
             images={c: np.stack(f).astype(np.uint8) for c, f in frames.items()},
             state=np.stack(states).astype(np.float32),
             action=np.stack(actions).astype(np.float32),
+            render=getattr(env, "render_settings", None),
         )
     finally:
         if own_env:
@@ -146,7 +148,7 @@ def record_demos(
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     max_attempts = max(episodes_per_task, int(np.ceil(episodes_per_task * max_attempts_factor)))
 
-    written, counts, cameras, state_dim = 0, {}, None, None
+    written, counts, cameras, state_dim, render = 0, {}, None, None, None
     pool = (
         ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 0 else None
     )  # spawn: a forked GL context is not usable
@@ -168,6 +170,7 @@ def record_demos(
                         continue
                     _write_episode(out / "episodes" / f"{written:06d}.npz", demo)
                     cameras = cameras or sorted(demo.images)
+                    render = render or demo.render
                     state_dim = demo.state.shape[1]
                     kept, written = kept + 1, written + 1
             counts[name] = {"episodes": kept, "tried": tried}
@@ -194,6 +197,7 @@ def record_demos(
         "split": "train",
         "seed": seed,
         "image_size": image_size,
+        "render": render,
         "tasks": counts,
     }
     # written last: a directory without info.json is an interrupted recording

@@ -26,6 +26,9 @@ def test_recorded_dataset_has_the_contract_layout(dataset):
     assert info["cameras"] == ["agentview", "wrist"]
     assert (info["state_dim"], info["action_dim"], info["fps"], info["num_episodes"]) == (8, 7, 20, 1)
     assert info["split"] == "train" and info["tasks"]["push_yellow_right"]["episodes"] == 1
+    env = make_env(image_size=32)
+    assert info["render"] == env.render_settings and "shadows" in info["render"]  # how the images look
+    env.close()
     files = sorted((dataset / "episodes").glob("*.npz"))
     assert [f.name for f in files] == ["000000.npz"]
     with np.load(files[0], allow_pickle=False) as z:

@@ -213,3 +213,24 @@ def test_the_rater_runs_in_float32_in_a_bf16_model():
         hidden, torch.ones(2, 5, dtype=torch.bool), torch.randn(2, cfg.chunk_length, cfg.action_dim)
     )
     assert p.dtype == torch.float32 and p.shape == (2, cfg.chunk_length)
+
+
+def test_the_rater_ignores_bf16_autocast():
+    """Training runs the model under bf16 autocast on CUDA; the rater must still compute in float32
+    (autocast on the CPU changes nn.Linear the same way, so the CPU shows it)."""
+    from asyncvla.config import ModelConfig
+    from asyncvla.rater import ConfidenceRater
+
+    cfg = ModelConfig.named("tiny")
+    torch.manual_seed(0)
+    rater = ConfidenceRater(cfg)
+    args = (
+        torch.randn(2, 5, cfg.text.hidden_size),
+        torch.ones(2, 5, dtype=torch.bool),
+        torch.randn(2, cfg.chunk_length, cfg.action_dim),
+    )
+    reference = rater(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p = rater(*args)
+        assert torch.nn.Linear(4, 4)(torch.randn(1, 4)).dtype == torch.bfloat16  # autocast is on
+    assert torch.equal(p, reference)

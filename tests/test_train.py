@@ -187,17 +187,28 @@ def test_the_checkpoint_records_how_it_was_trained_and_refuses_an_untrained_rate
     ckpt = tmp_path / "ckpt"
     run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=3, objective="sfm"))
     record = read_training_record(ckpt)
-    assert record["objective"] == "sfm" and record["stages"] == {"policy": {"steps": 3}}
-    assert record["data_sha256"] == dataset_sha256(data) and record["image_size"] == 56
-    assert record["data_image_size"] == [56, 56] and record["pause_fraction"] == pytest.approx(0.3)
+    policy = record["stages"]["policy"]
+    assert record["objective"] == "sfm" and list(record["stages"]) == ["policy"] and policy["steps"] == 3
+    assert policy["data_sha256"] == dataset_sha256(data) and record["image_size"] == 56
+    assert policy["data_image_size"] == record["data_image_size"] == [56, 56]
+    assert policy["pause_fraction"] == pytest.approx(0.3) and policy["pause_threshold"] == 1e-4
     with pytest.raises(CheckpointError, match="its rater was never trained.*--stage rater"):
         asyncvla.load(str(ckpt), mode="asyncvla")
     asyncvla.load(str(ckpt), mode="sfm")  # SFM needs no rater
-    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=2, stage="rater"))
-    record = read_training_record(ckpt)
-    assert (
-        record["stages"] == {"policy": {"steps": 3}, "rater": {"steps": 2}} and record["objective"] == "sfm"
+    # the rater stage on other data (another pause threshold) keeps the policy stage's provenance
+    other = write_asyncvla_episodes(
+        tmp_path / "other", [_paused_episode(), _paused_episode()], fps=10, source="t2"
     )
+    cfg = TrainConfig(
+        dataset=str(other), out=str(ckpt), batch_size=4, steps=2, stage="rater", pause_threshold=0
+    )
+    run(cfg)
+    record = read_training_record(ckpt)
+    assert record["objective"] == "sfm" and record["stages"]["policy"] == policy
+    rater = record["stages"]["rater"]
+    assert rater["steps"] == 2 and rater["data_sha256"] == dataset_sha256(other) != policy["data_sha256"]
+    assert rater["pause_threshold"] == 0 and rater["pause_fraction"] == 0
+    assert "data_sha256" not in record and "pause_threshold" not in record  # only per stage
     asyncvla.load(str(ckpt), mode="asyncvla")
     run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=1))  # a new policy: rater stale
-    assert read_training_record(ckpt)["stages"] == {"policy": {"steps": 1}}
+    assert list(read_training_record(ckpt)["stages"]) == ["policy"]
