@@ -163,6 +163,8 @@ class FastSampler:
         self.layer_fn = _decoder_layer
         if fuse:
             # one compiled function serves all layers: the weights are arguments, not constants
+            # (a compile per shape: prefix and suffix of each bucket, more than dynamo's default 8)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.layer_fn = torch.compile(_decoder_layer, dynamic=False, fullgraph=True)
         self._graphs: dict[tuple, CapturedCall] = {}
 
@@ -248,10 +250,13 @@ class FastSampler:
         prefix = self.model.embed_prefix(inputs)
         if self.graphs_enabled:
             return self._sample_with_graphs(prefix, n_sfm, n_afm, u, mode, threshold)
+        return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm=True)
+
+    def _sample_without_graphs(self, prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm):
         keys, values, hidden = self.encode_prefix(prefix)
         state = self.chunk_state(prefix, keys, values)
         actions, sfm, confidence, m = self._after_prefix(
-            state, hidden, prefix.valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm=True
+            state, hidden, prefix.valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm
         )
         return ChunkResult(actions=actions, sfm=sfm, confidence=confidence, mask=m)
 
@@ -267,6 +272,8 @@ class FastSampler:
             torch.full((), threshold, device=u.device),
         )
         key = ("chunk", mode, *padded.embeds.shape[:2])
+        if self._graphs.get(key, True) is None:  # its capture failed: run op by op
+            return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm=False)
         if key not in self._graphs:
 
             def chunk(embeds, valid, positions, next_position, n_sfm, n_afm, u, threshold):
@@ -275,7 +282,12 @@ class FastSampler:
                 state = self.chunk_state(prefix, keys, values)
                 return self._after_prefix(state, hidden, valid, n_sfm, n_afm, u, mode, threshold, False)
 
-            self._graphs[key] = CapturedCall(chunk, inputs)
+            try:
+                self._graphs[key] = CapturedCall(chunk, inputs)
+            except RuntimeError as e:  # an op that cannot be captured: slower, not wrong
+                log.warning("CUDA graph capture failed (%s); this shape runs without graphs", e)
+                self._graphs[key] = None
+                return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, False)
         out = self._graphs[key](*inputs)
         actions, sfm, confidence, m = (None if t is None else t[:B].clone() for t in out)
         return ChunkResult(actions=actions, sfm=sfm, confidence=confidence, mask=m)

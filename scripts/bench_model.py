@@ -1,16 +1,25 @@
-"""Per-chunk latency of AsyncVLA's inference modes, as ratios measured in one run.
+"""Per-chunk latency of AsyncVLA's inference paths, each optimisation as its own row, one run.
 
-    python scripts/bench_model.py --size tiny                       # CPU, writes results/bench/model_latency_cpu.{json,md}
-    python scripts/bench_model.py --size qwen2.5-vl-3b --device cuda --dtype bfloat16
+    python scripts/bench_model.py --size tiny --threads 1          # CPU: results/bench/model_latency_cpu.{json,md}
+    python scripts/bench_model.py --size qwen2.5-vl-3b --device cuda --dtype bfloat16 --batch-sizes 1 16 --fuse
 
 Weights are random (built from the named config, nothing is downloaded): latency does not
-depend on the weights, except through how many tokens the rater masks (reported). Measured:
-- the prefix pass (vision + language model, once per chunk, into the KV-cache),
-- SFM with the cached prefix (10 suffix passes), the rater, AFM (10 suffix passes),
-- each mode end to end (`sfm`, `asyncvla`, `random-mask`) and paper-style SFM that
-  recomputes the whole prefix at every Euler step (Appendix B),
-- the policy's act() (preprocessing included) at each batch size.
-Medians over --repeats after --warmup calls; ratios are to cached SFM of the same batch size.
+depend on the weights, except through how many tokens the rater masks (reported). At each batch
+size, medians over --repeats after --warmup calls, for the asyncvla chunk (prefix, SFM, rater,
+AFM) computed by:
+- `eager`: the reference, `AsyncVLA.sample_actions` (DynamicCache grown and cropped at every
+  step, layout and time embedding rebuilt at every step, transformers' text model per step);
+- `hf_static`: the same steps through transformers' own `StaticCache` API (the prefix written
+  once, the suffix's slot overwritten in place, the layout built once per chunk; the text
+  model's per-call machinery kept). Measured to decide between it and driving the layers;
+- `fast_no_graphs`: `asyncvla.fast.FastSampler` without graphs (static buffers, layout and time
+  embeddings per chunk, the decoder layers driven through their weights): the CPU default;
+- `fast`: the same with CUDA graphs (CUDA only): the GPU default;
+- `fast_fused`: graphs around a `torch.compile`d decoder layer (CUDA, --fuse; the compile time
+  is reported as its own figure).
+Also: the eager stages (prefix, SFM steps, rater, AFM steps), the sfm chunk eager and fast, the
+paper-style pipeline (prefix recomputed at every step) eager and with the fast path's
+optimisations, image preprocessing + tokenisation alone, and act() end to end, eager and fast.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import transformers
 from asyncvla import flow
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.model import AsyncVLA
+from asyncvla.fast import FastSampler
+from asyncvla.model import AsyncVLA, additive_mask, make_attention_mask
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
 
@@ -49,8 +59,59 @@ def timed(fn, repeats: int, warmup: int, sync) -> float:
     return statistics.median(times) * 1000.0
 
 
-def bench_batch(model, policy, pre, cfg, B: int, rng, args, device, sync) -> dict:
+class HFStaticCacheChunk:
+    """The asyncvla chunk through transformers' StaticCache (the `hf_static` row; benchmark only)."""
+
+    def __init__(self, model: AsyncVLA):
+        self.model = model
+
+    @torch.no_grad()
+    def sample_actions(self, inputs, generators, mode="asyncvla", threshold=None):
+        from transformers import StaticCache
+
+        m, L = self.model, self.model.cfg.chunk_length
+        threshold = m.cfg.threshold if threshold is None else threshold
+        n_sfm, n_afm, _ = m._draw_noise(generators)
+        prefix = m.embed_prefix(inputs)
+        B, P = prefix.valid.shape
+        cache = StaticCache(config=m.lm.config, max_cache_len=P + L)
+        causal = make_attention_mask(prefix.valid, torch.ones(P, dtype=torch.bool, device=m.device))
+        full = torch.zeros(B, 1, P, P + L, dtype=m.dtype, device=m.device) + torch.finfo(m.dtype).min
+        full[..., :P] = additive_mask(causal, m.dtype)
+        hidden = m.lm(
+            inputs_embeds=prefix.embeds,
+            attention_mask=full,
+            position_ids=prefix.positions,
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+        allowed, positions, _ = m._suffix_layout(prefix, L)
+        mask = additive_mask(allowed[:, -L:], m.dtype)
+        taus = flow.time_grid(m.cfg.flow_steps)
+
+        def integrate(a, mm):
+            for k in range(m.cfg.flow_steps):
+                for layer in cache.layers:  # the API appends: rewind it onto the suffix's slot
+                    layer.cumulative_length.fill_(P)
+                out = m.lm(
+                    inputs_embeds=m.embed_suffix(a, float(taus[k]) * mm),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                )
+                v = m.action_out_proj(out.last_hidden_state).float()
+                a = flow.euler_step(a, v, float(taus[k] - taus[k + 1]), mm)
+            return a
+
+        sfm = integrate(n_sfm, torch.ones(B, L, device=m.device))
+        mm = flow.rater_mask(m.rater(hidden, prefix.valid, sfm), threshold)
+        return integrate(flow.afm_start(sfm, n_afm, mm), mm)
+
+
+def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) -> dict:
     """Every measurement at batch size B."""
+    device = model.device
     obs = [
         SimpleNamespace(
             images={
@@ -62,62 +123,83 @@ def bench_batch(model, policy, pre, cfg, B: int, rng, args, device, sync) -> dic
         )
         for _ in range(B)
     ]
-    inputs = pre([o.images for o in obs], [o.instruction for o in obs], np.stack([o.state for o in obs])).to(
-        device
-    )
+    states = np.stack([o.state for o in obs])
+    inputs = pre([o.images for o in obs], [o.instruction for o in obs], states).to(device)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    run = lambda fn: timed(fn, args.repeats, args.warmup, sync)  # noqa: E731
     ones = torch.ones(B, cfg.chunk_length, device=device)
     noise = torch.randn(B, cfg.chunk_length, cfg.action_dim).to(device)
+    r: dict = {"batch": B}
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
         cache, hidden = model.encode_prefix(prefix)
         sfm = model.integrate(cache, prefix, noise, ones)
         conf = model.rater(hidden, prefix.valid, sfm)
-        m = (
-            (torch.rand(B, cfg.chunk_length, generator=torch.Generator().manual_seed(0)) < 0.5)
-            .float()
-            .to(device)
-        )
-
-        def prefix_pass():
-            model.encode_prefix(model.embed_prefix(inputs))
-
-        r = {
-            "batch": B,
-            "prefix_tokens": int(prefix.embeds.shape[1]),
-            "prefix_ms": timed(prefix_pass, args.repeats, args.warmup, sync),
-            "sfm_steps_cached_ms": timed(
-                lambda: model.integrate(cache, prefix, noise, ones), args.repeats, args.warmup, sync
-            ),
-            "rater_ms": timed(
-                lambda: model.rater(hidden, prefix.valid, sfm), args.repeats, args.warmup, sync
-            ),
-            "afm_steps_cached_ms": timed(
-                lambda: model.integrate(cache, prefix, flow.afm_start(sfm, noise, m), m),
-                args.repeats,
-                args.warmup,
-                sync,
-            ),
-            "rater_masked_fraction": float((conf < cfg.threshold).float().mean()),
-        }
-        for mode in ("sfm", "asyncvla", "random-mask"):
-            r[f"chunk_{mode}_ms"] = timed(
-                lambda mode=mode: model.sample_actions(inputs, gens(), mode),
-                args.repeats,
-                args.warmup,
-                sync,
-            )
-        r["chunk_sfm_recompute_prefix_ms"] = timed(
-            lambda: model.sample_actions_recompute(inputs, gens()), args.repeats, args.warmup, sync
-        )
-    r["act_asyncvla_ms"] = timed(
-        lambda: policy.act(obs, [f"e{i}@0" for i in range(B)]), args.repeats, args.warmup, sync
-    )
-    base = r["chunk_sfm_ms"]
-    for key in ("chunk_asyncvla_ms", "chunk_random-mask_ms", "chunk_sfm_recompute_prefix_ms"):
-        r["ratio_" + key[6:-3] + "_to_sfm"] = r[key] / base
-    r["ratio_act_asyncvla_per_obs_ms"] = r["act_asyncvla_ms"] / B
+        m = (torch.rand(B, cfg.chunk_length, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+        m = m.to(device)
+        r["prefix_tokens"] = int(prefix.embeds.shape[1])
+        r["rater_masked_fraction"] = float((conf < cfg.threshold).float().mean())
+        r["preprocess_ms"] = run(lambda: pre([o.images for o in obs], [o.instruction for o in obs], states))
+        r["vision_ms"] = run(lambda: model.embed_prefix(inputs))
+        r["prefix_ms"] = run(lambda: model.encode_prefix(model.embed_prefix(inputs)))
+        r["sfm_steps_ms"] = run(lambda: model.integrate(cache, prefix, noise, ones))
+        r["rater_ms"] = run(lambda: model.rater(hidden, prefix.valid, sfm))
+        r["afm_steps_ms"] = run(lambda: model.integrate(cache, prefix, flow.afm_start(sfm, noise, m), m))
+        r["eager_sfm_ms"] = run(lambda: model.sample_actions(inputs, gens(), "sfm"))
+        r["eager_ms"] = run(lambda: model.sample_actions(inputs, gens(), "asyncvla"))
+        r["eager_paper_style_ms"] = run(lambda: model.sample_actions_recompute(inputs, gens()))
+        for name, sampler in samplers.items():
+            if name != "fast_fused":
+                r[f"{name}_ms"] = run(lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla"))
+        best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
+        r["fast_sfm_ms"] = run(lambda: best.sample_actions(inputs, gens(), "sfm"))
+        r["fast_paper_style_ms"] = run(lambda: best.sample_actions_recompute(inputs, gens()))
+    keys = [f"e{i}@0" for i in range(B)]
+    for name, policy in policies.items():
+        r[f"act_{name}_ms"] = run(lambda p=policy: p.act(obs, keys))
+    if "fast_fused" in samplers:  # last: its compile may take minutes
+        fused = samplers["fast_fused"]
+        t = time.perf_counter()
+        try:
+            with torch.no_grad():
+                fused.sample_actions(inputs, gens(), "asyncvla")  # compiles and captures
+            sync()
+            r["fast_fused_compile_s"] = time.perf_counter() - t
+            with torch.no_grad():
+                r["fast_fused_ms"] = run(lambda: fused.sample_actions(inputs, gens(), "asyncvla"))
+        except Exception as e:  # an optional row: say why it is missing, keep the others
+            r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
+    fast_chunk = r["fast_ms"] if "fast_ms" in r else r["fast_no_graphs_ms"]
+    r["speedup_fast_vs_eager"] = r["eager_ms"] / fast_chunk
+    r["paper_style_vs_fast"] = r["fast_paper_style_ms"] / r["fast_sfm_ms"]
+    r["act_fast_over_chunk"] = r["act_fast_ms"] / fast_chunk
     return r
+
+
+COLUMNS = [
+    ("batch", "B"),
+    ("prefix_tokens", "prefix tok"),
+    ("preprocess_ms", "preprocess"),
+    ("vision_ms", "vision+embed"),
+    ("prefix_ms", "prefix (eager)"),
+    ("sfm_steps_ms", "SFM steps (eager)"),
+    ("rater_ms", "rater"),
+    ("afm_steps_ms", "AFM steps (eager)"),
+    ("eager_ms", "chunk: eager"),
+    ("hf_static_ms", "chunk: hf StaticCache"),
+    ("fast_no_graphs_ms", "chunk: fast, no graphs"),
+    ("fast_ms", "chunk: fast + graphs"),
+    ("fast_fused_ms", "chunk: fast + graphs + fused"),
+    ("speedup_fast_vs_eager", "eager / fast"),
+    ("eager_sfm_ms", "sfm chunk eager"),
+    ("fast_sfm_ms", "sfm chunk fast"),
+    ("eager_paper_style_ms", "paper-style eager"),
+    ("fast_paper_style_ms", "paper-style fast"),
+    ("paper_style_vs_fast", "paper-style / fast sfm"),
+    ("act_eager_ms", "act() eager"),
+    ("act_fast_ms", "act() fast"),
+    ("act_fast_over_chunk", "act() / chunk"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--fuse", action="store_true", help="also the torch.compile'd layer row (CUDA)")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     if args.threads:
@@ -146,21 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters())
     rater_params = sum(p.numel() for p in model.rater.parameters())
-    policy = AsyncVLAPolicy(model, tok, NormStats.identity(cfg.state_dim, cfg.action_dim), mode="asyncvla")
+    stats = NormStats.identity(cfg.state_dim, cfg.action_dim)
+    samplers = {"hf_static": HFStaticCacheChunk(model), "fast_no_graphs": FastSampler(model, graphs=False)}
+    if device.type == "cuda":
+        samplers["fast"] = FastSampler(model, graphs=True)
+        if args.fuse:
+            samplers["fast_fused"] = FastSampler(model, graphs=True, fuse=True)
+    policies = {
+        "eager": AsyncVLAPolicy(model, tok, stats, fast=False),
+        "fast": AsyncVLAPolicy(model, tok, stats),  # the default: graphs on CUDA
+    }
     pre = Preprocessor(cfg, tok)
     rng = np.random.default_rng(0)
-
-    rows = []
-    for B in args.batch_sizes:
-        rows.append(bench_batch(model, policy, pre, cfg, B, rng, args, device, sync))
-        print(json.dumps(rows[-1]), file=sys.stderr)
 
     tag = "cpu" if device.type == "cpu" else device.type
     name = f"model_latency_{tag}" if args.size == "tiny" else f"model_latency_{args.size}_{tag}"
     meta = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "size": args.size,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": (platform.processor() or "cpu")
+        if device.type == "cpu"
+        else torch.cuda.get_device_name(device),
         "dtype": args.dtype,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -174,52 +263,54 @@ def main(argv: list[str] | None = None) -> int:
         "cameras": cfg.cameras,
         "image_size": cfg.image_size,
         "repeats": args.repeats,
-        "note": "random weights; medians; ratios measured in this run; the machine may be shared (see load)",
-        "loadavg_1min": Path("/proc/loadavg").read_text().split()[0]
-        if Path("/proc/loadavg").exists()
-        else None,
+        "note": "random weights; medians; every row measured in this run; the machine may be shared (see load)",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    cols = [
-        ("batch", "B"),
-        ("prefix_tokens", "prefix tok"),
-        ("prefix_ms", "prefix ms"),
-        ("sfm_steps_cached_ms", "SFM steps ms"),
-        ("rater_ms", "rater ms"),
-        ("afm_steps_cached_ms", "AFM steps ms"),
-        ("chunk_sfm_ms", "sfm chunk ms"),
-        ("chunk_asyncvla_ms", "asyncvla chunk ms"),
-        ("chunk_random-mask_ms", "random-mask chunk ms"),
-        ("chunk_sfm_recompute_prefix_ms", "paper-style SFM ms"),
-        ("ratio_asyncvla_to_sfm", "asyncvla / sfm"),
-        ("ratio_sfm_recompute_prefix_to_sfm", "paper-style / cached SFM"),
-        ("act_asyncvla_ms", "act() ms"),
-    ]
+    rows = []
+    for B in args.batch_sizes:
+        rows.append(bench_batch(model, samplers, policies, pre, cfg, B, rng, args, sync))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+        meta["loadavg_1min"] = Path("/proc/loadavg").read_text().split()[0]
+        # written after every batch size: a run cut short keeps what it measured
+        (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        write_table(out / f"{name}.md", meta, rows, cfg, params, rater_params, args)
+    print((out / f"{name}.md").read_text())
+    return 0
+
+
+def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None:
+    cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
     lines = [
         f"# AsyncVLA per-chunk latency: {args.size}, {meta['device']}, {args.dtype}",
         "",
         f"`{meta['command']}`; torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} threads, "
         f"{params / 1e6:.2f} M parameters (rater {rater_params / 1e6:.2f} M), L = {cfg.chunk_length}, "
-        f"{cfg.flow_steps} Euler steps, {len(cfg.cameras)} cameras at {cfg.image_size}px. Random weights; medians of "
-        f"{args.repeats}; 1-min load average at the end {meta['loadavg_1min']}.",
+        f"{cfg.flow_steps} Euler steps, {len(cfg.cameras)} cameras at {cfg.image_size}px. Random weights; milliseconds, "
+        f"medians of {args.repeats}; 1-min load average at the end {meta['loadavg_1min']}.",
         "",
-        "| " + " | ".join(c[1] for c in cols) + " |",
+        "| " + " | ".join(h for _, h in cols) + " |",
         "|" + "---|" * len(cols),
     ]
     for r in rows:
+        cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any("fast_fused_compile_s" in r for r in rows):
+        lines.append("")
         lines.append(
-            "| " + " | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols) + " |"
+            "fused: torch.compile of the decoder layer, compile + capture "
+            + ", ".join(f"{r['fast_fused_compile_s']:.0f} s at B = {r['batch']}" for r in rows)
         )
     lines += [
         "",
-        "asyncvla = prefix once + SFM + rater + AFM (all reusing the prefix KV-cache); paper-style SFM recomputes",
-        "the prefix (vision included) at each of the 10 steps. act() includes image preprocessing and tokenization.",
+        "chunk = the asyncvla mode: prefix once + SFM (10 steps) + rater + AFM (10 steps), all reusing the prefix's",
+        "keys and values. eager: `AsyncVLA.sample_actions`; hf StaticCache: transformers' StaticCache with the layout",
+        "built once per chunk; fast: `asyncvla.fast.FastSampler` (static buffers, layout and time embeddings per chunk,",
+        "layers driven through their weights; + graphs: CUDA graphs per batch/prefix bucket; + fused: a compiled layer).",
+        "paper-style: SFM with the prefix, vision included, recomputed at each of the 10 steps. act(): preprocessing",
+        "(image resize + Qwen2-VL patches + tokenisation, the `preprocess` column) + chunk + un-normalisation.",
     ]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
