@@ -66,22 +66,3 @@ def test_render_frame_renders_when_the_step_did_not():
         assert np.array_equal(env.render_frame(), np.concatenate([again.images[c] for c in env.cameras], 1))
     finally:
         env.close()
-
-
-def test_one_pass_rendering_equals_a_renderer_per_camera():
-    """All cameras are drawn into one buffer and read back once; each image is what a renderer of
-    its own draws for that camera."""
-    import mujoco
-
-    env = make_env(image_size=48)
-    try:
-        obs = env.reset("stack_red_on_blue", 3, 0)
-        for _ in range(4):
-            obs, *_ = env.step(np.array([0.5, -0.3, -0.8, 0.1, 0, 0.2, 1.0]))
-        for camera in env.cameras:
-            alone = mujoco.Renderer(env.model, 48, 48)
-            alone.update_scene(env.data, camera=camera)
-            assert np.array_equal(alone.render(), obs.images[camera])
-            alone.close()
-    finally:
-        env.close()

@@ -258,31 +258,21 @@ class TabletopEnv:
         return Observation(images, state, self.task.instruction, privileged)
 
     def _render_cameras(self) -> dict[str, np.ndarray]:
-        """Every camera in one pass: each into its own viewport of one offscreen buffer, then one
-        `readPixels` (it waits for Mesa to finish drawing: one wait per step instead of one per
-        camera). The images are bit-identical to rendering each camera alone (tested)."""
+        """Every camera, with one renderer. (Both cameras drawn into one buffer and read back at once
+        gave the same images and no measurable gain: results/tabletop_env/render_options.md.)"""
         if self._renderer is None:
             try:
-                self._renderer = mujoco.Renderer(
-                    self.model, self.image_size, self.image_size * len(self.cameras)
-                )
+                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
             except Exception as e:
                 raise SimulatorMissing(
                     f"MuJoCo cannot render offscreen ({type(e).__name__}: {e}); install EGL or OSMesa "
                     "(apt-get install libegl1 libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa"
                 ) from e
-            self._frame = np.empty((self.image_size, self.image_size * len(self.cameras), 3), np.uint8)
-        r, size = self._renderer, self.image_size
-        if r._gl_context:  # what Renderer.render() does first (another renderer may be current)
-            r._gl_context.make_current()
-        for i, camera in enumerate(self.cameras):
-            r.update_scene(self.data, camera=camera)
-            mujoco.mjr_render(mujoco.MjrRect(i * size, 0, size, size), r.scene, r._mjr_context)
-        mujoco.mjr_readPixels(
-            self._frame, None, mujoco.MjrRect(0, 0, size * len(self.cameras), size), r._mjr_context
-        )
-        frame = np.flipud(self._frame)  # OpenGL's rows run bottom-up
-        return {c: frame[:, i * size : (i + 1) * size].copy() for i, c in enumerate(self.cameras)}
+        images = {}
+        for camera in self.cameras:
+            self._renderer.update_scene(self.data, camera=camera)
+            images[camera] = self._renderer.render()  # a new array each call
+        return images
 
     def render_frame(self) -> np.ndarray:
         """The cameras side by side, at the current state (for videos): the last observation's
