@@ -25,6 +25,7 @@ from evalsuite.errors import FatalPolicyError
 from evalsuite.wire import WireError, packb, unpackb
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 64 << 20  # the largest frame a client or a server accepts (websockets' max_size)
 
 
 class RemotePolicyError(RuntimeError):
@@ -94,14 +95,23 @@ class WireLayout:
             message[self.key] = key
         return message
 
-    def from_wire(self, message: Any, cameras: list[str]) -> tuple[Observation, str | None]:
-        """The observation a policy with these cameras sees, and the request key if one was sent."""
+    def from_wire(self, message: Any, cameras: list[str] | None) -> tuple[Observation, str | None]:
+        """The observation a policy with these cameras sees, and the request key if one was sent.
+        `cameras=None` (a policy that names none): every HxWx3 uint8 image of the message, under its
+        camera name where `images` maps one to its key, else under the wire key itself."""
         if not isinstance(message, dict):
             raise WireError(f"an observation is a map, got {type(message).__name__}")
+        if cameras is None:
+            camera_of = {wire: camera for camera, wire in self.images.items()}
+            wires = {
+                camera_of.get(k, k): k for k, v in message.items() if _is_image(v) and isinstance(k, str)
+            }
+        else:
+            wires = self.image_keys(cameras)
         images = {}
-        for camera, wire in self.image_keys(cameras).items():
+        for camera, wire in wires.items():
             image = message.get(wire)
-            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
+            if not _is_image(image):
                 raise WireError(
                     f"camera {camera!r} expects an HxWx3 uint8 array under {wire!r}; the message has "
                     f"keys {sorted(map(str, message))}"
@@ -114,10 +124,23 @@ class WireLayout:
                 f"an observation needs a state under {self.state!r} and a text prompt under {self.prompt!r}; "
                 f"the message has keys {sorted(map(str, message))}"
             )
+        try:
+            state = np.asarray(state, np.float32)
+        except (TypeError, ValueError) as e:
+            raise WireError(f"the state under {self.state!r} is not numbers ({e})") from e
         key = message.get(self.key) if self.key else None
-        return Observation(images, np.asarray(state, np.float32), prompt), key if isinstance(
-            key, str
-        ) else None
+        return Observation(images, state, prompt), key if isinstance(key, str) else None
+
+
+def _is_image(value: Any) -> bool:
+    return (
+        isinstance(value, np.ndarray)
+        and value.ndim == 3
+        and value.shape[2] == 3
+        and value.shape[0] > 0
+        and value.shape[1] > 0
+        and value.dtype == np.uint8
+    )
 
 
 def check_metadata(url: str, metadata: Any, action_dim: int) -> None:
@@ -130,6 +153,17 @@ def check_metadata(url: str, metadata: Any, action_dim: int) -> None:
             f"{url} serves {served}-D actions but the suite takes {action_dim}-D ones; serve a policy "
             "trained for this suite"
         )
+    size = metadata.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise FatalPolicyError(f"{url} announces image_size {size!r}; expected a positive integer (pixels)")
+
+
+def served_image_size(url: str) -> int | None:
+    """The square image size (pixels) the policy behind `url` was trained at, as its metadata said
+    when `probe` read it (None: it does not say). The suite renders at it where its protocol
+    allows, as for an in-process checkpoint, so that a remote run sees the images an in-process
+    run sees."""
+    return _probed.get(url, {}).get("image_size")
 
 
 class RemotePolicy:
@@ -143,6 +177,7 @@ class RemotePolicy:
         timeout_s: float = 120.0,
         reconnects: int = 5,
         chunk_length: int = 1,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ):
         self.url = url
         self.action_dim = action_dim
@@ -150,6 +185,7 @@ class RemotePolicy:
         self.layout = layout or WireLayout()
         self.timeout_s = timeout_s
         self.reconnects = reconnects
+        self.max_message_bytes = max_message_bytes
         self.ws = None
         self.metadata: dict = {}
         self._cameras_checked = False
@@ -160,7 +196,12 @@ class RemotePolicy:
         self._stack = ExitStack()  # websockets wants its connections entered as context managers
         try:
             self.ws = self._stack.enter_context(
-                connect(self.url, compression=None, max_size=None, open_timeout=min(10.0, self.timeout_s))
+                connect(
+                    self.url,
+                    compression=None,
+                    max_size=self.max_message_bytes,
+                    open_timeout=min(10.0, self.timeout_s),
+                )
             )
             metadata = unpackb(self.ws.recv(timeout=self.timeout_s))
         except WireError as e:
@@ -206,6 +247,10 @@ class RemotePolicy:
                 raise RemotePolicyError(f"{self.url} did not answer within {self.timeout_s:g} s") from e
             except (ConnectionClosed, OSError) as e:
                 self.close()
+                if isinstance(e, ConnectionClosed) and e.sent is not None and e.sent.code == 1009:
+                    raise RemotePolicyError(
+                        f"{self.url} answered with a frame larger than {self.max_message_bytes / 2**20:g} MiB (the client's limit)"
+                    ) from e
                 if attempt == self.reconnects:
                     raise RemotePolicyError(
                         f"lost the connection to {self.url} and could not reconnect "
@@ -254,8 +299,12 @@ def probe(url: str, action_dim: int, timeout_s: float = 10.0) -> dict:
     """Connect once from the driver, read the metadata, check it against the suite, disconnect."""
     client = RemotePolicy(url, action_dim, timeout_s=timeout_s)
     try:
-        return client.connect()
+        _probed[url] = client.connect()
+        return _probed[url]
     except (OSError, TimeoutError) as e:
         raise FatalPolicyError(f"no policy server answers at {url} ({type(e).__name__}: {e})") from e
     finally:
         client.close()
+
+
+_probed: dict[str, dict] = {}  # url -> the metadata the driver's probe read (served_image_size)

@@ -18,15 +18,17 @@ import asyncio
 import http
 import itertools
 import logging
+import re
 import time
 from typing import Any
 
 import numpy as np
 
+from envs.base import Observation
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.policy import PolicySpec
-from evalsuite.policy_server import BatchingPolicyServer
-from evalsuite.remote import WireLayout
+from evalsuite.policy_server import BatchingPolicyServer, PolicyTimeout
+from evalsuite.remote import MAX_MESSAGE_BYTES, WireLayout
 from evalsuite.wire import WireError, packb, unpackb
 
 log = logging.getLogger(__name__)
@@ -39,27 +41,42 @@ class PolicyWebsocketServer:
         layout: WireLayout | None = None,
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
-        max_message_bytes: int = 64 << 20,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        act_timeout_s: float | None = 60.0,
     ):
-        self.batcher = BatchingPolicyServer(spec, max_batch, max_wait_ms, clients=1)
+        self.batcher = BatchingPolicyServer(
+            spec, max_batch, max_wait_ms, clients=1, act_timeout_s=act_timeout_s
+        )
         self.policy = self.batcher.policy
         self.layout = layout or WireLayout()
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
-        model = getattr(self.policy, "model", None)  # an AsyncVLA policy names its cameras in its config
+        self.act_timeout_s = act_timeout_s
+        model = getattr(self.policy, "model", None)  # an AsyncVLA policy: what it reads is in its config
+        cfg = getattr(model, "cfg", None)
+        # None: a policy that names no cameras gets every image of a request (WireLayout.from_wire)
         self.cameras = (
-            list(model.cfg.cameras) if model is not None else list(getattr(self.policy, "cameras", []))
+            list(cfg.cameras) if cfg is not None else list(getattr(self.policy, "cameras", [])) or None
+        )
+        self.state_dim = (
+            cfg.state_dim if cfg is not None else _positive_int(getattr(self.policy, "state_dim", None))
+        )
+        image_size = (
+            cfg.image_size if cfg is not None else _positive_int(getattr(self.policy, "image_size", None))
         )
         self.connections = 0
         self.requests = itertools.count()
+        image_keys = self.layout.image_keys(self.cameras or [])
         self.metadata = {
             "server": "asyncvla-eval",
             "policy": spec.kind,
             "mode": spec.mode if spec.kind == "asyncvla" else None,
             "action_dim": int(self.policy.action_dim),
             "chunk_length": int(self.policy.chunk_length),
-            "image_keys": list(self.layout.image_keys(self.cameras).values()),
-            "cameras": self.layout.image_keys(self.cameras),
+            "state_dim": self.state_dim,  # None: not checked here, the policy's own business
+            "image_size": image_size,  # square images the policy was trained at (None: any)
+            "image_keys": list(image_keys.values()),
+            "cameras": image_keys,
             "state_key": self.layout.state,
             "prompt_key": self.layout.prompt,
             "actions_key": self.layout.actions,
@@ -67,17 +84,27 @@ class PolicyWebsocketServer:
         }
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+        """Listen until cancelled (Ctrl-C); a port or host it cannot listen on is a `UsageError`."""
         from websockets.asyncio.server import serve
 
-        async with serve(
-            self.handle,
-            host,
-            port,
-            compression=None,
-            max_size=self.max_message_bytes,
-            process_request=_health_check,
-        ) as server:
-            log.info("serving %s on ws://%s:%d", self.metadata["policy"], host, port)
+        try:
+            server = await serve(
+                self.handle,
+                host,
+                port,
+                compression=None,
+                max_size=self.max_message_bytes,
+                process_request=self._health_check,
+            )
+        except OSError as e:  # busy port, unknown host, a port below 1024 without the right
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {e.strerror or e}; choose a free --port and an address "
+                "of this machine for --host"
+            ) from e
+        async with server:
+            log.info(
+                "serving %s on ws://%s:%d (metadata: %s)", self.metadata["policy"], host, port, self.metadata
+            )
             if ready is not None:
                 ready.set()
             await server.serve_forever()
@@ -97,42 +124,88 @@ class PolicyWebsocketServer:
             await websocket.send(packb(self.metadata))
             while True:
                 frame = await websocket.recv()
-                start = time.monotonic()
+                received = time.monotonic()
+                try:  # checked on its own, before it joins a batch: a bad request fails nobody else
+                    obs, key = self._request(frame)
+                except Exception as e:  # the client's mistake: say so, keep serving
+                    await websocket.send(f"bad request: {e if isinstance(e, WireError) else _text(e)}")
+                    continue
                 try:
-                    answer = await self._answer(frame)
-                except (WireError, ValueError) as e:  # the client's mistake: say so, keep serving
-                    await websocket.send(f"bad request: {e}")
+                    answered = await self._act(websocket, obs, key)
+                except Exception as e:  # the policy failed on this request (or on its own, alone)
+                    if not isinstance(e, PolicyTimeout):
+                        log.exception("policy error for %s", peer)
+                    await websocket.send(f"policy error: {_text(e)}")
                     continue
-                except Exception as e:  # the policy failed on this request
-                    log.exception("policy error for %s", peer)
-                    await websocket.send(f"policy error: {type(e).__name__}: {e}")
-                    continue
-                answer["server_timing"] = {"infer_ms": 1000 * (time.monotonic() - start)}
+                if answered is None:
+                    log.info("client %s went away while its request was in the policy", peer)
+                    return
+                chunk, infer_s = answered
+                answer = {
+                    self.layout.actions: np.asarray(chunk, dtype=np.float32),
+                    # infer_ms: the policy call of the request's batch (openpi's meaning); total_ms: in
+                    # the server, queueing and batching included
+                    "server_timing": {
+                        "infer_ms": 1000 * infer_s,
+                        "total_ms": 1000 * (time.monotonic() - received),
+                    },
+                }
                 await websocket.send(packb(answer))
         except ConnectionClosed as e:
             log.info("client %s disconnected (%s)", peer, e.rcvd.code if e.rcvd else "no close frame")
         finally:
             self._clients_changed(-1)
 
-    async def _answer(self, frame: Any) -> dict:
+    def _request(self, frame: Any) -> tuple[Observation, str]:
+        """The observation and key of one request, or a `WireError` saying what is wrong with it."""
         message = unpackb(frame)  # WireError for a text frame or anything not msgpack
-        obs, key = self.layout.from_wire(message, self.cameras or _cameras_in(message))
+        obs, key = self.layout.from_wire(message, self.cameras)
+        if self.state_dim is not None:
+            if obs.state.size != self.state_dim:
+                raise WireError(
+                    f"the state under {self.layout.state!r} has {obs.state.size} numbers; this policy takes "
+                    f"{self.state_dim} (the metadata's state_dim)"
+                )
+            if not np.isfinite(obs.state).all():
+                raise WireError(f"the state under {self.layout.state!r} holds NaN or Inf")
         if key is None:  # an openpi client sends no key: draws then depend on the request order
             key = f"request-{next(self.requests)}@0"
-        chunk = await self.batcher.act(obs, key)
-        return {self.layout.actions: np.asarray(chunk, dtype=np.float32)}
+        return obs, key
 
+    async def _act(self, websocket, obs: Observation, key: str) -> tuple[np.ndarray, float] | None:
+        """The request's chunk and its policy call's seconds; None when the connection closes first
+        (the server stopping, or the client gone): nobody waits on a policy call that hangs."""
+        act = asyncio.ensure_future(self.batcher.act_timed(obs, key))
+        closed = asyncio.ensure_future(websocket.wait_closed())
+        try:
+            await asyncio.wait({act, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not act.done():
+                act.cancel()
+        return act.result() if act.done() and not act.cancelled() else None
 
-def _cameras_in(message: dict) -> list[str]:
-    """A policy that names no cameras gets every image the message carries, under its wire key."""
-    return [k for k, v in message.items() if isinstance(v, np.ndarray) and v.ndim == 3]
-
-
-def _health_check(connection, request):
-    """GET /healthz answers 200 (openpi's servers do the same), for load balancers and scripts."""
-    if request.path == "/healthz":
+    def _health_check(self, connection, request):
+        """GET /healthz: 200, or 503 while a policy call that outlived its limit has not returned
+        (openpi's servers answer the same path), for load balancers and scripts."""
+        if request.path != "/healthz":
+            return None
+        stuck = self.batcher.stuck_calls()
+        if stuck:
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"policy stuck: {len(stuck)} call(s) past the {self.act_timeout_s:g} s limit, the oldest "
+                f"running for {max(stuck):.0f} s\n",
+            )
         return connection.respond(http.HTTPStatus.OK, "OK\n")
-    return None
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _text(e: BaseException) -> str:
+    return str(e) if isinstance(e, PolicyTimeout) else f"{type(e).__name__}: {e}"
 
 
 def serve_parser() -> ArgumentParser:
@@ -147,9 +220,34 @@ def serve_parser() -> ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted")
+    p.add_argument(
+        "--max-message-mb", type=float, default=MAX_MESSAGE_BYTES / 2**20, help="largest request accepted"
+    )
+    p.add_argument(
+        "--policy-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a policy call may take; its requests then fail and the server goes on (default 60)",
+    )
     p.add_argument("--remote-layout", help="JSON: the wire keys (evalsuite.remote.WireLayout)")
     return p
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse at once a host that does not resolve or a port already taken, before a model loads
+    (the server's own bind says the same if the port is taken in between)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            s.bind(address)
+    except OSError as e:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose a free --port and an address of "
+            "this machine for --host"
+        ) from e
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -157,12 +255,26 @@ def cmd_serve(argv: list[str]) -> int:
     from evalsuite.validate import check_checkpoint_for, resolve_device
 
     args = serve_parser().parse_args(argv)
-    if not 0 < args.port < 65536 or args.max_batch < 1 or args.max_message_mb <= 0:
-        raise UsageError("--port must be 1-65535, --max-batch at least 1, --max-message-mb positive")
+    if (
+        not 0 < args.port < 65536
+        or args.max_batch < 1
+        or not args.max_message_mb > 0
+        or not args.policy_timeout > 0
+    ):
+        raise UsageError(
+            "--port must be 1-65535, --max-batch at least 1, --max-message-mb and --policy-timeout positive"
+        )
+    if args.policy and not re.fullmatch(r"[\w.]+:[\w.]+", args.policy):
+        raise UsageError(
+            f"serve --policy takes package.module:Class (a Policy class of yours, docs/CONTRACTS.md), got "
+            f"{args.policy!r}; serve AsyncVLA with --ckpt PATH (or --ckpt demo). scripted, random and "
+            "ws:// policies are for evaluations: asyncvla-eval SUITE --policy ..."
+        )
     try:
         layout = WireLayout.parse(args.remote_layout)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
+    check_listen(args.host, args.port)
     device = resolve_device(args.device, None)
     if args.ckpt:
         checkpoint = resolve_checkpoint(args.ckpt)
@@ -173,11 +285,15 @@ def cmd_serve(argv: list[str]) -> int:
     else:
         spec = PolicySpec(kind="import", factory=args.policy, device=device)
     server = PolicyWebsocketServer(
-        spec, layout, args.max_batch, args.max_wait_ms, int(args.max_message_mb * (1 << 20))
+        spec,
+        layout,
+        args.max_batch,
+        args.max_wait_ms,
+        int(args.max_message_mb * 2**20),
+        act_timeout_s=args.policy_timeout,
     )
-    print(f"serving on ws://{args.host}:{args.port} (metadata: {server.metadata})", flush=True)
     try:
-        asyncio.run(server.serve(args.host, args.port))
+        asyncio.run(server.serve(args.host, args.port))  # logs "serving ... on ws://..." once it listens
     except KeyboardInterrupt:
-        pass
+        log.info("server stopped")
     return 0

@@ -1,12 +1,14 @@
 """The batching policy server (used as a Ray actor; its logic is plain asyncio, tested directly)."""
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 
 from envs.base import Observation
 from evalsuite.policy import PolicySpec, RandomPolicy
-from evalsuite.policy_server import BatchingPolicyServer
+from evalsuite.policy_server import BatchingPolicyServer, PolicyTimeout
 
 OBS = Observation({"cam": np.zeros((4, 4, 3), np.uint8)}, np.zeros(2, np.float32), "x")
 
@@ -50,3 +52,59 @@ def test_a_policy_error_reaches_every_caller_of_the_batch():
 
     errors = asyncio.run(go())
     assert [str(e) for e in errors] == ["model exploded", "model exploded"]
+
+
+def test_a_batch_that_fails_is_run_again_one_request_at_a_time():
+    """The policy breaks on one request only: its batch-mates get their own chunks, it gets the error."""
+    server = BatchingPolicyServer(PolicySpec(kind="random"), max_batch=3, max_wait_ms=60_000, clients=3)
+    random_act = server.policy.act
+    calls = []
+
+    def act(observations, keys):
+        calls.append(list(keys))
+        if "bad@0" in keys:
+            raise ValueError("cannot read this observation")
+        return random_act(observations, keys)
+
+    server.policy.act = act
+
+    async def go():
+        requests = (server.act(OBS, k) for k in ["a@0", "bad@0", "c@8"])
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), timeout=20)
+
+    a, bad, c = asyncio.run(go())
+    assert calls == [["a@0", "bad@0", "c@8"], ["a@0"], ["bad@0"], ["c@8"]]
+    assert isinstance(bad, ValueError) and str(bad) == "cannot read this observation"
+    np.testing.assert_array_equal(np.stack([a, c]), RandomPolicy().act([OBS] * 2, ["a@0", "c@8"]))
+
+
+def test_a_policy_call_past_its_limit_fails_its_requests_and_the_next_call_is_answered():
+    server = BatchingPolicyServer(PolicySpec(kind="random"), max_wait_ms=1, act_timeout_s=0.5)
+    random_act = server.policy.act
+    release = threading.Event()
+
+    def act(observations, keys):
+        if keys == ["hang@0"]:
+            release.wait()
+        return random_act(observations, keys)
+
+    server.policy.act = act
+
+    async def go():
+        hung = await asyncio.gather(server.act(OBS, "hang@0"), return_exceptions=True)
+        stuck = server.stuck_calls()
+        chunk, seconds = await asyncio.wait_for(server.act_timed(OBS, "next@0"), timeout=20)
+        return hung[0], stuck, chunk, seconds
+
+    hung, stuck, chunk, seconds = asyncio.run(go())
+    assert isinstance(hung, PolicyTimeout) and str(hung) == (
+        "the policy did not answer within 0.5 s (the server's limit)"
+    )
+    assert len(stuck) == 1 and stuck[0] >= 0.5
+    np.testing.assert_array_equal(chunk, RandomPolicy().act([OBS], ["next@0"])[0])
+    assert 0 <= seconds < 0.5
+    release.set()  # the stuck call returns: nothing is stuck any more
+    deadline = time.monotonic() + 20
+    while server.stuck_calls() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stuck_calls() == []

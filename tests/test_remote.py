@@ -6,10 +6,9 @@ subprocess where a test kills it, in a thread elsewhere), talking to real websoc
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -19,44 +18,20 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from servers import free_port, start_serve_process, start_thread_server
 
 from asyncvla import demo_checkpoint
+from envs.base import Observation
 from evalsuite.cli import main
-from evalsuite.policy import PolicySpec
+from evalsuite.policy import PolicySpec, RandomPolicy
+from evalsuite.remote import RemotePolicy, RemotePolicyError
+from evalsuite.serve import serve_parser
+from evalsuite.wire import packb, unpackb
 
 TESTS = Path(__file__).resolve().parent
 EPISODES = ["--tasks", "push_yellow_right,red_on_blue_plate", "--episodes-per-task", "1", "--max-steps", "16"]
 TABLETOP = ["tabletop", *EPISODES, "--set", "image_size=56", "--video", "none", "-q"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_thread_server(spec: PolicySpec, **kwargs) -> str:
-    """A PolicyWebsocketServer on a daemon thread; returns its ws:// address once it listens."""
-    from evalsuite.serve import PolicyWebsocketServer
-
-    port = free_port()
-    ready = threading.Event()
-
-    def run():
-        async def main_():
-            event = asyncio.Event()
-            task = asyncio.ensure_future(
-                PolicyWebsocketServer(spec, **kwargs).serve("127.0.0.1", port, event)
-            )
-            await event.wait()
-            ready.set()
-            await task
-
-        asyncio.run(main_())
-
-    threading.Thread(target=run, daemon=True).start()
-    assert ready.wait(60), "the server did not start"
-    return f"ws://127.0.0.1:{port}"
+DEFAULTS = ["tabletop", *EPISODES, "--video", "none", "-q"]  # the suite's own image size and all
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +50,35 @@ def outcomes(run: Path) -> dict:
 
 def test_a_remote_demo_checkpoint_through_ray_equals_the_in_process_run(demo_server, tmp_path):
     """Two env workers as websocket clients of one batching server: the same trajectories, state for
-    state, as the checkpoint run in-process (the request key carries the episode's noise)."""
+    state, as the checkpoint run in-process, with the default settings (the request key carries the
+    episode's noise; the server announces the checkpoint's image size, 56 px, and the suite renders
+    at it as it does for --ckpt, instead of its 128 px default that the model would resample)."""
     remote, local = tmp_path / "remote", tmp_path / "local"
-    assert main([*TABLETOP, "--policy", demo_server, "--workers", "2", "--out", str(remote)]) == 0
-    assert main([*TABLETOP, "--ckpt", "demo", "--workers", "0", "--out", str(local)]) == 0
+    assert main([*DEFAULTS, "--policy", demo_server, "--workers", "2", "--out", str(remote)]) == 0
+    assert main([*DEFAULTS, "--ckpt", "demo", "--workers", "0", "--out", str(local)]) == 0
     assert outcomes(remote) == outcomes(local) and len(outcomes(local)) == 2
+    assert [image_size(run) for run in (remote, local)] == [56, 56]
+
+
+def test_set_image_size_wins_over_the_size_the_server_announces(demo_server, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        *DEFAULTS,
+        "--policy",
+        demo_server,
+        "--set",
+        "image_size=84",
+        "--max-steps",
+        "1",
+        "--workers",
+        "0",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    assert image_size(out) == 84
+
+
+def image_size(run: Path) -> int:
+    return json.loads((run / "run.json").read_text())["protocol"]["tabletop"]["env_kwargs"]["image_size"]
 
 
 def _openpi_pack(obj):  # openpi_client.msgpack_numpy's convention, from its published description
@@ -142,21 +141,26 @@ def test_bad_requests_are_answered_with_an_error_and_the_server_keeps_serving(tm
             msgpack.packb(
                 {"observation/image": {b"__ndarray__": True, b"data": b"xx", b"dtype": "<f4", b"shape": [9]}}
             ),
+            packb([good]),  # msgpack, but a list
         ]
         for frame in bad:
             ws.send(frame)
             reply = ws.recv(timeout=10)
             assert isinstance(reply, str) and reply.startswith("bad request:"), reply
-        ws.send(packb(good))  # the same connection still serves
-        assert msgpack.unpackb(ws.recv(timeout=10))["actions"]
+        ws.send(packb({**good, "asyncvla/key": "same@3"}))  # the same connection still serves
+        actions = unpackb(ws.recv(timeout=10))["actions"]
+        expected = RandomPolicy().act([None], ["same@3"])[0]
+        assert actions.shape == (8, 7) and actions.dtype == np.float32
+        np.testing.assert_array_equal(actions, expected)
         with pytest.raises(ConnectionClosed) as closed:
             ws.send(
                 packb({**good, "observation/image": np.zeros((1024, 1024, 3), np.uint8)})
             )  # 3 MiB > 1 MiB
             ws.recv(timeout=10)
         assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
-        bystander.send(packb(good))  # another client never noticed
-        assert isinstance(bystander.recv(timeout=10), bytes)
+        bystander.send(packb({**good, "asyncvla/key": "bystander@0"}))  # another client never noticed
+        actions = unpackb(bystander.recv(timeout=10))["actions"]
+        np.testing.assert_array_equal(actions, RandomPolicy().act([None], ["bystander@0"])[0])
 
 
 def test_a_hung_server_turns_into_error_records_not_failures(tmp_path, capsys):
@@ -184,46 +188,60 @@ def test_a_hung_server_turns_into_error_records_not_failures(tmp_path, capsys):
 
 
 def test_a_server_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_path):
+    """The run is paused (SIGSTOP) while its server is killed and a new one starts on the same port:
+    it goes on only once the new server listens, so the test does not depend on how fast a server
+    starts (torch, the checkpoint) against the client's reconnect window."""
     port = free_port()
-    command = [sys.executable, "-m", "evalsuite.cli", "serve", "--ckpt", "demo", "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def start_server():
-        proc = subprocess.Popen(
-            command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-        )
-        for line in proc.stderr:  # wait until it listens
-            if "server listening" in line:
-                return proc
-        raise AssertionError("the server did not start")
-
-    server = start_server()
+    server = start_serve_process(["--ckpt", "demo", "--port", str(port)])
     out = tmp_path / "run"
     tasks = "push_yellow_right,red_on_blue_plate,blue_in_bowl"
     run = subprocess.Popen(
         [sys.executable, "-m", "evalsuite.cli", "tabletop", "--policy", f"ws://127.0.0.1:{port}", "--tasks", tasks,
-         "--episodes-per-task", "2", "--max-steps", "40", "--replan-steps", "2", "--set", "image_size=56",
+         "--episodes-per-task", "2", "--max-steps", "40", "--replan-steps", "2",
          "--video", "none", "-q", "--workers", "0", "--out", str(out)],
-        env={**env, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (out / "episodes.jsonl").exists() or not (out / "episodes.jsonl").read_text():
-        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read() if run.poll() else ""
-        time.sleep(0.2)
-    server.kill()  # mid-run: an episode is in flight
-    server.wait()
-    time.sleep(1.0)
-    server = start_server()  # back on the same port; the client reconnects and resends
     try:
+        deadline = time.monotonic() + 120
+        while not (out / "episodes.jsonl").exists() or not (out / "episodes.jsonl").read_text():
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read() if run.poll() else ""
+            time.sleep(0.05)
+        run.send_signal(signal.SIGSTOP)  # mid-run: an episode is in flight
+        server.kill()
+        server.wait()
+        server = start_serve_process(["--ckpt", "demo", "--port", str(port)])  # listening again
+        run.send_signal(signal.SIGCONT)  # its connection is dead: it reconnects and resends
         _, err = run.communicate(timeout=300)
     finally:
+        run.kill()
         server.kill()
     assert run.returncode == 0, err
     assert "reconnecting" in err
     records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     ids = [r["episode_id"] for r in records]
     assert len(ids) == 6 and len(set(ids)) == 6 and all(r["success"] is not None for r in records)
+
+
+def test_an_answer_larger_than_the_clients_limit_is_an_error_not_a_chunk():
+    """The client takes frames up to the same limit as the server (64 MiB by default, here 1 MiB)."""
+    from websockets.sync.server import serve
+
+    def handler(ws):
+        ws.send(packb({"action_dim": 7, "chunk_length": 8}))
+        for _ in ws:  # 2 MiB of actions for every request
+            ws.send(packb({"actions": np.zeros((75_000, 7), np.float32)}))
+
+    port = free_port()
+    with serve(handler, "127.0.0.1", port) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        client = RemotePolicy(f"ws://127.0.0.1:{port}", 7, max_message_bytes=1 << 20)
+        obs = Observation({"agentview": np.zeros((8, 8, 3), np.uint8)}, np.zeros(8, np.float32), "go")
+        with pytest.raises(RemotePolicyError, match="answered with a frame larger than 1 MiB"):
+            client.act([obs], ["big@0"])
+        server.shutdown()
+    assert RemotePolicy("ws://x:1", 7).max_message_bytes == 64 << 20 == int(serve_parser().parse_args(
+        ["--ckpt", "demo"]).max_message_mb * 2**20)  # fmt: skip
 
 
 def test_a_users_policy_class_runs_the_tabletop_suite_through_ray(toy_suites, tmp_path):
