@@ -144,23 +144,28 @@ def apply_client_preset(
 def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str] = ()) -> SuiteSpec:
     """The suite's env renders at the checkpoint's image size where its protocol allows it and
     `--set image_size=...` (one of `overrides`) did not choose a size."""
-    import dataclasses
     import json
 
     config = Path(checkpoint) / "config.json"
-    chosen = any(item.partition("=")[0] == "image_size" for item in overrides)
-    if (
-        chosen
-        or not suite.render_at_model_size
-        or "image_size" not in suite.env_kwargs
-        or not config.is_file()
-    ):
+    if not config.is_file():
         return suite  # (a missing config.json is reported by the checkpoint loader, with its name)
     try:
         size = json.loads(config.read_text()).get("model", {}).get("image_size")  # save_checkpoint's layout
     except (OSError, ValueError, AttributeError):
         return suite  # a damaged config.json is reported by the checkpoint check, with its name
-    return dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, "image_size": size}) if size else suite
+    return render_at_size(suite, size, overrides)
+
+
+def render_at_size(suite: SuiteSpec, size: int | None, overrides: list[str] = ()) -> SuiteSpec:
+    """The suite's env renders at `size`, the policy's image size (a checkpoint's, or the one a
+    remote server announces), where the suite's protocol allows it and `--set image_size=...` (one
+    of `overrides`) did not choose a size; `size` None leaves the suite as it is."""
+    import dataclasses
+
+    chosen = any(item.partition("=")[0] == "image_size" for item in overrides)
+    if not size or chosen or not suite.render_at_model_size or "image_size" not in suite.env_kwargs:
+        return suite
+    return dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, "image_size": size})
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -279,6 +284,10 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         timeout_s=args.remote_timeout,
     )
     check_external_policy(policy)
+    if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
+        from evalsuite.remote import served_image_size
+
+        suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
     seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
     out = (
         Path(args.out)
