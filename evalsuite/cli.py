@@ -8,7 +8,8 @@
 Exit codes of an evaluation: 0 every planned episode has an outcome; 2 bad input, a missing
 simulator or asset, or an error that would repeat on every episode (the run stops; records written
 so far are kept); 3 the run finished but some episodes are recorded as errors (they crashed on
-every attempt and are left out of the rates).
+every attempt and are left out of the rates); 130 / 143 stopped by Ctrl-C / SIGTERM (records written
+so far are whole; the same command resumes).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from envs.base import SetupError
 from evalsuite.errors import ArgumentParser, EvalError, UsageError
 from evalsuite.evaluate import EvalConfig, dry_run, evaluate, report
-from evalsuite.policy import PolicySpec
+from evalsuite.policy import PolicySpec, build_policy
 from evalsuite.runner import IN_WORKER_POLICIES, RunAborted, RunOptions
-from evalsuite.store import RunStore
+from evalsuite.store import RunStore, check_run_dir
 from evalsuite.suites import registry
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.validate import (
@@ -32,12 +36,16 @@ from evalsuite.validate import (
     check_external_policy,
     check_numbers,
     check_ray_address,
+    check_replan_steps,
+    check_set_value,
     policy_kind,
     resolve_device,
 )
 
 log = logging.getLogger("asyncvla-eval")
 EXIT_EPISODE_ERRORS = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 def resolve_suites(name: str, only: str | None) -> list[SuiteSpec]:
@@ -58,6 +66,19 @@ def resolve_suites(name: str, only: str | None) -> list[SuiteSpec]:
         if unknown:
             raise UsageError(
                 f"unknown suite(s) in --suites: {', '.join(unknown)}; available: {', '.join(sorted(suites))}"
+            )
+        repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+        if repeated:
+            raise UsageError(
+                f"--suites names {', '.join(repeated)} more than once; each suite runs once per run "
+                "(--episodes-per-task sets how many episodes)"
+            )
+        mine = [s.name for s in chosen]
+        foreign = [n for n in wanted if n not in mine]
+        if foreign:
+            raise UsageError(
+                f"--suites {', '.join(foreign)}: not a suite of {name!r} (its suites: {', '.join(mine)}); "
+                f"run `asyncvla-eval {foreign[0]}` for it"
             )
         chosen = [suites[n] for n in wanted]
     return chosen
@@ -100,6 +121,7 @@ def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
                 f"--set {key}={raw}: suite {suite.name!r} expects {type(default).__name__} "
                 f"(default {json.dumps(default)}), got {type(value).__name__}"
             )
+        check_set_value(suite, key, raw, value)
         kwargs[key] = value
     return dataclasses.replace(suite, env_kwargs=kwargs)
 
@@ -248,10 +270,11 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     False: the nightly job checks each checkpoint itself, to report a broken one and go on)."""
     overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
     suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
+    chunk_length = None  # of the policy's chunks, where it is known before the run
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
         if check_ckpt:
-            check_checkpoint_for(checkpoint, suites, args.mode)
+            chunk_length = check_checkpoint_for(checkpoint, suites, args.mode).chunk_length
         suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
         kind, checkpoint = policy_kind(args.policy), None
@@ -263,13 +286,23 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         raise UsageError(
             f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
         )
+    if args.remote_layout and kind != "remote":
+        given = f"--ckpt {args.ckpt}" if args.ckpt else f"--policy {args.policy}"
+        raise UsageError(
+            "--remote-layout sets the wire keys of a remote policy (--policy ws://HOST:PORT) and means "
+            f"nothing with {given}: leave it out"
+        )
     suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
     check_numbers(args)
+    # ray.init joins the cluster RAY_ADDRESS names when --address is left out: check it alike
+    address, address_source = args.address, "--address"
+    if not address and os.environ.get("RAY_ADDRESS") and args.workers > 0:
+        address, address_source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     # a policy without a model has no device: leave torch (1.5 s to import) out of its start-up
     no_model = kind in IN_WORKER_POLICIES and args.device == "auto"
-    device = "cpu" if no_model else resolve_device(args.device, args.address)
-    if args.address:
-        check_ray_address(args.address)
+    device = "cpu" if no_model else resolve_device(args.device, address)
+    if address:
+        check_ray_address(address, source=address_source)
     policy = PolicySpec(
         kind=kind,
         checkpoint=checkpoint,
@@ -283,11 +316,17 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         layout=args.remote_layout if kind == "remote" else None,
         timeout_s=args.remote_timeout,
     )
-    check_external_policy(policy)
+    chunk_length = check_external_policy(policy) or chunk_length
     if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
         from evalsuite.remote import served_image_size
 
         suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
+    replan_steps = args.replan_steps or preset.get("replan_steps")
+    if replan_steps and kind in IN_WORKER_POLICIES and kind != "remote":
+        chunk_length = build_policy(policy).chunk_length  # scripted or random: built in microseconds
+    client = suites[0].env_kwargs.get("client")
+    flag = "--replan-steps" if args.replan_steps else f"--set client={client}: its replan steps"
+    check_replan_steps(replan_steps, chunk_length, f"the policy ({args.ckpt or args.policy})", flag)
     seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
     out = (
         Path(args.out)
@@ -297,7 +336,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
     options = RunOptions(
         workers=args.workers,
         address=args.address,
-        replan_steps=args.replan_steps or preset.get("replan_steps"),
+        replan_steps=replan_steps,
         max_steps=args.max_steps,
         video=args.video,
         retries=args.retries,
@@ -311,8 +350,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         if not tasks:
             raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a directory (new, or a run to resume)")
+    check_run_dir(out)
     return EvalConfig(
         suites=suites,
         policy=policy,
@@ -418,10 +456,19 @@ def main(argv: list[str] | None = None) -> int:
         "nightly": cmd_nightly,  # exit 0 nothing significantly worse, 1 something worse, 2 bad input
         "compare": cmd_compare,
     }
+    # commands that write a run directory: a stop (Ctrl-C, SIGTERM) leaves it whole and resumable
+    resumable = not argv or argv[0] not in handlers or argv[0] in ("nightly", "ablations")
+    sigterm = _Sigterm.install() if resumable else None
     try:
         if argv and argv[0] in handlers:
             return handlers[argv[0]](argv[1:])
         return cmd_evaluate(argv)
+    except KeyboardInterrupt:
+        print(
+            f"asyncvla-eval: interrupted{'; run the same command to resume' if resumable else ''}",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM if sigterm is not None and sigterm.received else EXIT_INTERRUPTED
     except RunAborted as e:
         return _fail(f"{e} (recorded episodes are kept; fix the cause and re-run the same command to resume)")
     except (EvalError, SetupError) as e:
@@ -433,6 +480,33 @@ def main(argv: list[str] | None = None) -> int:
         if _is_checkpoint_error(e):
             return _fail(str(e))
         raise
+    finally:
+        if sigterm is not None:
+            sigterm.restore()
+
+
+class _Sigterm:
+    """SIGTERM (a scheduler's stop, `kill`) raises KeyboardInterrupt in the main thread, as Ctrl-C
+    does: the run unwinds, stops Ray and marks run.json stopped. KeyboardInterrupt rather than an
+    exception of our own: Ray's blocking calls turn only that one (and SystemExit) back into a
+    Python exception when a signal handler raises inside them (another one ends as a SystemError).
+    `received` tells the two signals apart for the exit code."""
+
+    def __init__(self):
+        self.received = False
+        self.previous = signal.signal(signal.SIGTERM, self)
+
+    @classmethod
+    def install(cls) -> _Sigterm | None:
+        """None where handlers cannot be set (not the main thread: `main` called by an application)."""
+        return cls() if threading.current_thread() is threading.main_thread() else None
+
+    def __call__(self, signum, frame):
+        self.received = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 def _is_checkpoint_error(e: Exception) -> bool:

@@ -139,7 +139,7 @@ def record_demos(
     _check_suite(spec)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task={episodes_per_task}: expected at least 1")
-    names = list(tasks) if tasks else [t.name for t in spec.tasks]
+    names = [_task_name(spec, t) for t in tasks] if tasks else [t.name for t in spec.tasks]
     for name in names:
         spec.task(name)  # a clear KeyError for an unknown task, before any work
     out = Path(out_dir)
@@ -205,6 +205,19 @@ def record_demos(
     return out
 
 
+def _task_name(suite: SuiteSpec, task: str) -> str:
+    """A task name, or an index in the suite's order as `asyncvla-eval SUITE --tasks` takes it."""
+    task = task.strip()
+    if not task.isdigit():
+        return task
+    if int(task) >= len(suite.tasks):
+        raise ValueError(
+            f"task index {task} is out of range for suite {suite.name!r}, which has {len(suite.tasks)} "
+            f"tasks (0-{len(suite.tasks) - 1}); `asyncvla-eval list {suite.name}` prints them"
+        )
+    return suite.tasks[int(task)].name
+
+
 def demo_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="asyncvla-eval record-demos",
@@ -215,7 +228,7 @@ def demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--episodes-per-task", type=int, default=50)
-    p.add_argument("--tasks", help="comma-separated task names (default: all)")
+    p.add_argument("--tasks", help="comma-separated task names or indices (default: all)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=1, help="processes; 0 records inline")
     p.add_argument("--seed", type=int, default=0, help="seed of the training layouts")

@@ -20,7 +20,7 @@ from evalsuite.plan import describe_plan, plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
-from evalsuite.store import RunStore
+from evalsuite.store import RunStore, check_records_match
 from evalsuite.suites.spec import SuiteSpec, import_object
 from evalsuite.tables import (
     build_tables,
@@ -182,6 +182,7 @@ def report(run_dir: Path, suites: list[SuiteSpec], plan: list[EpisodeSpec] | Non
     store = RunStore(run_dir)
     manifest = store.read_manifest()
     records = list(store.load_records(repair=False).values())
+    check_records_match(manifest, records, Path(run_dir))
     if plan is not None:
         order = {spec.id: i for i, spec in enumerate(plan)}
         records = sorted((r for r in records if r.episode_id in order), key=lambda r: order[r.episode_id])

@@ -82,6 +82,42 @@ class PolicySpec:
 
 
 def build_policy(spec: PolicySpec) -> Policy:
+    """The run's policy, its `act` held to the contract's batch dimension (`BatchChecked`)."""
+    return BatchChecked(_build(spec))
+
+
+class BatchChecked:
+    """A policy whose `act` must answer one chunk per observation: one too many would go
+    unnoticed (the extra chunk dropped), one too few would leave an episode without its actions.
+    Checked here, where every caller (inline, env worker, policy server) gets its chunks; the
+    action dimension is checked per chunk by the episode loop. Anything else is the policy's own."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def act(self, observations: list[Observation], keys: list[str]) -> np.ndarray:
+        actions = self.policy.act(observations, keys)
+        check_batch(actions, len(observations))
+        return actions
+
+
+def check_batch(actions, observations: int) -> None:
+    """`actions` holds one chunk per observation, or a `FatalPolicyError` (it would repeat on every call)."""
+    from evalsuite.errors import FatalPolicyError
+
+    shape = tuple(np.shape(actions))  # a numpy array, a torch tensor or a list of chunks
+    if not shape or shape[0] != observations:
+        raise FatalPolicyError(
+            f"the policy returned {shape[0] if shape else 'no'} action chunks for {observations} "
+            f"observation(s) (shape {shape}); act() must return one chunk per observation, "
+            "[B, chunk_length, action_dim] (docs/CONTRACTS.md)"
+        )
+
+
+def _build(spec: PolicySpec) -> Policy:
     if spec.kind == "random":
         return RandomPolicy(action_dim=spec.action_dim)
     if spec.kind == "scripted":
@@ -109,15 +145,8 @@ def import_policy(factory: str) -> Policy:
     """A user's policy class, `package.module:Class`, built without arguments and checked against
     the contract: a broken one stops the run with one message instead of failing every episode."""
     from evalsuite.errors import FatalPolicyError
-    from evalsuite.suites.spec import import_object
 
-    try:
-        cls = import_object(factory)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise FatalPolicyError(
-            f"--policy {factory}: cannot import it ({type(e).__name__}: {e}); give package.module:Class "
-            "importable here (and on every Ray node)"
-        ) from e
+    cls = import_policy_class(factory)
     try:
         policy = cls()
     except Exception as e:  # user code: any failure to construct is reported, not raised through
@@ -134,3 +163,20 @@ def import_policy(factory: str) -> Policy:
             f"missing or invalid {', '.join(problems)}"
         )
     return policy
+
+
+def import_policy_class(factory: str) -> type:
+    """The class `package.module:Class` names, imported (not built), or a `FatalPolicyError`."""
+    from evalsuite.errors import FatalPolicyError
+    from evalsuite.suites.spec import import_object
+
+    try:
+        cls = import_object(factory)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise FatalPolicyError(
+            f"--policy {factory}: cannot import it ({type(e).__name__}: {e}); give package.module:Class "
+            "importable here (and on every Ray node)"
+        ) from e
+    if not callable(cls):
+        raise FatalPolicyError(f"--policy {factory}: names a {type(cls).__name__}, not a Policy class")
+    return cls

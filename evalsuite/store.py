@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.errors import EvalError
-from evalsuite.records import EpisodeRecord
+from evalsuite.records import EpisodeRecord, EpisodeSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,90 @@ def identity(manifest: dict[str, Any], key: str) -> Any:
             for suite, values in value.items()
         }
     return value
+
+
+def check_run_dir(path: Path) -> None:
+    """`path` may receive a run: it does not exist, is empty, or holds a run (its run.json). A
+    directory with records but no run.json has lost the description its records were made
+    under; any other non-empty directory (a checkpoint, a dataset) would have a run mixed into it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunDirError(
+            f"--out {path} is a file, not a directory; choose a directory (new, or a run to resume)"
+        )
+    if (path / MANIFEST).exists():
+        return
+    if (path / EPISODES).exists():
+        raise RunDirError(
+            f"{path} holds episode records ({EPISODES}) but no {MANIFEST}, the description they were "
+            f"recorded under, so they cannot be resumed or reported; restore {MANIFEST}, or use another --out"
+        )
+    # what a run leaves before its run.json is written: its lock file, empty videos/ and tables/
+    content = [p.name for p in path.iterdir() if not _left_by_a_start(p)]
+    if content:
+        shown = ", ".join(sorted(content)[:5]) + (", ..." if len(content) > 5 else "")
+        raise RunDirError(
+            f"--out {path} is a non-empty directory that is not a run directory (it holds {shown}); "
+            "choose a new or empty directory, or a run directory to resume"
+        )
+
+
+def _left_by_a_start(p: Path) -> bool:
+    return p.name == LOCK_INFO or (p.name in ("videos", "tables") and p.is_dir() and not any(p.iterdir()))
+
+
+def differences(before: Any, now: Any, path: str, limit: int = 4) -> str:
+    """The leaves where two manifest values differ, `path.to.leaf: A there, B now`, at most `limit`."""
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, "(absent)"), b.get(k, "(absent)"), f"{where}.{k}")
+        elif a != b:
+            found.append(f"{where} is {json.dumps(a, default=str)} there, {json.dumps(b, default=str)} now")
+
+    walk(before, now, path)
+    more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
+    return "; ".join(found[:limit]) + more
+
+
+def check_records_match(manifest: dict[str, Any], records: list[EpisodeRecord], where: Path) -> None:
+    """Every record was made under `manifest`'s description (its suites, seed, policy mode and step
+    budgets) and its episode id is the one its fields give: refuse an edited run.json or record
+    rather than print a header over results that were not made under it."""
+    for record in records:
+        problem = _record_problem(record, manifest)
+        if problem:
+            raise RunDirError(
+                f"{Path(where) / EPISODES}: record {record.episode_id} does not belong to the run "
+                f"{MANIFEST} describes ({problem}); {MANIFEST} or the records were edited: restore them"
+            )
+
+
+def _record_problem(r: EpisodeRecord, manifest: dict[str, Any]) -> str | None:
+    expected = EpisodeSpec(r.suite, r.task, r.episode_index, r.seed, r.variant, r.mode).id
+    if r.episode_id != expected:
+        return f"its episode_id is {r.episode_id!r} but its fields give {expected!r}"
+    if r.suite not in manifest["suites"]:
+        return f"its suite {r.suite!r} is not among run.json's suites {manifest['suites']}"
+    if "seed" in manifest and r.seed != manifest["seed"]:
+        return f"its seed {r.seed} is not run.json's seed {manifest['seed']!r}"
+    policy = manifest.get("policy")
+    if isinstance(policy, dict) and "kind" in policy:
+        mode = (
+            policy.get("mode") if policy["kind"] == "asyncvla" else policy["kind"]
+        )  # PolicySpec.episode_mode
+        if r.mode != mode:
+            return f"its mode {r.mode!r} is not the mode of run.json's policy ({mode!r})"
+    protocol = manifest.get("protocol")
+    values = protocol.get(r.suite) if isinstance(protocol, dict) else None
+    budgets = values.get("step_budgets") if isinstance(values, dict) else None
+    if isinstance(budgets, list) and budgets and r.steps > max(budgets):
+        return f"it ran {r.steps} steps, over run.json's step budget {max(budgets)}"
+    return None
 
 
 class RunLock:
@@ -117,18 +201,18 @@ class RunStore:
 
         Everything that can refuse the run (the lock, another run's manifest, damaged records) is
         checked before the first byte is written."""
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RunDirError(f"--out {self.dir} is a file, not a directory; choose a directory")
+        check_run_dir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
+            check_run_dir(self.dir)  # again, under the lock: another writer may have been first
             previous = self.read_manifest() if self.manifest_path.exists() else None
             if previous is not None:
                 for key in IDENTITY_KEYS:
                     if identity(previous, key) != identity(manifest, key):
                         raise RunDirError(
-                            f"{self.dir} already holds a run with a different {key!r} "
-                            f"({identity(previous, key)!r} vs now {identity(manifest, key)!r}); "
+                            f"{self.dir} already holds a run with a different {key!r}: "
+                            f"{differences(identity(previous, key), identity(manifest, key), key)}; "
                             "use another --out directory to start a new run"
                         )
             records = self.load_records()

@@ -9,6 +9,9 @@ one line that says what to change.
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass
+from typing import Any
 
 from evalsuite.errors import UsageError
 from evalsuite.policy import PolicySpec
@@ -25,6 +28,80 @@ NUMERIC_LIMITS = (
     ("--max-wait-ms", "max_wait_ms", 0, "milliseconds"),
     ("--policy-servers", "policy_servers", 1, "policy server replicas"),
 )
+
+
+@dataclass(frozen=True)
+class SetRange:
+    """The values a `--set` option takes: integers from `low` to `high` (None: unbounded), one of
+    `choices`, or only its default (`fixed`: the option names the suite itself)."""
+
+    low: int | None = None
+    high: int | None = None
+    choices: tuple = ()
+    fixed: bool = False
+    enforced_by: str = ""  # the env that refuses the same values when it is built
+
+    def problem(self, value: Any) -> str | None:
+        if self.choices and value not in self.choices:
+            return f"choose one of {', '.join(map(json.dumps, self.choices))}"
+        if self.low is not None or self.high is not None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                return "expected an integer"
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                if self.high is None:
+                    return f"must be at least {self.low}"
+                return f"must be an integer from {self.low} to {self.high}"
+        return None
+
+
+# Every env option of the built-in suites that `--set` may change, and its values: checked here,
+# before anything is written, rather than by the env in each worker (a traceback per episode).
+# An option not listed (a plug-in suite's own) is checked for its default's type only.
+SET_OPTIONS: dict[str, SetRange] = {
+    "image_size": SetRange(16, 512, enforced_by="envs/tabletop/env.py"),
+    "split": SetRange(choices=("eval", "train"), enforced_by="envs/tabletop/env.py"),
+    "settle_steps": SetRange(0, None, enforced_by="envs/tabletop/env.py, envs/libero/env.py"),
+    "resolution": SetRange(16, 1024, enforced_by="envs/libero/env.py"),
+    "gripper": SetRange(choices=("continuous", "sign"), enforced_by="envs/libero/env.py"),
+    "skip_unused_renders": SetRange(choices=(True, False)),
+    "cheap_reset": SetRange(choices=(True, False)),
+    "suite": SetRange(fixed=True),
+    "group": SetRange(fixed=True),
+    "backend": SetRange(choices=("sapien2", "maniskill3"), enforced_by="envs/simpler/adapter.py"),
+    "gripper_input": SetRange(choices=("open01", "closedness_pm1"), enforced_by="envs/simpler/actions.py"),
+    "rotation": SetRange(choices=("rpy", "axis_angle"), enforced_by="envs/simpler/actions.py"),
+    "seed_repeats": SetRange(1, None),
+    "end_on_first_success": SetRange(choices=(True, False)),
+    "check_assets": SetRange(choices=(True, False)),
+    "terminate_in_action": SetRange(choices=(True, False)),
+}
+
+
+def check_set_value(suite: SuiteSpec, key: str, raw: str, value: Any) -> None:
+    """`--set key=raw` (parsed to `value`) against SET_OPTIONS; the caller checked the type."""
+    limits = SET_OPTIONS.get(key)
+    if limits is None:
+        return
+    default = suite.env_kwargs[key]
+    if limits.fixed and value != default:
+        raise UsageError(
+            f"--set {key}={raw}: {key} names suite {suite.name!r} itself ({json.dumps(default)}); "
+            "run the suite you want by its name instead"
+        )
+    problem = limits.problem(value)
+    if problem:
+        raise UsageError(
+            f"--set {key}={raw}: {problem} (suite {suite.name!r}, default {json.dumps(default)})"
+        )
+
+
+def check_replan_steps(replan_steps: int | None, chunk_length: int | None, who: str, flag: str) -> None:
+    """Executing more actions per chunk than the policy predicts would silently execute the chunk."""
+    if replan_steps and chunk_length and replan_steps > chunk_length:
+        raise UsageError(
+            f"{flag} {replan_steps}: {who} predicts chunks of {chunk_length} actions; use --replan-steps "
+            f"{chunk_length} or fewer, or leave it out to execute the whole chunk"
+        )
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -65,10 +142,11 @@ def resolve_device(device: str, address: str | None) -> str:
     return device
 
 
-def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec], mode: str | None = None) -> None:
+def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec], mode: str | None = None):
     """The checkpoint is checked here, in the driver, before anything starts: never first in an actor.
-    With `mode`, also that it was trained for that inference mode (a trained rater for asyncvla)."""
-    from asyncvla.checkpoint import check_checkpoint, check_mode, read_training_record
+    With `mode`, also that it was trained for that inference mode (a trained rater for asyncvla).
+    Returns its ModelConfig."""
+    from asyncvla.checkpoint import check_checkpoint, check_mode, check_weights_finite, read_training_record
 
     cfg, _, _ = check_checkpoint(checkpoint)
     if mode is not None:
@@ -79,6 +157,8 @@ def check_checkpoint_for(checkpoint: str, suites: list[SuiteSpec], mode: str | N
                 f"checkpoint {checkpoint} predicts {cfg.action_dim}-D actions but suite {suite.name!r} "
                 f"takes {suite.action_dim}-D ones; use a checkpoint trained for this suite"
             )
+    check_weights_finite(checkpoint, files=("rater.safetensors",))  # the model's: where it is loaded
+    return cfg
 
 
 def policy_kind(value: str) -> str:
@@ -95,43 +175,66 @@ def policy_kind(value: str) -> str:
     )
 
 
-def check_external_policy(policy: PolicySpec) -> None:
+def check_external_policy(policy: PolicySpec) -> int | None:
     """A remote server answers and fits the suite; a user's class imports and keeps the contract:
-    checked once here, before anything starts, instead of failing in every worker."""
+    checked once here, before anything starts, instead of failing in every worker. Returns the
+    policy's chunk length where the server's metadata or the class says it.
+
+    A user's class is imported, not built (building may load a model, which the policy server
+    builds again): its class attributes are checked here, and the instance's contract where it is
+    built (`evalsuite.policy.import_policy`)."""
     if policy.kind == "remote":
+        from websockets.exceptions import WebSocketException
+
         from evalsuite.remote import WireLayout, probe
 
         try:
             WireLayout.parse(policy.layout)
         except (ValueError, TypeError) as e:
             raise UsageError(str(e)) from e
-        probe(policy.url, policy.action_dim, timeout_s=min(10.0, policy.timeout_s))
-    elif policy.kind == "import":
-        from evalsuite.policy import import_policy
-
-        built = import_policy(policy.factory)
-        if built.action_dim != policy.action_dim:
+        try:
+            metadata = probe(policy.url, policy.action_dim, timeout_s=min(10.0, policy.timeout_s))
+        except WebSocketException as e:  # something answers there, but not a websocket server
             raise UsageError(
-                f"--policy {policy.factory} returns {built.action_dim}-D actions but the suite takes "
+                f"--policy {policy.url}: the server there does not speak the websocket protocol "
+                f"({type(e).__name__}: {e}); point --policy at a policy server (asyncvla-eval serve, openpi's)"
+            ) from e
+        length = metadata.get("chunk_length") if isinstance(metadata, dict) else None
+        return length if isinstance(length, int) else None
+    if policy.kind == "import":
+        from evalsuite.policy import import_policy_class
+
+        cls = import_policy_class(policy.factory)
+        action_dim, chunk_length = getattr(cls, "action_dim", None), getattr(cls, "chunk_length", None)
+        if isinstance(action_dim, int) and action_dim != policy.action_dim:
+            raise UsageError(
+                f"--policy {policy.factory} returns {action_dim}-D actions but the suite takes "
                 f"{policy.action_dim}-D ones"
             )
+        return chunk_length if isinstance(chunk_length, int) else None
+    return None
 
 
-def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """A HOST:PORT that nothing answers on is refused in seconds (ray.init would wait on it)."""
+def check_ray_address(address: str, timeout_s: float = 5.0, source: str = "--address") -> None:
+    """A HOST:PORT that nothing answers on is refused in seconds (ray.init would wait on it).
+    `source`: where the address came from, --address or the RAY_ADDRESS environment variable
+    (ray.init reads it when --address is left out), checked alike."""
     import socket
 
     if address == "auto" or address.startswith("local"):
         return
+    shown = f"RAY_ADDRESS={address}" if source == "RAY_ADDRESS" else f"--address {address}"
+    instead = "unset RAY_ADDRESS" if source == "RAY_ADDRESS" else "leave --address out"
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(
-            f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto"
+            f"{shown}: expected HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto; "
+            f"or {instead} to start a local cluster"
         )
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as e:
         raise UsageError(
-            f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
-            "`ray start --head` on that host, or leave --address out to start a local one"
+            f"{shown}: no Ray cluster answers there ({e.strerror or e}); start one with "
+            f"`ray start --head` on that host, or {instead} to start a local one"
         ) from e

@@ -55,6 +55,21 @@ CREATE TABLE IF NOT EXISTS task_results (
 """
 
 
+def _schema_columns() -> dict[str, set[str]]:
+    """Table -> column names of SCHEMA, read from an in-memory database built with it."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            t: {row[1] for row in db.execute(f"PRAGMA table_info({t!r})")}
+            for t in tables
+            if not t.startswith("sqlite_")
+        }
+    finally:
+        db.close()
+
+
 class HistoryError(EvalError):
     """The history file is not a readable SQLite database of this schema."""
 
@@ -95,12 +110,38 @@ class History:
         self.db.row_factory = sqlite3.Row
         try:
             self.db.execute("PRAGMA foreign_keys = ON")
+            self._check_schema()  # before the first write: another application's database stays as it was
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise HistoryError(
                 f"{self.path} is not a nightly history database ({e}); pass another --history path"
             ) from e
+        except HistoryError:
+            self.db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """A database with tables must have this schema's tables and columns (a new or empty file
+        gets them): another SQLite file would fail at its first query, after being written to."""
+        found = {
+            name: {row[1] for row in self.db.execute(f"PRAGMA table_info({name!r})")}
+            for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("sqlite_")
+        }
+        if not found:
+            return
+        wrong = []
+        for table, columns in _schema_columns().items():
+            if table not in found:
+                wrong.append(f"no table {table}")
+            elif columns - found[table]:
+                wrong.append(f"{table} lacks {', '.join(sorted(columns - found[table]))}")
+        if wrong:
+            raise HistoryError(
+                f"{self.path} is a SQLite database of another schema (tables: {', '.join(sorted(found))}; "
+                f"{'; '.join(wrong)}), not a nightly history; pass another --history path"
+            )
 
     def close(self) -> None:
         self.db.close()

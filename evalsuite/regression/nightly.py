@@ -38,7 +38,7 @@ from evalsuite.regression.history import History, HistoryError, RunRow, TaskResu
 from evalsuite.regression.report import NightlyReport, to_markdown, write_report
 from evalsuite.suites import registry
 from evalsuite.tables import per_task_table, records_frame
-from evalsuite.validate import check_checkpoint_for
+from evalsuite.validate import check_checkpoint_for, check_replan_steps
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,14 @@ class Nightly:
         if not 0 < args.alpha < 1:
             raise UsageError(f"--alpha must be between 0 and 1, got {args.alpha}")
         date = args.date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-            raise UsageError(f"--date must look like 2026-11-27, got {date!r}")
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+                raise ValueError(date)
+            datetime.strptime(date, "%Y-%m-%d")
+        except ValueError:
+            raise UsageError(
+                f"--date must be a calendar date like 2026-11-27 (YYYY-MM-DD), got {date!r}"
+            ) from None
         self.date = date
         self.out_root = Path(args.out_root)
         if not Path(args.ckpt_dir).is_dir():
@@ -146,7 +152,10 @@ class Nightly:
         from asyncvla.checkpoint import CheckpointError
 
         try:
-            check_checkpoint_for(str(checkpoint), self.suites, self.args.mode or "asyncvla")
+            cfg = check_checkpoint_for(str(checkpoint), self.suites, self.args.mode or "asyncvla")
+            check_replan_steps(
+                self.args.replan_steps, cfg.chunk_length, f"checkpoint {checkpoint}", "--replan-steps"
+            )
         except (CheckpointError, UsageError) as e:
             log.error("broken checkpoint %s: %s", checkpoint, e)
             self.broken.append((checkpoint, str(e)))

@@ -1,0 +1,62 @@
+"""Policies that break the contract in one way each, for tests/test_cli_hostile2.py
+(`--policy hostile_policies:ExtraRowPolicy`, with tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+class _Base:
+    action_dim = 7
+    chunk_length = 4
+
+    def chunks(self, n: int) -> np.ndarray:
+        actions = np.zeros((n, self.chunk_length, self.action_dim), np.float32)
+        actions[..., 0] = 0.3
+        return actions
+
+    def act(self, observations, keys):
+        return self.chunks(len(observations))
+
+    def reset(self, episode_key: str) -> None:
+        pass
+
+
+class ExtraRowPolicy(_Base):
+    """B + 1 chunks for B observations."""
+
+    def act(self, observations, keys):
+        return self.chunks(len(observations) + 1)
+
+
+class MissingRowPolicy(_Base):
+    """B - 1 chunks for B observations."""
+
+    def act(self, observations, keys):
+        return self.chunks(len(observations) - 1)
+
+
+class SleepyPolicy(_Base):
+    """Hangs: every call sleeps far longer than any test waits."""
+
+    def act(self, observations, keys):
+        time.sleep(600)
+        return self.chunks(len(observations))
+
+
+class CountedPolicy(_Base):
+    """Leaves one file in $ASYNCVLA_TEST_BUILD_DIR per instance built (how often a model would load)."""
+
+    def __init__(self):
+        Path(os.environ["ASYNCVLA_TEST_BUILD_DIR"], f"{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+
+class SixDimPolicy(_Base):
+    """Says, as a class attribute, that it predicts 6-D actions."""
+
+    action_dim = 6
