@@ -30,11 +30,18 @@ vision path calls `tolist()`), and the result is copied to the host once. On CPU
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import (
+    get_vision_attention_seqlens,
+    get_vision_position_ids,
+    get_vision_window_index,
+)
 
 from asyncvla import flow
 from asyncvla.config import MODES
@@ -166,7 +173,8 @@ class FastSampler:
             # (a compile per shape: prefix and suffix of each bucket, more than dynamo's default 8)
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.layer_fn = torch.compile(_decoder_layer, dynamic=False, fullgraph=True)
-        self._graphs: dict[tuple, CapturedCall] = {}
+        self._graphs: dict[tuple, CapturedCall | None] = {}
+        self._plans: dict[tuple, VisionPlan] = {}
 
     # -- the pieces, each the reference's maths ---------------------------------------------
     def _run_layers(self, x, keys, values, cos, sin, mask) -> torch.Tensor:
@@ -234,7 +242,102 @@ class FastSampler:
         afm = self.integrate(state, flow.afm_start(sfm, n_afm, m), m)
         return afm, sfm, confidence, m
 
+    # -- the prefix's embedding: vision tower, token embeddings, state token -------------------
+    def host_prefix(self, inputs, rows: int | None = None, length: int | None = None) -> HostPrefix:
+        """Everything about the prefix that the host derives from token ids and the image grid (rope
+        positions, where image tokens go, the vision tower's windows), with the batch padded to
+        `rows` (copies of its last sample) and the prompt left-padded to `length` tokens if given."""
+        m = self.model
+        ids, valid, grid = inputs.input_ids.cpu(), inputs.valid.cpu(), inputs.image_grid_thw.cpu()
+        pixels, state = inputs.pixel_values, inputs.state
+        B, P = ids.shape
+        if length and length > P:  # left padding, as the preprocessor pads shorter prompts
+            ids = F.pad(ids, (length - P, 0), value=0)
+            valid = F.pad(valid, (length - P, 0), value=False)
+        if rows and rows > B:
+            per_sample, cams = pixels.shape[0] // B, grid.shape[0] // B
+            pixels = torch.cat([pixels, pixels[-per_sample:].repeat(rows - B, 1)])
+            grid = torch.cat([grid, grid[-cams:].repeat(rows - B, 1)])
+            ids, valid, state = _pad_rows(ids, rows), _pad_rows(valid, rows), _pad_rows(state, rows)
+        is_image = ids == m.image_token_id
+        positions, _ = m.vlm.model.get_rope_index(
+            ids, is_image.int(), image_grid_thw=grid, attention_mask=valid.long()
+        )
+        # as AsyncVLA.embed_prefix: the state token follows the largest position
+        state_pos = positions.amax(dim=(0, 2)) + 1
+        n = ids.shape[0]
+        dev = m.device
+        return HostPrefix(
+            input_ids=ids.to(dev),
+            pixel_values=pixels.to(dev),
+            state=state.to(dev),
+            image_slots=is_image.view(-1).nonzero().squeeze(1).to(dev),
+            valid=torch.cat([valid, torch.ones(n, 1, dtype=torch.bool)], dim=1).to(dev),
+            positions=torch.cat([positions, state_pos[None, :, None].expand(3, n, 1)], dim=2).to(dev),
+            next_position=(state_pos + 1).to(dev),
+            plan=self._vision_plan(grid),
+        )
+
+    def _vision_plan(self, grid: torch.Tensor) -> VisionPlan:
+        """What the vision tower's forward derives from the image grid alone, once per grid."""
+        key = tuple(grid.flatten().tolist())
+        if key not in self._plans:
+            v, dev = self.model.vlm.model.visual, self.model.device
+            position_ids = get_vision_position_ids(grid, v.spatial_merge_size)
+            cu_seqlens, _ = get_vision_attention_seqlens(grid, v.config)
+            window_index, cu_windows = get_vision_window_index(
+                grid,
+                spatial_merge_size=v.spatial_merge_size,
+                window_size=v.window_size,
+                patch_size=v.patch_size,
+            )
+            window_index, seq_len = window_index.to(dev), position_ids.shape[0]
+            cos, sin = v.rotary_pos_emb(window_index, position_ids.to(dev))
+            self._plans[key] = VisionPlan(
+                window_index=window_index,
+                reverse_index=torch.argsort(window_index),
+                cos=v.permute_input_for_window_attn(cos, window_index, seq_len=seq_len),
+                sin=v.permute_input_for_window_attn(sin, window_index, seq_len=seq_len),
+                full=tuple(cu_seqlens.diff().tolist()),
+                windows=tuple(cu_windows.diff().tolist()),
+                key=key,
+            )
+        return self._plans[key]
+
+    def _vision(self, pixel_values: torch.Tensor, plan: VisionPlan) -> torch.Tensor:
+        """Qwen2.5-VL's vision tower (`get_image_features`, images concatenated) with its host work
+        (`tolist()`, window bookkeeping) moved into `plan`: capturable in a CUDA graph."""
+        v = self.model.vlm.model.visual
+        x = v.patch_embed(pixel_values.type(v.dtype))
+        x = v.permute_input_for_window_attn(x, plan.window_index, seq_len=x.shape[0])
+        for i, block in enumerate(v.blocks):
+            lengths = plan.full if i in v.fullatt_block_indexes else plan.windows
+            x = x + _vision_attention(block.attn, block.norm1(x), plan.cos, plan.sin, lengths)
+            x = x + block.mlp(block.norm2(x))
+        return v.merger(x)[plan.reverse_index]
+
+    def _embed(self, plan, input_ids, pixel_values, state, image_slots) -> torch.Tensor:
+        """`AsyncVLA.embed_prefix`'s embeddings: image features in the image tokens' slots, then the
+        projected state token; (B, P + 1, d)."""
+        m = self.model
+        embeds = m.lm.embed_tokens(input_ids)
+        image = self._vision(pixel_values, plan).to(embeds.dtype)
+        B, P, d = embeds.shape
+        embeds = embeds.reshape(B * P, d).index_copy(0, image_slots, image).view(B, P, d)
+        return torch.cat([embeds, m.state_proj(state.to(m.dtype))[:, None]], dim=1)
+
     # -- the whole chunk ----------------------------------------------------------------------
+    def _chunk(self, plan, mode, skip_empty_afm, *tensors):
+        """From host-prepared prefix tensors and noise to (actions, sfm, confidence, mask)."""
+        input_ids, pixel_values, state, image_slots, valid, positions, next_position = tensors[:7]
+        n_sfm, n_afm, u, threshold = tensors[7:]
+        prefix = Prefix(
+            self._embed(plan, input_ids, pixel_values, state, image_slots), valid, positions, next_position
+        )
+        keys, values, hidden = self.encode_prefix(prefix)
+        state = self.chunk_state(prefix, keys, values)
+        return self._after_prefix(state, hidden, valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm)
+
     @torch.no_grad()
     def sample_actions(
         self,
@@ -246,51 +349,33 @@ class FastSampler:
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}; expected one of {MODES}")
         threshold = self.cfg.threshold if threshold is None else threshold
-        n_sfm, n_afm, u = self.model._draw_noise(generators)
-        prefix = self.model.embed_prefix(inputs)
-        if self.graphs_enabled:
-            return self._sample_with_graphs(prefix, n_sfm, n_afm, u, mode, threshold)
-        return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm=True)
-
-    def _sample_without_graphs(self, prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm):
-        keys, values, hidden = self.encode_prefix(prefix)
-        state = self.chunk_state(prefix, keys, values)
-        actions, sfm, confidence, m = self._after_prefix(
-            state, hidden, prefix.valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm
+        noise = self.model._draw_noise(generators)
+        if not self.graphs_enabled:
+            host = self.host_prefix(inputs)
+            return ChunkResult(*self._chunk(host.plan, mode, True, *host.tensors(), *noise, threshold))
+        B, rows = len(generators), batch_bucket(len(generators))
+        host = self.host_prefix(inputs, rows, _round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE))
+        args = (
+            *host.tensors(),
+            *(_pad_rows(t, rows) for t in noise),
+            torch.full((), threshold, device=self.model.device),
         )
-        return ChunkResult(actions=actions, sfm=sfm, confidence=confidence, mask=m)
-
-    def _sample_with_graphs(self, prefix, n_sfm, n_afm, u, mode, threshold) -> ChunkResult:
-        B = prefix.embeds.shape[0]
-        padded = pad_prefix(prefix, batch_bucket(B), _round_up(prefix.embeds.shape[1], PREFIX_MULTIPLE))
-        rows = padded.embeds.shape[0]
-        inputs = (
-            *_prefix_tensors(padded),
-            _pad_rows(n_sfm, rows),
-            _pad_rows(n_afm, rows),
-            _pad_rows(u, rows),
-            torch.full((), threshold, device=u.device),
-        )
-        key = ("chunk", mode, *padded.embeds.shape[:2])
-        if self._graphs.get(key, True) is None:  # its capture failed: run op by op
-            return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, skip_empty_afm=False)
-        if key not in self._graphs:
-
-            def chunk(embeds, valid, positions, next_position, n_sfm, n_afm, u, threshold):
-                prefix = Prefix(embeds, valid, positions, next_position)
-                keys, values, hidden = self.encode_prefix(prefix)
-                state = self.chunk_state(prefix, keys, values)
-                return self._after_prefix(state, hidden, valid, n_sfm, n_afm, u, mode, threshold, False)
-
-            try:
-                self._graphs[key] = CapturedCall(chunk, inputs)
-            except RuntimeError as e:  # an op that cannot be captured: slower, not wrong
-                log.warning("CUDA graph capture failed (%s); this shape runs without graphs", e)
-                self._graphs[key] = None
-                return self._sample_without_graphs(prefix, n_sfm, n_afm, u, mode, threshold, False)
-        out = self._graphs[key](*inputs)
+        key = ("chunk", mode, *host.input_ids.shape, host.plan.key)
+        call = self._captured(key, functools.partial(self._chunk, host.plan, mode, False), args)
+        out = call(*args) if call else self._chunk(host.plan, mode, False, *args)
         actions, sfm, confidence, m = (None if t is None else t[:B].clone() for t in out)
         return ChunkResult(actions=actions, sfm=sfm, confidence=confidence, mask=m)
+
+    def _captured(self, key, fn, args) -> CapturedCall | None:
+        """The CUDA graph for `key`, captured on first use; None where capture failed (that shape
+        then runs op by op: slower, not wrong)."""
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = CapturedCall(fn, args)
+            except RuntimeError as e:
+                log.warning("CUDA graph capture failed (%s); shape %s runs without graphs", e, key)
+                self._graphs[key] = None
+        return self._graphs[key]
 
     # -- the paper-style pipeline (Appendix B) with the same optimisations, for comparison ----
     def full_velocity(self, prefix: Prefix, a: torch.Tensor, tau_m: torch.Tensor) -> torch.Tensor:
@@ -309,35 +394,93 @@ class FastSampler:
         )
         return model.action_out_proj(x[:, -L:]).float()
 
+    def _full_step(self, plan, *tensors):
+        input_ids, pixel_values, state, image_slots, valid, positions, next_position, a, tau_m = tensors
+        prefix = Prefix(
+            self._embed(plan, input_ids, pixel_values, state, image_slots), valid, positions, next_position
+        )
+        return self.full_velocity(prefix, a, tau_m)
+
     @torch.no_grad()
     def sample_actions_recompute(self, inputs, generators: list[torch.Generator]) -> torch.Tensor:
-        """Paper-style SFM: the prefix, vision included, recomputed at every Euler step; on CUDA the
-        language-model pass of each step replays a CUDA graph, as in `sample_actions`."""
+        """Paper-style SFM: the prefix, vision included, recomputed at every Euler step (each step
+        one CUDA graph on CUDA, as the chunk is in `sample_actions`)."""
         n_sfm, _, _ = self.model._draw_noise(generators)
+        host = self.host_prefix(inputs)
         a, ones = n_sfm, torch.ones(n_sfm.shape[:2], device=n_sfm.device)
+        step = functools.partial(self._full_step, host.plan)
         for k in range(self.cfg.flow_steps):
-            prefix = self.model.embed_prefix(inputs)
-            tau_m = self.taus[k] * ones
+            args = (*host.tensors(), a, self.taus[k] * ones)
+            call = None
             if self.graphs_enabled:
-                key = ("recompute", *prefix.embeds.shape[:2])
-                args = (*_prefix_tensors(prefix), a, tau_m)
-                if key not in self._graphs:
-                    self._graphs[key] = CapturedCall(
-                        lambda e, va, p, n, a, t: self.full_velocity(Prefix(e, va, p, n), a, t), args
-                    )
-                v = self._graphs[key](*args)
-            else:
-                v = self.full_velocity(prefix, a, tau_m)
+                call = self._captured(("recompute", *host.input_ids.shape, host.plan.key), step, args)
+            v = call(*args) if call else step(*args)
             a = flow.euler_step(a, v, self.deltas[k], ones)
         return a
 
 
+@dataclass
+class VisionPlan:
+    """The vision tower's per-grid host work: window order, rotary tables, segment lengths."""
+
+    window_index: torch.Tensor
+    reverse_index: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    full: tuple[int, ...]  # patches per image (full-attention blocks)
+    windows: tuple[int, ...]  # patches per window (windowed blocks)
+    key: tuple  # the grid it was made for
+
+
+@dataclass
+class HostPrefix:
+    """A batch's prefix inputs on the model's device, with what the host derived from them."""
+
+    input_ids: torch.Tensor  # (B, P)
+    pixel_values: torch.Tensor
+    state: torch.Tensor
+    image_slots: torch.Tensor  # flat (B * P) indices of the image tokens, in order
+    valid: torch.Tensor  # (B, P + 1), the state token included
+    positions: torch.Tensor  # (3, B, P + 1)
+    next_position: torch.Tensor  # (B,)
+    plan: VisionPlan
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.input_ids,
+            self.pixel_values,
+            self.state,
+            self.image_slots,
+            self.valid,
+            self.positions,
+            self.next_position,
+        )
+
+
+def _vision_attention(attn, h: torch.Tensor, cos, sin, lengths: tuple[int, ...]) -> torch.Tensor:
+    """Qwen2_5_VLVisionAttention with SDPA over segments of `lengths` patches. Equal segments (every
+    image, or every window of same-size images) run as one batched call instead of one call each."""
+    S = h.shape[0]
+    q, k, v = attn.qkv(h).reshape(S, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    if len(set(lengths)) == 1:
+        n = len(lengths)
+        q, k, v = (t.view(n, lengths[0], attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling).transpose(1, 2)
+    else:
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        o = torch.cat(
+            [
+                F.scaled_dot_product_attention(qi, ki, vi, scale=attn.scaling).transpose(1, 2)
+                for qi, ki, vi in zip(*(t.split(lengths, dim=2) for t in (q, k, v)))
+            ],
+            dim=1,
+        )
+    return attn.proj(o.reshape(S, -1).contiguous())
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
-
-
-def _prefix_tensors(prefix: Prefix) -> tuple[torch.Tensor, ...]:
-    return prefix.embeds, prefix.valid, prefix.positions, prefix.next_position
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -345,21 +488,6 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     if t.shape[0] == rows:
         return t
     return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
-
-
-def pad_prefix(prefix: Prefix, batch: int, length: int) -> Prefix:
-    """A prefix padded to `batch` rows (copies of the last) and left-padded to `length` tokens.
-
-    Left padding is what the preprocessor already does for prompts of different lengths: padded
-    tokens are invalid, no valid token attends to them, and they see only themselves."""
-    extra = length - prefix.embeds.shape[1]
-    positions = F.pad(prefix.positions, (extra, 0), value=1)
-    return Prefix(
-        embeds=_pad_rows(F.pad(prefix.embeds, (0, 0, extra, 0)), batch),
-        valid=_pad_rows(F.pad(prefix.valid, (extra, 0), value=False), batch),
-        positions=_pad_rows(positions.transpose(0, 1), batch).transpose(0, 1).contiguous(),
-        next_position=_pad_rows(prefix.next_position, batch),
-    )
 
 
 class CapturedCall:

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--fuse", action="store_true", help="also the torch.compile'd layer row (CUDA)")
+    p.add_argument(
+        "--profile", action="store_true", help="torch.profiler table of one fast chunk without graphs"
+    )
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     if args.threads:
@@ -276,7 +279,33 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         write_table(out / f"{name}.md", meta, rows, cfg, params, rater_params, args)
     print((out / f"{name}.md").read_text())
+    if args.profile:
+        profile_chunk(
+            samplers["fast_no_graphs"], pre, cfg, max(args.batch_sizes), rng, out / f"{name}_profile.txt"
+        )
     return 0
+
+
+def profile_chunk(sampler, pre, cfg, B: int, rng, path: Path) -> None:
+    """Where a chunk's time goes, op by op (no graphs, so that every kernel is seen)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    images = [
+        {c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+        for _ in range(B)
+    ]
+    inputs = pre(images, ["put the red cube in the bowl"] * B, rng.normal(size=(B, cfg.state_dim)))
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    sampler.sample_actions(inputs, gens())
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        sampler.sample_actions(inputs, gens())
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    path.write_text(
+        f"batch {B}, fast path without graphs\n" + prof.key_averages().table(sort_by=sort, row_limit=30)
+    )
 
 
 def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None:

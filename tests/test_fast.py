@@ -12,7 +12,7 @@ import torch
 
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.fast import FastSampler, batch_bucket, pad_prefix
+from asyncvla.fast import FastSampler, batch_bucket
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
@@ -108,19 +108,35 @@ def test_policy_runs_the_fast_path_by_default_and_the_reference_on_request(tiny)
     assert AsyncVLAPolicy(model, tok, stats, fast=False).sampler is model
 
 
-def test_batch_buckets_and_prefix_padding():
+def test_batch_buckets_and_prefix_padding(tiny):
+    """The graphs' padding: rows copied from the last sample, prompts left-padded; the padded
+    prefix embeds every real sample as the unpadded one does."""
     assert [batch_bucket(b) for b in (1, 2, 3, 5, 8, 9, 16, 17, 40)] == [1, 2, 4, 8, 8, 16, 16, 32, 48]
-    cfg = ModelConfig.named("tiny")
-    tok = build_tiny_tokenizer(cfg.text.vocab_size)
-    torch.manual_seed(0)
-    model = AsyncVLA(cfg, tok).eval()
-    prefix = model.embed_prefix(_inputs(cfg, tok, 3))
-    padded = pad_prefix(prefix, 4, prefix.embeds.shape[1] + 5)
-    assert padded.embeds.shape[:2] == (4, prefix.embeds.shape[1] + 5)
-    assert not padded.valid[:, :5].any() and torch.equal(padded.valid[:3, 5:], prefix.valid)
-    assert torch.equal(padded.embeds[3], padded.embeds[2]) and torch.equal(
-        padded.positions[:, :3, 5:], prefix.positions
-    )
+    model, tok, fast = tiny
+    inputs = _inputs(model.cfg, tok, 3)
+    P = inputs.input_ids.shape[1]
+    plain, padded = fast.host_prefix(inputs), fast.host_prefix(inputs, rows=4, length=P + 5)
+    assert padded.input_ids.shape == (4, P + 5) and padded.valid.shape == (4, P + 6)
+    assert not padded.valid[:, :5].any() and torch.equal(padded.valid[:3, 5:], plain.valid)
+    assert torch.equal(padded.input_ids[3], padded.input_ids[2])
+    assert torch.equal(padded.positions[:, :3, 5:], plain.positions)
+    with torch.no_grad():
+        a = fast._embed(plain.plan, *plain.tensors()[:4])
+        b = fast._embed(padded.plan, *padded.tensors()[:4])
+    # a batch of another size may take other matrix kernels: equal up to float32 rounding
+    assert (a - b[:3, 5:]).abs().max().item() < 1e-5
+
+
+def test_the_prefix_embedding_equals_the_reference(tiny):
+    model, tok, fast = tiny
+    inputs = _inputs(model.cfg, tok, 3)
+    host = fast.host_prefix(inputs)
+    with torch.no_grad():
+        reference = model.embed_prefix(inputs)
+        embeds = fast._embed(host.plan, *host.tensors()[:4])
+    assert torch.equal(embeds, reference.embeds)
+    assert torch.equal(host.positions, reference.positions) and torch.equal(host.valid, reference.valid)
+    assert torch.equal(host.next_position, reference.next_position)
 
 
 def test_the_fast_path_builds_for_the_3b_layout():
