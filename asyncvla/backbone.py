@@ -139,6 +139,15 @@ class Preprocessor:
             merge_size=cfg.vision.spatial_merge_size,
             temporal_patch_size=cfg.vision.temporal_patch_size,
         )
+        # Every uint8 value's normalised float, by the processor's own arithmetic (float64 rescale,
+        # float32 normalise): a lookup on the GPU then gives the processor's pixels bit for bit
+        # (tests/test_fast.py) for a whole batch, where the processor loops over images on the host
+        # (the 3B's 32 images at 224 px: a quarter of a batch-16 chunk)
+        p = self.image_processor
+        scaled = (np.arange(256, dtype=np.float64) * p.rescale_factor).astype(np.float32)[None]
+        mean = np.asarray(p.image_mean, dtype=np.float32)[:, None]
+        std = np.asarray(p.image_std, dtype=np.float32)[:, None]
+        self._normalised = torch.from_numpy((scaled - mean) / std)  # (3, 256)
         self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
@@ -162,9 +171,33 @@ class Preprocessor:
             image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
         return image
 
+    def patchify(
+        self, images: list[np.ndarray], device: str | torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Square uint8 images -> (patches, grid_thw) on `device`, as `Qwen2VLImageProcessorPil`
+        makes them for images already at the model's size: rescaled and normalised, each frame
+        repeated over the temporal patch, patches in merge-block order."""
+        v = self.cfg.vision
+        p, m, t = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+        pixels = torch.from_numpy(np.stack(images)).to(device).long()  # (N, H, W, 3)
+        lut = self._normalised.to(device)
+        x = torch.stack([lut[c][pixels[..., c]] for c in range(3)], dim=1)  # (N, 3, H, W)
+        N, C, H, W = x.shape
+        gh, gw = H // p, W // p
+        x = x.view(N, C, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        x = x[:, :, :, :, :, :, None].expand(*x.shape[:6], t, p, p)
+        grid = torch.tensor([[1, gh, gw]] * N, dtype=torch.long)
+        return x.reshape(N * gh * gw, C * t * p * p), grid
+
     def __call__(
-        self, images: list[dict[str, np.ndarray]], instructions: list[str], states: np.ndarray
+        self,
+        images: list[dict[str, np.ndarray]],
+        instructions: list[str],
+        states: np.ndarray,
+        device: str | torch.device | None = None,
     ) -> VLInputs:
+        """The batch's inputs on the CPU; with a CUDA `device`, the pixels are prepared there (the
+        same values, `patchify`) and the rest stays for `VLInputs.to`."""
         flat = []
         for i, cams in enumerate(images):
             for cam in self.cfg.cameras:
@@ -174,7 +207,11 @@ class Preprocessor:
                         f"trained with cameras {self.cfg.cameras}: render them on the step the policy acts"
                     )
                 flat.append(self._square(cams[cam], cam))
-        vision = self.image_processor(images=flat, return_tensors="pt")
+        if device is not None and torch.device(device).type == "cuda":
+            pixel_values, grid = self.patchify(flat, device)
+        else:
+            vision = self.image_processor(images=flat, return_tensors="pt")
+            pixel_values, grid = vision["pixel_values"], vision["image_grid_thw"]
         ids = [self.tokenizer(self.prompt(s), add_special_tokens=False)["input_ids"] for s in instructions]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
@@ -188,7 +225,7 @@ class Preprocessor:
         return VLInputs(
             input_ids=input_ids,
             valid=valid,
-            pixel_values=vision["pixel_values"],
-            image_grid_thw=vision["image_grid_thw"],
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
             state=torch.from_numpy(states),
         )

@@ -112,7 +112,10 @@ class AsyncVLAPolicy:
         if not self._sizes_checked:
             self._check_image_sizes(observations[0].images)
         inputs = self.preprocessor(
-            [o.images for o in observations], [o.instruction for o in observations], np.stack(states)
+            [o.images for o in observations],
+            [o.instruction for o in observations],
+            np.stack(states),
+            device=self.model.device,
         )
         generators = [torch.Generator().manual_seed(seed_from_key(k)) for k in keys]
         result = self.sampler.sample_actions(

@@ -124,7 +124,7 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         for _ in range(B)
     ]
     states = np.stack([o.state for o in obs])
-    inputs = pre([o.images for o in obs], [o.instruction for o in obs], states).to(device)
+    inputs = pre([o.images for o in obs], [o.instruction for o in obs], states, device=device).to(device)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
     run = lambda fn: timed(fn, args.repeats, args.warmup, sync)  # noqa: E731
     ones = torch.ones(B, cfg.chunk_length, device=device)
@@ -139,7 +139,9 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         m = m.to(device)
         r["prefix_tokens"] = int(prefix.embeds.shape[1])
         r["rater_masked_fraction"] = float((conf < cfg.threshold).float().mean())
-        r["preprocess_ms"] = run(lambda: pre([o.images for o in obs], [o.instruction for o in obs], states))
+        r["preprocess_ms"] = run(
+            lambda: pre([o.images for o in obs], [o.instruction for o in obs], states, device=device)
+        )
         r["vision_ms"] = run(lambda: model.embed_prefix(inputs))
         r["prefix_ms"] = run(lambda: model.encode_prefix(model.embed_prefix(inputs)))
         r["sfm_steps_ms"] = run(lambda: model.integrate(cache, prefix, noise, ones))

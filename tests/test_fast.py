@@ -211,3 +211,17 @@ def test_cuda_bf16_fast_path_is_close_to_eager():
     eager = model.sample_actions(inputs, _gens(4), "sfm")
     fast = FastSampler(model).sample_actions(inputs, _gens(4), "sfm")
     assert (eager.actions - fast.actions).abs().max().item() < 0.1  # bf16: other kernels, other rounding
+
+
+@pytest.mark.parametrize("size", ["tiny", "qwen2.5-vl-3b"])
+def test_patchify_equals_the_image_processor(size):
+    """The lookup-table pixels (used on CUDA, where it runs for the whole batch on the device) are
+    the processor's, bit for bit, at both sizes' image and patch layouts."""
+    cfg = ModelConfig.named(size)
+    pre = Preprocessor(cfg, build_tiny_tokenizer(512))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for _ in range(3)]
+    reference = pre.image_processor(images=images, return_tensors="pt")
+    pixels, grid = pre.patchify(images, "cuda" if torch.cuda.is_available() else "cpu")
+    assert torch.equal(pixels.cpu(), reference["pixel_values"])
+    assert torch.equal(grid, reference["image_grid_thw"])
