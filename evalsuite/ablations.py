@@ -176,6 +176,22 @@ def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
             )
 
 
+def check_ablations_dir(out: Path) -> None:
+    """--out is new, empty, or an ablations directory (a run directory per row, and tables/; each
+    row's is checked as a run directory when it opens): nothing is mixed into another directory."""
+    from evalsuite.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory (new, or an ablations run to resume)")
+    ours = {dirname for _, dirname, _, _ in VARIANTS} | {"tables"}
+    other = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
+    if other:
+        raise UsageError(
+            f"--out {out} is a non-empty directory that is not an ablations run (it holds "
+            f"{', '.join(other[:5])}); choose a new or empty directory, or an ablations run to resume"
+        )
+
+
 def main(argv: list[str]) -> int:
     from evalsuite.cli import UsageError, config_from_args, eval_parser, resolve_checkpoint
     from evalsuite.validate import check_checkpoint_for
@@ -193,7 +209,8 @@ def main(argv: list[str]) -> int:
         raise UsageError("ablations need --ckpt UNIFIED_CHECKPOINT and --sfm-ckpt SFM_CHECKPOINT")
     if not args.out:
         args.out = f"runs/ablations-{args.suite}-seed{args.seed or 0}"
-    base = config_from_args(args, ["ablations", *argv])
+    base = config_from_args(args, ["ablations", *argv], out_is_run=False)
+    check_ablations_dir(base.out)
     sfm_ckpt = resolve_checkpoint(args.sfm_ckpt)
     check_checkpoint_for(sfm_ckpt, base.suites, mode="asyncvla")  # its row runs the full inference
     check_objectives(base.policy.checkpoint, sfm_ckpt)

@@ -265,9 +265,12 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool = True) -> EvalConfig:
+def config_from_args(
+    args: argparse.Namespace, argv: list[str], check_ckpt: bool = True, out_is_run: bool = True
+) -> EvalConfig:
     """The run's configuration, every argument checked (and the checkpoint, unless `check_ckpt` is
-    False: the nightly job checks each checkpoint itself, to report a broken one and go on)."""
+    False: the nightly job checks each checkpoint itself, to report a broken one and go on; and
+    --out as a run directory unless `out_is_run` is False: the ablations' holds one run per row)."""
     overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
     suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
     chunk_length = None  # of the policy's chunks, where it is known before the run
@@ -350,7 +353,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str], check_ckpt: bool
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         if not tasks:
             raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
-    check_run_dir(out)
+    if out_is_run:
+        check_run_dir(out)
     return EvalConfig(
         suites=suites,
         policy=policy,

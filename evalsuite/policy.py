@@ -95,7 +95,9 @@ class BatchChecked:
     def __init__(self, policy: Policy):
         self.policy = policy
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # the policy's own attributes (action_dim, model, ...)
+        if name == "policy":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.policy, name)
 
     def act(self, observations: list[Observation], keys: list[str]) -> np.ndarray:

@@ -61,7 +61,7 @@ SET_OPTIONS: dict[str, SetRange] = {
     "image_size": SetRange(16, 512, enforced_by="envs/tabletop/env.py"),
     "split": SetRange(choices=("eval", "train"), enforced_by="envs/tabletop/env.py"),
     "settle_steps": SetRange(0, None, enforced_by="envs/tabletop/env.py, envs/libero/env.py"),
-    "resolution": SetRange(16, 1024, enforced_by="envs/libero/env.py"),
+    "resolution": SetRange(16, None, enforced_by="envs/libero/env.py"),
     "gripper": SetRange(choices=("continuous", "sign"), enforced_by="envs/libero/env.py"),
     "skip_unused_renders": SetRange(choices=(True, False)),
     "cheap_reset": SetRange(choices=(True, False)),

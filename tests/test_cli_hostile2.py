@@ -296,7 +296,7 @@ def test_nightly_refuses_a_sqlite_file_of_another_schema_and_an_impossible_date(
         result, f"{other} is a SQLite database of another schema (tables: runs; no table checkpoints"
     )
     assert other.read_bytes() == before
-    assert_refused(cli(*nightly, "--date", "2026-13-45"), "--date must be a calendar date like 2026-11-27")
+    assert_refused(cli(*nightly, "--date", "2026-13-45"), "--date must look like 2026-11-27 (a calendar date")
     assert not (tmp_path / "nightly").exists()
 
 

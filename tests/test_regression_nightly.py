@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import toy_suite
@@ -56,7 +57,8 @@ def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
 
     def check(path, suites, mode=None):  # the fake checkpoints pass; any other gets the real check
         if not _is_gain_checkpoint(path):
-            real_check(path, suites, mode)
+            return real_check(path, suites, mode)
+        return SimpleNamespace(chunk_length=GainPolicy.chunk_length)  # what the run reads of the config
 
     monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)  # both callers' names
     monkeypatch.setattr(cli_module, "check_checkpoint_for", check)
@@ -130,8 +132,8 @@ def test_nightly_resumes_the_same_run_directory_after_a_crash(fake_checkpoints, 
     root, add = fake_checkpoints
     add("step1000", 1.0)
     GainPolicy.interrupt_after = 4
-    with pytest.raises(KeyboardInterrupt):
-        nightly(tmp_path, root, "2026-11-01")
+    assert nightly(tmp_path, root, "2026-11-01") == 130  # as Ctrl-C stops it: one line, resumable
+    assert "interrupted; run the same command to resume" in capsys.readouterr().err
     with History(tmp_path / "out" / "history.sqlite") as h:
         (run,) = h.db.execute("SELECT run_dir, status FROM runs").fetchall()
     assert run["status"] == "running"

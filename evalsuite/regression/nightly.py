@@ -108,7 +108,7 @@ class Nightly:
             datetime.strptime(date, "%Y-%m-%d")
         except ValueError:
             raise UsageError(
-                f"--date must be a calendar date like 2026-11-27 (YYYY-MM-DD), got {date!r}"
+                f"--date must look like 2026-11-27 (a calendar date, YYYY-MM-DD), got {date!r}"
             ) from None
         self.date = date
         self.out_root = Path(args.out_root)
