@@ -175,6 +175,7 @@ class FastSampler:
             self.layer_fn = torch.compile(_decoder_layer, dynamic=False, fullgraph=True)
         self._graphs: dict[tuple, CapturedCall | None] = {}
         self._plans: dict[tuple, VisionPlan] = {}
+        self._positions: dict[tuple, torch.Tensor] = {}
 
     # -- the pieces, each the reference's maths ---------------------------------------------
     def _run_layers(self, x, keys, values, cos, sin, mask) -> torch.Tensor:
@@ -260,8 +261,8 @@ class FastSampler:
             grid = torch.cat([grid, grid[-cams:].repeat(rows - B, 1)])
             ids, valid, state = _pad_rows(ids, rows), _pad_rows(valid, rows), _pad_rows(state, rows)
         is_image = ids == m.image_token_id
-        positions, _ = m.vlm.model.get_rope_index(
-            ids, is_image.int(), image_grid_thw=grid, attention_mask=valid.long()
+        positions = torch.cat(
+            [self._rope_positions(ids[i], valid[i], grid) for i in range(ids.shape[0])], dim=1
         )
         # as AsyncVLA.embed_prefix: the state token follows the largest position
         state_pos = positions.amax(dim=(0, 2)) + 1
@@ -277,6 +278,22 @@ class FastSampler:
             next_position=(state_pos + 1).to(dev),
             plan=self._vision_plan(grid),
         )
+
+    def _rope_positions(self, ids: torch.Tensor, valid: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """One prompt's multimodal rope positions (3, 1, P), remembered: an episode asks with the
+        same prompt at every chunk, and transformers' `get_rope_index` loops in Python."""
+        key = (ids.numpy().tobytes(), valid.numpy().tobytes())
+        if key not in self._positions:
+            if len(self._positions) > 4096:
+                self._positions.clear()
+            cams = len(self.cfg.cameras)
+            self._positions[key], _ = self.model.vlm.model.get_rope_index(
+                ids[None],
+                (ids == self.model.image_token_id).int()[None],
+                image_grid_thw=grid[:cams],
+                attention_mask=valid.long()[None],
+            )
+        return self._positions[key]
 
     def _vision_plan(self, grid: torch.Tensor) -> VisionPlan:
         """What the vision tower's forward derives from the image grid alone, once per grid."""

@@ -17,7 +17,7 @@ python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('scripts/gp
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_fast.py -k cuda 2>&1 | tee "$out/gpu_tests.txt"
 tests=${PIPESTATUS[0]}
-timeout 420 python3 scripts/bench_model.py --size qwen2.5-vl-3b --device cuda --dtype bfloat16 \
+timeout 330 python3 scripts/bench_model.py --size qwen2.5-vl-3b --device cuda --dtype bfloat16 \
   --batch-sizes 1 16 --repeats 5 --warmup 2 --fuse --profile --out "$out"
 bench=$?
 exit $((tests != 0 ? tests : bench))
