@@ -237,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     stats = NormStats.identity(cfg.state_dim, cfg.action_dim)
     samplers = {"hf_static": HFStaticCacheChunk(model), "fast_no_graphs": FastSampler(model, graphs=False)}
     if device.type == "cuda":
-        samplers["fast"] = FastSampler(model, graphs=True)
+        samplers["fast"] = FastSampler(model, graphs=True, fuse=False)
         if args.fuse:
             samplers["fast_fused"] = FastSampler(model, graphs=True, fuse=True)
     policies = {
         "eager": AsyncVLAPolicy(model, tok, stats, fast=False),
-        "fast": AsyncVLAPolicy(model, tok, stats),  # the default: graphs on CUDA
+        "fast": AsyncVLAPolicy(model, tok, stats),  # the default: graphs and the compiled layer on CUDA
     }
     pre = Preprocessor(cfg, tok)
     rng = np.random.default_rng(0)

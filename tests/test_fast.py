@@ -12,7 +12,7 @@ import torch
 
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.fast import FastSampler, batch_bucket
+from asyncvla.fast import FastSampler, _decoder_layer, batch_bucket
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
@@ -225,3 +225,16 @@ def test_patchify_equals_the_image_processor(size):
     pixels, grid = pre.patchify(images, "cuda" if torch.cuda.is_available() else "cpu")
     assert torch.equal(pixels.cpu(), reference["pixel_values"])
     assert torch.equal(grid, reference["image_grid_thw"])
+
+
+@cuda
+def test_cuda_default_compiled_graphs_equal_the_fast_path_without_graphs():
+    """The policy's default on CUDA: graphs around the torch.compile'd layer (fp32 here)."""
+    model, tok = _scaled_3b(torch.float32, "cuda")
+    inputs = _inputs(model.cfg, tok, 2).to("cuda")
+    default = FastSampler(model)
+    assert default.graphs_enabled and default.layer_fn is not _decoder_layer
+    plain = FastSampler(model, graphs=False).sample_actions(inputs, _gens(2), "random-mask")
+    for _ in range(2):
+        r = default.sample_actions(inputs, _gens(2), "random-mask")
+        assert (r.actions - plain.actions).abs().max().item() < 1e-3
