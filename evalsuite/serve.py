@@ -3,13 +3,16 @@ websocket protocol, batching the requests of all connected clients.
 
     asyncvla-eval serve --ckpt CKPT [--mode asyncvla] [--host 127.0.0.1] [--port 8000]
 
-On connect a client receives the metadata map (action_dim, chunk_length, the image, state, prompt
-and action keys the server reads and writes); then each binary frame is an observation map and the
-answer is {"actions": float32 [L, A], "server_timing": {...}}. A request that cannot be served (not
-msgpack, a missing key, an array of the wrong type, the policy failing) is answered with a text
-frame holding the error, openpi's convention, and the connection stays open; a frame larger than
-`--max-message-mb` closes that connection (websockets' 1009). Other clients are never affected.
-Concurrent requests are batched by the same `BatchingPolicyServer` the Ray runner uses.
+On connect a client receives the metadata map (action_dim, chunk_length, state_dim, image_size, the
+image, state, prompt and action keys the server reads and writes); then each binary frame is an
+observation map and the answer is {"actions": float32 [L, A], "server_timing": {...}}. A request
+that cannot be served (not msgpack, a missing key, an array of the wrong type or size, the policy
+failing on it) is answered with a text frame holding the error, openpi's convention, and the
+connection stays open; a frame larger than `--max-message-mb` closes that connection (websockets'
+1009). Other clients are never affected: a request is checked before it joins a batch, a failed
+batch is run again one request at a time, and a policy call past `--policy-timeout` fails only its
+own batch (`evalsuite.policy_server`). Concurrent requests are batched by the same
+`BatchingPolicyServer` the Ray runner uses.
 """
 
 from __future__ import annotations
