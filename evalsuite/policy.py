@@ -153,18 +153,30 @@ def import_policy(factory: str) -> Policy:
         policy = cls()
     except Exception as e:  # user code: any failure to construct is reported, not raised through
         raise FatalPolicyError(f"--policy {factory}: {factory}() failed ({type(e).__name__}: {e})") from e
-    problems = [name for name in ("act", "reset") if not callable(getattr(policy, name, None))]
+    problems = contract_problems(policy)
+    if problems:
+        raise contract_error(factory, problems)
+    return policy
+
+
+def contract_problems(policy_or_class) -> list[str]:
+    """The members of the Policy contract that `policy_or_class` lacks or has invalid."""
+    problems = [name for name in ("act", "reset") if not callable(getattr(policy_or_class, name, None))]
     problems += [
         name
         for name in ("action_dim", "chunk_length")
-        if not isinstance(getattr(policy, name, None), int) or getattr(policy, name) < 1
+        if not isinstance(getattr(policy_or_class, name, None), int) or getattr(policy_or_class, name) < 1
     ]
-    if problems:
-        raise FatalPolicyError(
-            f"--policy {factory}: does not implement the Policy contract (docs/CONTRACTS.md): "
-            f"missing or invalid {', '.join(problems)}"
-        )
-    return policy
+    return problems
+
+
+def contract_error(factory: str, problems: list[str]):
+    from evalsuite.errors import FatalPolicyError
+
+    return FatalPolicyError(
+        f"--policy {factory}: does not implement the Policy contract (docs/CONTRACTS.md): "
+        f"missing or invalid {', '.join(problems)}"
+    )
 
 
 def import_policy_class(factory: str) -> type:

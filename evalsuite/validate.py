@@ -202,9 +202,13 @@ def check_external_policy(policy: PolicySpec) -> int | None:
         length = metadata.get("chunk_length") if isinstance(metadata, dict) else None
         return length if isinstance(length, int) else None
     if policy.kind == "import":
-        from evalsuite.policy import import_policy_class
+        from evalsuite.policy import contract_error, contract_problems, import_policy_class
 
         cls = import_policy_class(policy.factory)
+        problems = contract_problems(cls)
+        # methods live on the class; action_dim and chunk_length may be set by __init__ instead
+        if any(name in ("act", "reset") or hasattr(cls, name) for name in problems):
+            raise contract_error(policy.factory, problems)
         action_dim, chunk_length = getattr(cls, "action_dim", None), getattr(cls, "chunk_length", None)
         if isinstance(action_dim, int) and action_dim != policy.action_dim:
             raise UsageError(
