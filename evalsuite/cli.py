@@ -210,6 +210,12 @@ def eval_parser() -> argparse.ArgumentParser:
         help="AsyncVLA inference mode (default: asyncvla = SFM, rater, AFM)",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
+    p.add_argument(
+        "--eager-inference",
+        action="store_true",
+        help="run AsyncVLA through the reference path of asyncvla/model.py instead of the fast one "
+        "(debugging; bit-identical on CPU)",
+    )
     p.add_argument("--device", default="auto", help="policy device: auto, cpu, cuda")
     p.add_argument("--episodes-per-task", type=int, help="episodes per task (default: the suite's)")
     p.add_argument("--tasks", help="comma-separated task names, or indices in the suite's order (0,3)")
@@ -311,6 +317,7 @@ def config_from_args(
         checkpoint=checkpoint,
         mode=args.mode,
         threshold=args.threshold,
+        eager=args.eager_inference,
         expert_factory=suites[0].expert_factory,
         action_dim=suites[0].action_dim,
         device=device,

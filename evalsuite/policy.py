@@ -63,6 +63,7 @@ class PolicySpec:
     checkpoint: str | None = None
     mode: str = "asyncvla"  # asyncvla | sfm | random-mask (AsyncVLA inference modes)
     threshold: float = 0.5
+    eager: bool = False  # asyncvla: the reference inference path (asyncvla/model.py), not the fast one
     expert_factory: str | None = None
     action_dim: int = 7
     device: str = "cpu"
@@ -131,7 +132,9 @@ def _build(spec: PolicySpec) -> Policy:
     if spec.kind == "asyncvla":
         import asyncvla
 
-        return asyncvla.load(spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device)
+        return asyncvla.load(
+            spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device, fast=not spec.eager
+        )
     if spec.kind == "remote":
         from evalsuite.remote import RemotePolicy, WireLayout
 

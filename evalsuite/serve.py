@@ -218,6 +218,7 @@ def serve_parser() -> ArgumentParser:
     who.add_argument("--policy", help="package.module:Class implementing the Policy contract")
     p.add_argument("--mode", default="asyncvla", choices=["asyncvla", "sfm", "random-mask"])
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--eager-inference", action="store_true", help="the reference inference path (debugging)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -283,7 +284,12 @@ def cmd_serve(argv: list[str]) -> int:
         checkpoint = resolve_checkpoint(args.ckpt)
         check_checkpoint_for(checkpoint, [], args.mode)
         spec = PolicySpec(
-            kind="asyncvla", checkpoint=checkpoint, mode=args.mode, threshold=args.threshold, device=device
+            kind="asyncvla",
+            checkpoint=checkpoint,
+            mode=args.mode,
+            threshold=args.threshold,
+            device=device,
+            eager=args.eager_inference,
         )
     else:
         spec = PolicySpec(kind="import", factory=args.policy, device=device)

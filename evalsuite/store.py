@@ -37,7 +37,8 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 # its sha256, not its path, and the device is not part of what is measured: a moved checkpoint, or
 # a resume on another host, continues the same run (likewise a remote policy's address and timeout).
 IDENTITY_KEYS = ("suites", "policy", "protocol", "checkpoint_sha256", "seed", "replan_steps")
-NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s")
+# eager: the reference and the fast inference path compute the same chunks (tests/test_fast.py)
+NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s", "eager")
 # Env options that change how fast a simulator runs, not what it computes: LIBERO's gated
 # rendering and cheap reset give bit-identical states and images (scripts/bench_libero.py,
 # scripts/check_libero_reset.py), so a run resumed with either switched, or begun before the

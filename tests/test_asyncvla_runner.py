@@ -43,3 +43,20 @@ def test_asyncvla_checkpoint_runs_identically_inline_and_on_two_batched_workers(
     )  # 16 steps / 4 per chunk
     manifest = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert manifest["policy"]["mode"] == "asyncvla" and len(manifest["checkpoint_sha256"]) == 64
+
+
+def test_the_fast_and_the_reference_inference_paths_give_the_same_episodes(tmp_path):
+    """--eager-inference runs asyncvla/model.py's path; the default fast path gives the same
+    records (bit-identical chunks on CPU), and the two resume each other's run directory."""
+    common = ["tabletop", "--ckpt", "demo", "--tasks", "0", "--episodes-per-task", "2", "--max-steps", "12"]
+    common += ["--replan-steps", "4", "--video", "none", "-q", "--device", "cpu", "--workers", "0"]
+    assert main([*common, "--out", str(tmp_path / "fast")]) == 0
+    assert main([*common, "--eager-inference", "--out", str(tmp_path / "eager")]) == 0
+    fast = [json.loads(x) for x in (tmp_path / "fast" / "episodes.jsonl").read_text().splitlines()]
+    eager = [json.loads(x) for x in (tmp_path / "eager" / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["success"], r["steps"], r["info"]["final_state"]) for r in fast] == [
+        (r["success"], r["steps"], r["info"]["final_state"]) for r in eager
+    ]
+    assert (
+        main([*common, "--eager-inference", "--out", str(tmp_path / "fast")]) == 0
+    )  # a resume, not a refusal
