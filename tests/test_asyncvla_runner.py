@@ -48,7 +48,7 @@ def test_asyncvla_checkpoint_runs_identically_inline_and_on_two_batched_workers(
 def test_the_fast_and_the_reference_inference_paths_give_the_same_episodes(tmp_path):
     """--eager-inference runs asyncvla/model.py's path; the default fast path gives the same
     records (bit-identical chunks on CPU), and the two resume each other's run directory."""
-    common = ["tabletop", "--ckpt", "demo", "--tasks", "0", "--episodes-per-task", "2", "--max-steps", "12"]
+    common = ["tabletop", "--ckpt", "demo", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "12"]
     common += ["--replan-steps", "4", "--video", "none", "-q", "--device", "cpu", "--workers", "0"]
     assert main([*common, "--out", str(tmp_path / "fast")]) == 0
     assert main([*common, "--eager-inference", "--out", str(tmp_path / "eager")]) == 0
