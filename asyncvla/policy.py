@@ -2,7 +2,11 @@
 
 It reads `obs.images[camera]`, `obs.state` and `obs.instruction` only, normalises the state and
 un-normalises actions with the checkpoint's statistics, and derives every bit of noise from the
-request key (sha256), so a chunk never depends on what it was batched with.
+request key (sha256), so a chunk never depends on what it was batched with: on CPU each observation
+of a batch is computed alone (`batch_invariant`), because a batched matrix product rounds
+differently from a single row's in the last bits of float32, and a long episode amplifies that into
+another outcome; on CUDA the batch is computed at once for speed (its chunks agree with the lone
+ones to bf16 rounding; `--max-batch 1` makes a GPU run reproducible bit for bit).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class AsyncVLAPolicy:
         mode: str = "asyncvla",
         threshold: float | None = None,
         fast: bool = True,
+        batch_invariant: bool | None = None,
     ):
         """`fast=False` runs the reference path of `asyncvla.model` (debugging, equivalence tests);
         the fast path (`asyncvla.fast`) computes the same chunks without its per-step host work."""
@@ -64,6 +69,7 @@ class AsyncVLAPolicy:
             raise ValueError(f"threshold T must lie in (0, 1), got {threshold}")
         self.model = model.eval()
         self.sampler = FastSampler(model) if fast else model
+        self.batch_invariant = model.device.type == "cpu" if batch_invariant is None else batch_invariant
         self.preprocessor = Preprocessor(model.cfg, tokenizer)
         self.stats = stats
         self.mode = mode
@@ -133,6 +139,8 @@ class AsyncVLAPolicy:
         """Action chunks, float32 [B, L, action_dim], in the environment's action units."""
         if not observations:
             return np.zeros((0, self.chunk_length, self.action_dim), np.float32)
+        if self.batch_invariant and len(observations) > 1:
+            return np.concatenate([self.act([o], [k]) for o, k in zip(observations, keys)])
         result = self._run(observations, keys)
         return self.stats.unnormalize_action(result.actions.cpu().numpy())
 
