@@ -137,7 +137,7 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     """
     from envs.libero.env import HISTORY_DEPENDENT_TASKS
     from evalsuite.plan import plan_episodes
-    from evalsuite.runner import simulate_env_builds
+    from evalsuite.scheduler import simulate_env_builds
     from evalsuite.suites import get_suite
 
     node_1 = scene_node["runs"][0]

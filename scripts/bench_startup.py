@@ -49,7 +49,7 @@ RAY_LIFECYCLE = """
 import datetime, json, logging, os, re, sys, time
 import ray
 import contextlib
-from evalsuite.runner import LOCAL_RAY_CONFIG, _node_registration_polled_finely, _stop_local_ray
+from evalsuite.ray_runner import LOCAL_RAY_CONFIG, _node_registration_polled_finely, _stop_local_ray
 now = sys.argv[1] == "now"
 t0 = time.perf_counter()
 with _node_registration_polled_finely(ray) if now else contextlib.nullcontext():
@@ -99,7 +99,7 @@ IMPORTS = {
 END_OF_RUN = """
 import json, logging, sys, time
 import ray
-from evalsuite.runner import LOCAL_RAY_CONFIG, _stop_local_ray
+from evalsuite.ray_runner import LOCAL_RAY_CONFIG, _stop_local_ray
 from evalsuite.tables import prefetch_table_imports
 ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
          _system_config=LOCAL_RAY_CONFIG)

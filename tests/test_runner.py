@@ -181,7 +181,7 @@ def test_the_runners_ray_settings_reach_the_cluster_it_starts_and_no_other(
     driver, so the run would fail if the runner passed them)."""
     from ray.cluster_utils import Cluster
 
-    from evalsuite.runner import LOCAL_RAY_CONFIG
+    from evalsuite.ray_runner import LOCAL_RAY_CONFIG
 
     seen = tmp_path / "seen"
     seen.mkdir()

@@ -1,10 +1,10 @@
-"""Which episode a free Ray env worker gets next (evalsuite/runner.py `_next_for`): LIBERO builds
+"""Which episode a free Ray env worker gets next (evalsuite/scheduler.py `next_for`): LIBERO builds
 a new simulator on every task change (5-15 s), so the order decides how many a run builds."""
 
 from collections import deque
 
 from evalsuite.plan import plan_episodes
-from evalsuite.runner import _next_for, simulate_env_builds
+from evalsuite.scheduler import next_for, simulate_env_builds
 from evalsuite.suites import get_suite
 
 PAPER_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -19,12 +19,12 @@ def test_free_workers_spread_over_tasks_then_keep_theirs():
     queue, last_task = deque(plan[:12]), {}  # tasks 0, 1, 2 x 4 episodes
     first = []
     for worker in ("a", "b", "c"):
-        spec = _next_for(worker, queue, last_task)
+        spec = next_for(worker, queue, last_task)
         last_task[worker] = (spec.suite, spec.task)
         first.append(spec)
     assert [s.task for s in first] == [plan[0].task, plan[4].task, plan[8].task]
     assert [s.episode_index for s in first] == [0, 0, 0]
-    again = _next_for("b", queue, last_task)  # b stays on its task, in episode order
+    again = next_for("b", queue, last_task)  # b stays on its task, in episode order
     assert (again.task, again.episode_index) == (plan[4].task, 1)
 
 
@@ -35,7 +35,7 @@ def test_a_worker_whose_task_ran_out_joins_the_task_with_most_work_per_worker():
     queue = deque([s for s in queue if not (s.task == t1 and s.episode_index < 2)])  # t1: 4 left, t2: 6
     last_task = {"a": ("libero_spatial", t0), "b": ("libero_spatial", t2), "c": ("libero_spatial", t1)}
     # t1: 4 waiting / (1 + 1 worker on it) = 2; t2: 6 / (1 + 1) = 3
-    assert _next_for("a", queue, last_task).task == t2
+    assert next_for("a", queue, last_task).task == t2
 
 
 def test_a_full_libero_sweep_builds_about_one_env_per_task_and_worker():
