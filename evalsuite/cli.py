@@ -25,7 +25,7 @@ from pathlib import Path
 
 from envs.base import SetupError
 from evalsuite.errors import ArgumentParser, EvalError, UsageError
-from evalsuite.evaluate import EvalConfig, dry_run, evaluate, report
+from evalsuite.evaluate import EvalConfig, RunSummary, dry_run, evaluate, report
 from evalsuite.policy import PolicySpec, build_policy
 from evalsuite.runner import IN_WORKER_POLICIES, RunAborted, RunOptions
 from evalsuite.store import RunStore, check_run_dir
@@ -35,9 +35,11 @@ from evalsuite.validate import (
     check_checkpoint_for,
     check_external_policy,
     check_numbers,
+    check_policy_object,
     check_ray_address,
     check_replan_steps,
     check_set_value,
+    parse_latency,
     policy_kind,
     resolve_device,
 )
@@ -234,6 +236,18 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--replan-steps", type=int, help="actions executed per chunk (default: the whole chunk)")
     p.add_argument("--max-steps", type=int, help="override every task's step budget (recorded in run.json)")
     p.add_argument(
+        "--track",
+        metavar="DIR",
+        help="also log the run (tables, per-task success and Wilson intervals, a video per task, run.json) "
+        "to a TensorBoard log directory (docs/tracking.md); nothing is logged without it",
+    )
+    p.add_argument(
+        "--latency",
+        metavar="measured|MS",
+        help="latency-aware evaluation: the environment keeps stepping while the policy computes a chunk "
+        "(each call's measured wall time, or a fixed figure in ms; docs/latency.md)",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite env option"
     )
     p.add_argument(
@@ -272,7 +286,11 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(
-    args: argparse.Namespace, argv: list[str], check_ckpt: bool = True, out_is_run: bool = True
+    args: argparse.Namespace,
+    argv: list[str],
+    check_ckpt: bool = True,
+    out_is_run: bool = True,
+    policy_object=None,
 ) -> EvalConfig:
     """The run's configuration, every argument checked (and the checkpoint, unless `check_ckpt` is
     False: the nightly job checks each checkpoint itself, to report a broken one and go on; and
@@ -287,6 +305,9 @@ def config_from_args(
         suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
     elif args.policy:
         kind, checkpoint = policy_kind(args.policy), None
+    elif policy_object is not None:
+        kind, checkpoint = "object", None
+        chunk_length = check_policy_object(policy_object, suites[0].action_dim)
     else:
         raise UsageError(
             "choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random|ws://HOST:PORT|module:Class"
@@ -302,6 +323,11 @@ def config_from_args(
             f"nothing with {given}: leave it out"
         )
     suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
+    latency = parse_latency(args.latency, suites)
+    if latency is not None:
+        import dataclasses
+
+        suites = [dataclasses.replace(s, latency=latency) for s in suites]
     check_numbers(args)
     # ray.init joins the cluster RAY_ADDRESS names when --address is left out: check it alike
     address, address_source = args.address, "--address"
@@ -325,6 +351,7 @@ def config_from_args(
         url=args.policy if kind == "remote" else None,
         layout=args.remote_layout if kind == "remote" else None,
         timeout_s=args.remote_timeout,
+        instance=policy_object,
     )
     chunk_length = check_external_policy(policy) or chunk_length
     if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
@@ -375,14 +402,28 @@ def config_from_args(
     )
 
 
+def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool = True) -> RunSummary:
+    """The one path of an evaluation, for the command and for `evalsuite.evaluate_suite`: the
+    arguments checked, the run made (or resumed), the tables written, the run logged where
+    `--track` says."""
+    args = eval_parser().parse_args(argv)
+    config = config_from_args(args, argv, policy_object=policy_object)
+    summary = evaluate(config, show_progress=show_progress)
+    if args.track:
+        from evalsuite.tracking import log_run
+
+        log_run(summary, args.track)
+    return summary
+
+
 def cmd_evaluate(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
-    config = config_from_args(args, argv)
     if args.dry_run:
+        config = config_from_args(args, argv)
         print(f"episode plan for {', '.join(s.name for s in config.suites)} ({config.policy.episode_mode}):")
         print(dry_run(config))
         return 0
-    summary = evaluate(config, show_progress=not args.quiet)
+    summary = evaluate_from_argv(argv, show_progress=not args.quiet)
     print(summary.markdown)
     print(f"run directory: {summary.run_dir}")
     errors = sum(1 for r in summary.records if r.success is None)

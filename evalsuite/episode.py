@@ -1,6 +1,15 @@
 """One episode: reset to the fixed initial state, execute action chunks, follow the suite's end rule.
 
 Shared by the inline loop and the Ray env workers, so both produce identical records.
+
+Latency-aware evaluation (`SuiteSpec.latency`, `--latency`): the environment does not wait for the
+policy. A chunk asked for at step t arrives `ceil(latency x control rate)` steps later; meanwhile
+the episode executes what is left of the previous chunk (the actions past `replan_steps`) and then
+holds still: zero arm deltas, the gripper's last command kept (the meaning of "still" for the
+delta end-effector suites that declare a control rate). The new chunk is then executed from its
+first action, as a policy that does not compensate for its own latency (AsyncVLA, pi0, the
+paper-style pipeline) would on a robot: so the figures show what each millisecond of thinking
+costs such a policy. With a latency of 0 the episode is the synchronous one, step for step.
 Rendering is requested only on steps whose images are used: the step before the policy is asked
 for its next chunk, and every step of an episode whose video is being recorded (whose frames an
 env such as the tabletop's takes from the observation's images rather than rendering again).
@@ -8,6 +17,7 @@ env such as the tabletop's takes from the observation's images rather than rende
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,28 +56,44 @@ def run_episode(
     obs = env.reset(spec.task, spec.episode_index, spec.seed)
     reset_s = time.perf_counter() - start
     frames = [env.render_frame()] if record_video else []
-    queue: list[np.ndarray] = []
-    success, steps, done, policy_calls = False, 0, False, 0
+    queue: list[np.ndarray] = []  # the current chunk's actions up to the next request
+    leftover: list[np.ndarray] = []  # its actions past that: executed while the next chunk is computed
+    success, done, ended = False, False, False
+    steps, policy_calls, waited = 0, 0, 0
+    last = None
     info: dict = {}
-    while steps < budget:
+
+    def step(action: np.ndarray, need_images: bool) -> None:
+        nonlocal obs, done, success, info, steps, ended, last
+        # a recorded step renders once: render_frame() reuses the observation's images where the env can
+        obs, done, success, info = env.step(action, render=need_images or record_video)
+        steps += 1
+        last = action
+        if record_video:
+            frames.append(env.render_frame())
+        ended = done or (success and suite.end_on_success) or steps >= budget
+
+    while not ended:
         if not queue:
+            asked = time.perf_counter()
             chunk = np.asarray(act([obs], [f"{spec.draw_key}@{steps}"])[0], dtype=np.float32)
             if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim:
                 raise InvalidAction(
                     f"policy returned a chunk of shape {chunk.shape}; suite {suite.name!r} needs "
                     f"[L, {suite.action_dim}] actions"
                 )
-            queue = list(chunk[: replan_steps or len(chunk)])
             policy_calls += 1
+            for _ in range(latency_steps(suite, time.perf_counter() - asked)):
+                if ended:
+                    break
+                step(leftover.pop(0) if leftover else hold_still(last, suite.action_dim), False)
+                waited += 1
+            if ended:
+                break
+            n = replan_steps or len(chunk)
+            queue, leftover = list(chunk[:n]), list(chunk[n:])
         action = queue.pop(0)
-        need_images = not queue and steps + 1 < budget  # the next step asks the policy again
-        # a recorded step renders once: render_frame() reuses the observation's images where the env can
-        obs, done, success, info = env.step(action, render=need_images or record_video)
-        steps += 1
-        if record_video:
-            frames.append(env.render_frame())
-        if done or (success and suite.end_on_success):
-            break
+        step(action, need_images=not queue and steps + 1 < budget)  # the next step asks the policy again
     record = EpisodeRecord.for_spec(
         spec,
         success=bool(success),
@@ -80,6 +106,7 @@ def run_episode(
             "final_state": [round(float(x), 6) for x in obs.state],
             "reset_s": round(reset_s, 3),
             **({"env_built": env.builds != builds} if builds is not None else {}),
+            **({"latency_steps": waited} if suite.latency is not None else {}),
             **_scalars(info),
         },
     )
@@ -90,6 +117,25 @@ def run_episode(
             caption_frames(frames, obs.instruction or task.instruction, outcome), fps=video_fps
         )
     return EpisodeResult(record, video)
+
+
+def latency_steps(suite: SuiteSpec, call_s: float) -> int:
+    """How many control steps the environment takes while a chunk is computed: none without a
+    latency; else the latency (the call's own wall time, or the fixed figure) at the control rate."""
+    if suite.latency is None:
+        return 0
+    seconds = call_s if suite.latency == "measured" else float(suite.latency) / 1000.0
+    return math.ceil(seconds * suite.control_hz - 1e-9)
+
+
+def hold_still(last: np.ndarray | None, action_dim: int) -> np.ndarray:
+    """Zero arm deltas; the gripper (the last dimension) keeps its last command (open if none)."""
+    action = np.zeros(action_dim, dtype=np.float32)
+    if last is not None:
+        action[-1] = last[-1]
+    else:
+        action[-1] = -1.0
+    return action
 
 
 def _scalars(info: dict) -> dict:

@@ -64,6 +64,10 @@ def protocol_values(suite: SuiteSpec, options: RunOptions) -> dict:
         "step_budgets": sorted({t.max_steps for t in suite.tasks})
         if options.max_steps is None
         else [options.max_steps],
+        # only when set: a run directory from before latency-aware evaluation stays the same run
+        **(
+            {"latency_ms": suite.latency, "control_hz": suite.control_hz} if suite.latency is not None else {}
+        ),
     }
     return values
 
@@ -77,7 +81,7 @@ def build_manifest(config: EvalConfig) -> dict:
         "tasks": config.tasks,
         "episodes_per_task": config.episodes_per_task,
         "seed": config.seed,
-        "policy": {**dataclasses.asdict(policy), "name": policy.name},
+        "policy": policy.describe(),
         "checkpoint": policy.checkpoint,
         "checkpoint_sha256": mf.checkpoint_sha256(policy.checkpoint) if policy.checkpoint else None,
         "replan_steps": config.options.replan_steps or "full chunk",

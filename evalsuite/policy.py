@@ -10,8 +10,8 @@ draw the same noise on the same episode.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,7 +58,8 @@ class PolicySpec:
     """How to build the run's policy; shipped to the policy server, which builds it there."""
 
     # "asyncvla" (a checkpoint), "scripted" (the suite's expert), "random", "import" (a user's
-    # `module:Class`, run in the policy server like ours), "remote" (a websocket policy server)
+    # `module:Class`, run in the policy server like ours), "remote" (a websocket policy server),
+    # "object" (a policy object handed to `evalsuite.evaluate_suite`, e.g. by a training loop)
     kind: str
     checkpoint: str | None = None
     mode: str = "asyncvla"  # asyncvla | sfm | random-mask (AsyncVLA inference modes)
@@ -71,6 +72,15 @@ class PolicySpec:
     url: str | None = None  # remote: ws://HOST:PORT
     layout: str | None = None  # remote: --remote-layout JSON (evalsuite.remote.WireLayout)
     timeout_s: float = 120.0  # remote: seconds a request may wait for its answer
+    # object: the policy itself (pickled to the policy server under Ray); run.json names its class
+    instance: Any = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> dict:
+        """The spec as run.json records it: an object policy by its class, not its contents."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "instance"}
+        if self.kind == "object":
+            values["factory"] = f"{type(self.instance).__module__}:{type(self.instance).__qualname__}"
+        return {**values, "name": self.name}
 
     @property
     def name(self) -> str:
@@ -141,8 +151,10 @@ def _build(spec: PolicySpec) -> Policy:
         return RemotePolicy(spec.url, spec.action_dim, WireLayout.parse(spec.layout), spec.timeout_s)
     if spec.kind == "import":
         return import_policy(spec.factory)
+    if spec.kind == "object":
+        return spec.instance
     raise ValueError(
-        f"unknown policy kind {spec.kind!r}; expected asyncvla, scripted, random, import or remote"
+        f"unknown policy kind {spec.kind!r}; expected asyncvla, scripted, random, import, remote or object"
     )
 
 

@@ -95,6 +95,48 @@ def check_set_value(suite: SuiteSpec, key: str, raw: str, value: Any) -> None:
         )
 
 
+def parse_latency(raw: str | None, suites: list[SuiteSpec]) -> str | float | None:
+    """--latency measured|MS: the policy's thinking time, as the environment sees it."""
+    if raw is None:
+        return None
+    if raw == "measured":
+        value: str | float = raw
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value < 1e6:
+            raise UsageError(
+                f"--latency {raw}: give 'measured' (each policy call's own wall time) or a fixed latency "
+                "in milliseconds, e.g. --latency 200"
+            )
+    missing = [s.name for s in suites if s.control_hz is None]
+    if missing:
+        raise UsageError(
+            f"--latency: suite {missing[0]!r} declares no control rate, so a latency cannot be turned "
+            "into steps; latency-aware evaluation runs on the tabletop and LIBERO suites"
+        )
+    return value
+
+
+def check_policy_object(policy, action_dim: int) -> int:
+    """A policy object handed to `evalsuite.evaluate_suite` keeps the contract; its chunk length."""
+    from evalsuite.policy import contract_problems
+
+    problems = contract_problems(policy)
+    if problems:
+        raise UsageError(
+            f"the policy object ({type(policy).__name__}) does not implement the Policy contract "
+            f"(docs/CONTRACTS.md): missing or invalid {', '.join(problems)}"
+        )
+    if policy.action_dim != action_dim:
+        raise UsageError(
+            f"the policy object returns {policy.action_dim}-D actions but the suite takes {action_dim}-D ones"
+        )
+    return policy.chunk_length
+
+
 def check_replan_steps(replan_steps: int | None, chunk_length: int | None, who: str, flag: str) -> None:
     """Executing more actions per chunk than the policy predicts would silently execute the chunk."""
     if replan_steps and chunk_length and replan_steps > chunk_length:

@@ -85,6 +85,7 @@ def libero_suite(name: str) -> SuiteSpec:
         layout="evalsuite.layouts.libero:table1",
         paper_table="libero",
         family="libero" if name in PAPER_SUITES else name,
+        control_hz=20,  # LIBERO's robosuite control frequency
     )
 
 

@@ -44,6 +44,12 @@ class SuiteSpec:
     # name -> {"replan_steps", "seed", "env_kwargs"}: reference clients' choices, picked with
     # `--set client=NAME` (LIBERO: openpi, oft) and recorded in run.json under that name.
     client_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the simulator's control rate: a latency-aware run (`--latency`) turns a policy's thinking time
+    # into steps the environment takes meanwhile. None: the suite has no such mode.
+    control_hz: float | None = None
+    # latency-aware evaluation (evalsuite/episode.py): None (the policy answers instantly),
+    # "measured" (each call's own wall time) or a fixed figure in milliseconds
+    latency: str | float | None = None
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:

@@ -47,5 +47,6 @@ SUITES = [
         expert_factory="envs.tabletop.expert:TabletopExpert",
         family="tabletop",
         render_at_model_size=True,
+        control_hz=CONTROL_HZ,
     )
 ]
