@@ -195,7 +195,66 @@ def _build(cfg: TrainConfig, dataset: ChunkDataset, info: dict, device) -> tuple
 
 
 def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
+    """One training process (rank `rank` of `world`): build or load the model, then run the stage's
+    steps, logging the loss and saving the checkpoint and the resume state every `save_every`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rank, world, device = _join_workers(rank, world, cfg)
+    episodes, info = read_dataset(cfg.dataset)
+    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device)
+    dataset = ChunkDataset(episodes, model.cfg.chunk_length, cfg.pause_threshold)
+    data_sha256 = dataset_sha256(cfg.dataset)
+    previous_record = model.training_record
+    log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
+    pre = Preprocessor(model.cfg, tokenizer)
+    steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
+    total = cfg.steps if cfg.steps else (cfg.epochs or 1) * steps_per_epoch
+    optim, sched = _optimizer(model, cfg, total)
+    if device.type == "cuda":
+        model.vlm.gradient_checkpointing_enable()
+    model.train()
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    out, state_path = Path(cfg.out), Path(cfg.out) / f"train_state_{cfg.stage}.pt"
+    step = _restore(state_path, optim, sched, generator, rank, cfg) if cfg.resume else 0
+    net = _stage_net(model, cfg, world)
+    sampler, loader = _data_loader(dataset, cfg, rank, world)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def save(step: int, generators: list[torch.Tensor]) -> None:
+        model.training_record = training_record(
+            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size, info
+        )
+        save_checkpoint(out, model, tokenizer, stats)
+        state = {"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
+        torch.save({**state, "generator": generators}, state_path)
+
+    with _LossLog(out / f"loss_{cfg.stage}.csv", cfg, total, step, rank) as loss_log:
+        epoch = step // steps_per_epoch
+        while step < total:
+            sampler.set_epoch(epoch)
+            for samples in loader:
+                if step >= total:
+                    break
+                inputs, actions, ignore = collate(samples, pre, stats, device)
+                with autocast:
+                    loss = net(inputs, actions, ignore, generator)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                sched.step()
+                step += 1
+                loss_log.write(step, epoch, _mean_over_workers(loss.detach(), world), sched.get_last_lr()[-1])
+                generators = _gather_generators(generator, world)  # every rank takes part
+                if (step % cfg.save_every == 0 or step == total) and rank == 0:
+                    save(step, generators)
+            epoch += 1
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _join_workers(rank: int, world: int, cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """This process's rank, the number of processes and its device; with several processes, joins
+    their group (spawned here on one machine, or by torchrun) and shares the CPU threads."""
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -208,35 +267,40 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
             torch.cuda.set_device(device)
-    episodes, info = read_dataset(cfg.dataset)
-    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device)
-    dataset = ChunkDataset(episodes, model.cfg.chunk_length, cfg.pause_threshold)
-    data_sha256 = dataset_sha256(cfg.dataset)
-    previous_record = model.training_record
-    log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
-    pre = Preprocessor(model.cfg, tokenizer)
-    groups = _param_groups(model, cfg)
-    if device.type == "cuda":
-        model.vlm.gradient_checkpointing_enable()
-    model.train()
-    steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
-    total = cfg.steps if cfg.steps else (cfg.epochs or 1) * steps_per_epoch
-    optim = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _cosine(total, cfg.warmup_steps))
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    out, state_path = Path(cfg.out), Path(cfg.out) / f"train_state_{cfg.stage}.pt"
-    step = 0
-    if cfg.resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=True)  # tensors and numbers only, never arbitrary pickles
-        optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"][rank % len(state["generator"])])
-        step = int(state["step"])
-        log.info("resuming %s training at step %d", cfg.stage, step)
+    return rank, world, device
+
+
+def _optimizer(model: AsyncVLA, cfg: TrainConfig, total: int):
+    """AdamW (weight decay 0) over the stage's parameters, with a warm-up then cosine schedule."""
+    optim = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), weight_decay=0.0)
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, _cosine(total, cfg.warmup_steps))
+
+
+def _stage_net(model: AsyncVLA, cfg: TrainConfig, world: int) -> nn.Module:
+    """The stage's loss as a module, wrapped in DDP when there are several processes."""
     net = _StageLoss(model, cfg.stage, cfg.objective)
-    if world > 1:
-        tied = model.vlm.config.get_text_config().tie_word_embeddings
-        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=not tied)
+    if world == 1:
+        return net
+    tied = model.vlm.config.get_text_config().tie_word_embeddings
+    return nn.parallel.DistributedDataParallel(net, find_unused_parameters=not tied)
+
+
+def _restore(state_path: Path, optim, sched, generator: torch.Generator, rank: int, cfg: TrainConfig) -> int:
+    """--resume: the optimizer, schedule and this rank's generator as saved; the step to go on from
+    (0 when nothing was saved yet)."""
+    if not state_path.is_file():
+        return 0
+    state = torch.load(state_path, weights_only=True)  # tensors and numbers only, never arbitrary pickles
+    optim.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"][rank % len(state["generator"])])
+    step = int(state["step"])
+    log.info("resuming %s training at step %d", cfg.stage, step)
+    return step
+
+
+def _data_loader(dataset: ChunkDataset, cfg: TrainConfig, rank: int, world: int):
+    """This rank's share of the shuffled chunks, in batches of `batch_size` samples."""
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
     )
@@ -247,69 +311,46 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
         collate_fn=list,
         drop_last=len(dataset) >= cfg.batch_size * world,
     )
-    from tqdm import tqdm
+    return sampler, loader
 
-    bar = tqdm(total=total, initial=step, desc=f"{cfg.stage}", disable=rank != 0, dynamic_ncols=True)
-    log_path = out / f"loss_{cfg.stage}.csv"
-    log_file = None
-    if rank == 0:
-        new = not (cfg.resume and log_path.is_file())
-        log_file = open(log_path, "w" if new else "a", newline="")  # noqa: SIM115 (kept open for the loop)
-        writer = csv.writer(log_file)
-        if new:
-            writer.writerow(["step", "epoch", "loss", "lr"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def save() -> None:
-        if rank != 0:
-            return
-        model.training_record = training_record(
-            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size, info
-        )
-        save_checkpoint(out, model, tokenizer, stats)
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optim.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gens,
-            },
-            state_path,
-        )
-
-    epoch = step // steps_per_epoch
-    while step < total:
-        sampler.set_epoch(epoch)
-        for samples in loader:
-            if step >= total:
-                break
-            inputs, actions, pad = collate(samples, pre, stats, device)
-            with autocast:
-                loss = net(inputs, actions, pad, generator)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            sched.step()
-            step += 1
-            value = loss.detach()
-            if world > 1:
-                dist.all_reduce(value)
-                value /= world
-            if rank == 0:
-                writer.writerow([step, epoch, f"{value.item():.6g}", f"{sched.get_last_lr()[-1]:.3g}"])
-                log_file.flush()
-                bar.set_postfix(loss=f"{value.item():.4f}")
-            bar.update(1)
-            gens = _gather_generators(generator, world)
-            if step % cfg.save_every == 0 or step == total:
-                save()
-        epoch += 1
-    bar.close()
-    if log_file:
-        log_file.close()
+def _mean_over_workers(value: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.all_reduce(value)
+        value /= world
+    return value
+
+
+class _LossLog:
+    """The loss per step: `loss_<stage>.csv` (appended to on --resume) and the progress bar, both
+    kept by rank 0 only."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, total: int, step: int, rank: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=step, desc=f"{cfg.stage}", disable=rank != 0, dynamic_ncols=True)
+        self.file = None
+        if rank == 0:
+            new = not (cfg.resume and path.is_file())
+            self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (kept open for the loop)
+            self.writer = csv.writer(self.file)
+            if new:
+                self.writer.writerow(["step", "epoch", "loss", "lr"])
+
+    def write(self, step: int, epoch: int, loss: torch.Tensor, lr: float) -> None:
+        if self.file is not None:
+            self.writer.writerow([step, epoch, f"{loss.item():.6g}", f"{lr:.3g}"])
+            self.file.flush()
+            self.bar.set_postfix(loss=f"{loss.item():.4f}")
+        self.bar.update(1)
+
+    def __enter__(self) -> _LossLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _gather_generators(generator: torch.Generator, world: int) -> list[torch.Tensor]:
