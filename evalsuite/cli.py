@@ -241,6 +241,7 @@ def eval_parser() -> argparse.ArgumentParser:
         help="also log the run (tables, per-task success and Wilson intervals, a video per task, run.json) "
         "to a TensorBoard log directory (docs/tracking.md); nothing is logged without it",
     )
+    p.add_argument("--track-step", type=int, default=0, help="--track: the step to log at (a training step)")
     p.add_argument(
         "--latency",
         metavar="measured|MS",
@@ -412,7 +413,7 @@ def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool 
     if args.track:
         from evalsuite.tracking import log_run
 
-        log_run(summary, args.track)
+        log_run(summary, args.track, step=args.track_step)
     return summary
 
 
