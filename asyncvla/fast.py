@@ -230,7 +230,7 @@ class FastSampler:
             a = flow.euler_step(a, v, self.deltas[k], m)
         return a
 
-    def _after_prefix(self, state, hidden, valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm):
+    def _after_prefix(self, state, hidden, valid, n_sfm, n_afm, mask_draw, mode, threshold, skip_empty_afm):
         """SFM -> rater -> AFM from an encoded prefix (Alg. 1), as `AsyncVLA.sample_actions`."""
         ones = torch.ones(n_sfm.shape[:2], device=n_sfm.device)
         sfm = self.integrate(state, n_sfm, ones)
@@ -241,7 +241,7 @@ class FastSampler:
             confidence = self.model.rater(hidden, valid, sfm)
             m = flow.rater_mask(confidence, threshold)  # T: a float, or a captured tensor
         else:
-            m = (u < 0.5).float()
+            m = (mask_draw < 0.5).float()
         if skip_empty_afm and not m.any():
             return sfm, sfm, confidence, m
         afm = self.integrate(state, flow.afm_start(sfm, n_afm, m), m)
@@ -351,13 +351,15 @@ class FastSampler:
     def _chunk(self, plan, mode, skip_empty_afm, *tensors):
         """From host-prepared prefix tensors and noise to (actions, sfm, confidence, mask)."""
         input_ids, pixel_values, state, image_slots, valid, positions, next_position = tensors[:7]
-        n_sfm, n_afm, u, threshold = tensors[7:]
+        n_sfm, n_afm, mask_draw, threshold = tensors[7:]
         prefix = Prefix(
             self._embed(plan, input_ids, pixel_values, state, image_slots), valid, positions, next_position
         )
         keys, values, hidden = self.encode_prefix(prefix)
         state = self.chunk_state(prefix, keys, values)
-        return self._after_prefix(state, hidden, valid, n_sfm, n_afm, u, mode, threshold, skip_empty_afm)
+        return self._after_prefix(
+            state, hidden, valid, n_sfm, n_afm, mask_draw, mode, threshold, skip_empty_afm
+        )
 
     @torch.no_grad()
     def sample_actions(

@@ -244,7 +244,7 @@ class AsyncVLA(nn.Module):
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}; expected one of {MODES}")
         threshold = self.cfg.threshold if threshold is None else threshold
-        n_sfm, n_afm, u = self._draw_noise(generators)
+        n_sfm, n_afm, mask_draw = self._draw_noise(generators)
         prefix = self.embed_prefix(inputs)
         cache, hidden = self.encode_prefix(prefix)  # the only pass over the prefix in this chunk
         ones = torch.ones(n_sfm.shape[:2], device=self.device)
@@ -256,7 +256,7 @@ class AsyncVLA(nn.Module):
             confidence = self.rater(hidden, prefix.valid, sfm)
             m = flow.rater_mask(confidence, threshold)
         else:  # random-mask: the w/o-rater ablation, each token masked with p = 0.5
-            m = (u < 0.5).float()
+            m = (mask_draw < 0.5).float()
         if not m.any():  # nothing to regenerate: AFM would return SFM unchanged
             return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
         afm = self.integrate(cache, prefix, flow.afm_start(sfm, n_afm, m), m)

@@ -87,7 +87,6 @@ class BatchingPolicyServer:
         self._caller = _CallThread()
         self._stuck: list[_CallThread] = []  # threads whose call timed out and has not returned yet
         self._one_call = None  # asyncio.Lock, made in the event loop that serves
-        self.batch_sizes: list[int] = []
 
     def info(self) -> dict:
         return {"action_dim": self.policy.action_dim, "chunk_length": self.policy.chunk_length}
@@ -127,7 +126,6 @@ class BatchingPolicyServer:
         if self._pending and not self._flush_scheduled:  # leftovers get their own timer
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self.max_wait, self._start_flush)
-        self.batch_sizes.append(len(batch))
         try:
             await self._answer(batch)
         except PolicyTimeout as e:  # a stuck policy would be stuck again: no retry one by one
@@ -178,14 +176,6 @@ class BatchingPolicyServer:
                     f"the policy did not answer within {self.act_timeout_s:g} s (the server's limit)"
                 ) from None
             return np.asarray(chunks), time.monotonic() - start
-
-    def stats(self) -> dict:
-        sizes = self.batch_sizes or [0]
-        return {
-            "batches": len(self.batch_sizes),
-            "mean_batch": float(np.mean(sizes)),
-            "max_batch": max(sizes),
-        }
 
 
 def _fail(batch: list[tuple[Observation, str, asyncio.Future]], error: BaseException) -> None:
