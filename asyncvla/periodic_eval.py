@@ -29,6 +29,8 @@ class PeriodicEvaluator:
     suite: str
     every: int
     episodes_per_task: int = 1
+    # the policy stage's checkpoints have no trained rater yet: they are evaluated without it (sfm)
+    mode: str = "asyncvla"
     track: str | None = None  # TensorBoard directory for `asyncvla-eval --track`
     extra_args: list[str] = field(default_factory=list)  # any other asyncvla-eval option
     _running: tuple[int, subprocess.Popen] | None = None
@@ -40,8 +42,6 @@ class PeriodicEvaluator:
     def after_save(self, step: int) -> None:
         """Called once the checkpoint of `step` is on disk: snapshot it, queue its evaluation."""
         self.poll()
-        if step % self.every:
-            return
         snapshot = self._dir(step) / "checkpoint"
         if snapshot.exists():  # a resumed training saving the same step again
             shutil.rmtree(snapshot)
@@ -75,10 +75,11 @@ class PeriodicEvaluator:
     def command(self, step: int) -> list[str]:
         run = self._dir(step)
         argv = [sys.executable, "-m", "evalsuite.cli", self.suite, "--ckpt", str(run / "checkpoint")]
-        argv += ["--episodes-per-task", str(self.episodes_per_task), "--out", str(run / "run"), "-q"]
+        argv += ["--episodes-per-task", str(self.episodes_per_task), "--mode", self.mode]
+        argv += ["--out", str(run / "run"), "-q"]
         if self.track:
             argv += ["--track", str(self.track), "--track-step", str(step)]
-        return [*argv, *self.extra_args]
+        return [*argv, *self.extra_args]  # last: an option given twice takes its last value
 
     def _dir(self, step: int) -> Path:
         return self.out / "evals" / f"step-{step:08d}"

@@ -60,6 +60,12 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads per worker (default: torch's, cores / workers under DDP)
     pause_threshold: float = PAUSE_THRESHOLD  # asyncvla.datasets: pauses carry no label; 0 = none
+    # evaluate while training (asyncvla/periodic_eval.py): every eval_every steps and at the end
+    eval_every: int | None = None
+    eval_suite: str = "tabletop"
+    eval_episodes: int = 1  # per task
+    eval_track: str | None = None  # TensorBoard directory (asyncvla-eval --track)
+    eval_args: str = ""  # any other asyncvla-eval options, e.g. "--tasks 0,1 --workers 2"
 
 
 def training_record(
@@ -218,6 +224,7 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     net = _stage_net(model, cfg, world)
     sampler, loader = _data_loader(dataset, cfg, rank, world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    evaluator = _evaluator(cfg) if rank == 0 else None
 
     def save(step: int, generators: list[torch.Tensor]) -> None:
         model.training_record = training_record(
@@ -244,12 +251,35 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
                 step += 1
                 loss_log.write(step, epoch, _mean_over_workers(loss.detach(), world), sched.get_last_lr()[-1])
                 generators = _gather_generators(generator, world)  # every rank takes part
-                if (step % cfg.save_every == 0 or step == total) and rank == 0:
+                evaluate = evaluator is not None and (step % evaluator.every == 0 or step == total)
+                if (step % cfg.save_every == 0 or step == total or evaluate) and rank == 0:
                     save(step, generators)
+                    if evaluate:
+                        evaluator.after_save(step)
             epoch += 1
+    if evaluator is not None:
+        evaluator.close()  # the last evaluations finish before the command returns
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _evaluator(cfg: TrainConfig):
+    if not cfg.eval_every:
+        return None
+    import shlex
+
+    from asyncvla.periodic_eval import PeriodicEvaluator
+
+    return PeriodicEvaluator(
+        Path(cfg.out),
+        cfg.eval_suite,
+        every=cfg.eval_every,
+        episodes_per_task=cfg.eval_episodes,
+        mode="sfm" if cfg.stage == "policy" else "asyncvla",
+        track=cfg.eval_track,
+        extra_args=shlex.split(cfg.eval_args),
+    )
 
 
 def _join_workers(rank: int, world: int, cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -379,6 +409,8 @@ def run(cfg: TrainConfig) -> Path:
         raise ValueError("--num-workers must be >= 1")
     if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs < 1:
         raise ValueError("--steps / --epochs must be >= 1")
+    if cfg.eval_every is not None and (cfg.eval_every < 1 or cfg.eval_episodes < 1):
+        raise ValueError("--eval-every and --eval-episodes must be >= 1")
     log.info("training config: %s", asdict(cfg))
     if "WORLD_SIZE" in os.environ:  # launched by torchrun (one or several machines)
         train_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), cfg)
@@ -428,6 +460,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "(default 1e-4, OpenVLA's LIBERO no-op rule; 0 disables)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e = p.add_argument_group("evaluate while training (docs/tracking.md)")
+    e.add_argument("--eval-every", type=int, help="evaluate the checkpoint every N steps and at the end")
+    e.add_argument("--eval-suite", default="tabletop", help="asyncvla-eval suite or family")
+    e.add_argument("--eval-episodes", type=int, default=1, help="episodes per task")
+    e.add_argument("--eval-track", help="log each evaluation to this TensorBoard directory")
+    e.add_argument(
+        "--eval-args", default="", help='other asyncvla-eval options, e.g. "--tasks 0,1 --workers 2"'
+    )
     a = p.parse_args(argv)
     return TrainConfig(**{k: v for k, v in vars(a).items()})
 
