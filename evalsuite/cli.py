@@ -260,6 +260,11 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episode-timeout", type=float, default=1800.0, help="seconds before a hung episode is retried"
     )
+    p.add_argument(
+        "--step-timeout",
+        type=float,
+        help="seconds one simulator step may take before its episode is retried (evalsuite/watchdog.py)",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="policy server: largest batch")
     p.add_argument(
         "--policy-servers",
@@ -379,6 +384,7 @@ def config_from_args(
         video=args.video,
         retries=args.retries,
         episode_timeout_s=args.episode_timeout,
+        step_timeout_s=args.step_timeout,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         policy_servers=args.policy_servers,

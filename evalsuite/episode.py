@@ -28,6 +28,7 @@ from envs.base import Env, InvalidAction, Observation
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.videos import caption_frames, encode_mp4
+from evalsuite.watchdog import step_limit
 
 # act(observations, keys) -> [B, L, action_dim]; local policy or a call into the policy server
 ActFn = Callable[[list[Observation], list[str]], np.ndarray]
@@ -48,6 +49,7 @@ def run_episode(
     max_steps: int | None = None,
     record_video: bool = False,
     video_fps: int = 20,
+    step_timeout_s: float | None = None,
 ) -> EpisodeResult:
     task = suite.task(spec.task)
     budget = max_steps or task.max_steps
@@ -66,7 +68,8 @@ def run_episode(
     def step(action: np.ndarray, need_images: bool) -> None:
         nonlocal obs, done, success, info, steps, ended, last
         # a recorded step renders once: render_frame() reuses the observation's images where the env can
-        obs, done, success, info = env.step(action, render=need_images or record_video)
+        with step_limit(step_timeout_s, f"step {steps}"):
+            obs, done, success, info = env.step(action, render=need_images or record_video)
         steps += 1
         last = action
         if record_video:

@@ -124,6 +124,7 @@ def _attempt_inline(spec, suite, policy, envs, options, videos) -> EpisodeResult
                     options.replan_steps,
                     options.max_steps,
                     record_video=videos.wanted(spec),
+                    step_timeout_s=options.step_timeout_s,
                 )
             result.record.attempts = attempt
             return result

@@ -158,6 +158,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         )
     if args.episode_timeout is not None and not args.episode_timeout > 0:
         raise UsageError(f"--episode-timeout {args.episode_timeout}: must be a positive number of seconds")
+    if getattr(args, "step_timeout", None) is not None and not args.step_timeout > 0:
+        raise UsageError(f"--step-timeout {args.step_timeout}: must be a positive number of seconds")
     if args.remote_timeout is not None and not args.remote_timeout > 0:
         raise UsageError(f"--remote-timeout {args.remote_timeout}: must be a positive number of seconds")
     if not 0 < args.threshold < 1:

@@ -67,6 +67,25 @@ def make_crashing_env(**kwargs) -> CrashingToyEnv:
     return CrashingToyEnv(**kwargs)
 
 
+class StallingToyEnv(ToyEnv):
+    """Step 2 of episode 1 stalls for 3 s on every attempt (a physics step that does not come back
+    in time): --step-timeout ends that attempt, the other episodes run on."""
+
+    def reset(self, task: str, episode_index: int, seed: int) -> Observation:
+        self.episode, self.steps = episode_index, 0
+        return super().reset(task, episode_index, seed)
+
+    def step(self, action, render: bool = True):
+        self.steps += 1
+        if self.episode == 1 and self.steps == 2:
+            time.sleep(3.0)
+        return super().step(action, render)
+
+
+def make_stalling_env(**kwargs) -> StallingToyEnv:
+    return StallingToyEnv(**kwargs)
+
+
 class ToyExpert:
     action_dim = 7
     chunk_length = 4
@@ -128,5 +147,6 @@ SUITES = [
     _suite("toy-wrongdim", expert="toy_suite:WrongDimPolicy"),
     _suite("toy-missing", factory="toy_suite:make_missing_env"),
     _suite("toy-crash", factory="toy_suite:make_crashing_env"),
+    _suite("toy-stall", factory="toy_suite:make_stalling_env"),
     _suite("toy-6d", action_dim=6),  # a suite no 7-D checkpoint fits
 ]
