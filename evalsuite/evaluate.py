@@ -24,7 +24,6 @@ from evalsuite.store import RunStore, check_records_match
 from evalsuite.suites.spec import SuiteSpec, import_object
 from evalsuite.tables import (
     build_tables,
-    prefetch_table_imports,
     protocol_header,
     records_frame,
     render_tables,
@@ -140,18 +139,12 @@ def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dic
     videos = VideoSlots(config.options.video, done)
     specs = {spec.id: spec for spec in plan}
 
-    stored = 0
-
     def sink(record: EpisodeRecord, video: bytes | None) -> EpisodeRecord:
-        nonlocal stored
         if video is not None and videos.keep(record):
             record.video = store.write_video(
                 video_name(specs[record.episode_id], bool(record.success)), video
             )
         store.append(record)
-        stored += 1
-        if stored == len(todo):  # the last episode: the tables' imports overlap Ray's stop
-            prefetch_table_imports()
         return record
 
     start = time.perf_counter()

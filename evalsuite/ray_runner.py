@@ -10,9 +10,7 @@ then records it as an error.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -36,16 +34,6 @@ from evalsuite.scheduler import next_for
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
-
-# Ray's settings for a cluster a run starts on its own machine. The raylet connects to its object
-# store, which another of its threads is still creating, and a missed connect sleeps
-# `raylet_client_connect_timeout_milliseconds` (1 s by default) before retrying: in 2 starts of 8
-# here, a whole second before the workers could start. 100 ms between 100 attempts keeps Ray's 10 s
-# budget (scripts/bench_startup.py measures the start both ways).
-LOCAL_RAY_CONFIG = {
-    "raylet_client_connect_timeout_milliseconds": 100,
-    "raylet_client_num_connect_attempts": 100,
-}
 
 
 class EnvWorker:
@@ -137,7 +125,7 @@ def run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         for actor in [*workers, *servers]:
             ray.kill(actor, no_restart=True)
         if started_here:
-            _stop_local_ray(ray)
+            ray.shutdown()
     return records
 
 
@@ -146,19 +134,11 @@ def _start_ray(ray, options: RunOptions) -> bool:
     `--address` / RAY_ADDRESS. Returns whether it was started here (and must be stopped here)."""
     if ray.is_initialized():
         return False
-    joins = bool(options.address or os.environ.get("RAY_ADDRESS"))
-    sigterm = (
-        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    ray.init(
+        address=options.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
     )
-    with contextlib.nullcontext() if joins else _node_registration_polled_finely(ray):
-        ray.init(
-            address=options.address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            # a cluster joined keeps its own settings: Ray refuses others from a joining driver
-            _system_config=None if joins else LOCAL_RAY_CONFIG,
-        )
     if sigterm is not None:  # ray.init installs one that exits mid-run (kills its processes
         signal.signal(signal.SIGTERM, sigterm)  # under the driver): the caller's handler again
     return True
@@ -325,54 +305,6 @@ class _EpisodePool:
             self.queue.appendleft(spec)
             return None
         return EpisodeResult(error_record(spec, reason, tries))
-
-
-@contextlib.contextmanager
-def _node_registration_polled_finely(ray):
-    """While a local cluster starts: Ray asks the GCS for its new raylet once, then once a second
-    (a fixed sleep in its C++ `GlobalStateAccessor::GetNode`), and the raylet registers about
-    0.95 s after the first ask, once its agents have booted: a start a little slower than that
-    waits a whole extra second (3 starts of 8 here, 6 on a loaded machine; scripts/bench_startup.py).
-    Ray's own wait (`ray._private.services.get_node`, not public API) is therefore preceded by one
-    that asks every 20 ms with the GCS client Ray's services use; Ray's then finds the node at its
-    first ask. Any error in ours, or another Ray without that function, leaves Ray's as it was."""
-    services = ray._private.services
-    rays_wait = getattr(services, "get_node", None)
-    if rays_wait is None:
-        yield
-        return
-
-    def get_node(gcs_address, node_id, *args, **kwargs):
-        try:
-            gcs = ray._raylet.GcsClient(address=gcs_address)
-            deadline = time.monotonic() + 10  # then Ray's own wait, with its own 30 s
-            while time.monotonic() < deadline:
-                if any(node.hex() == node_id for node in gcs.get_all_node_info(timeout=1)):
-                    break
-                time.sleep(0.02)
-        except Exception as e:  # Ray's wait below still waits, a second at a time
-            log.debug("could not poll the GCS for the raylet: %s", e)
-        return rays_wait(gcs_address, node_id, *args, **kwargs)
-
-    services.get_node = get_node
-    try:
-        yield
-    finally:
-        services.get_node = rays_wait
-
-
-def _stop_local_ray(ray) -> None:
-    """`ray.shutdown()` of the cluster `ray.init()` started here. Ray stops the GCS before the
-    autoscaler monitor, whose SIGTERM handler then waits on the dead GCS until Ray's 1 s grace
-    period ends in a SIGKILL: a second of every run (shutdown 1.4 s, 0.35 s with the monitor gone
-    first). A local cluster has nothing to autoscale, so the monitor gets that SIGKILL first.
-    `Node.kill_monitor` is not public API: without it the shutdown is only slower."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    try:
-        node.kill_monitor(check_alive=False)
-    except Exception as e:  # another Ray version; nothing is lost but the second
-        log.debug("could not stop Ray's monitor first: %s", e)
-    ray.shutdown()
 
 
 def _cause_text(e) -> str:

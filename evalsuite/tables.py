@@ -6,10 +6,8 @@ that crashed on every attempt) are counted apart and never enter n.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import threading
 from importlib import resources
 from pathlib import Path
 
@@ -19,28 +17,12 @@ from evalsuite.records import EpisodeRecord
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 
-def prefetch_table_imports() -> threading.Thread:
-    """Import what the tables need (scipy.stats, 0.6 s) on a thread, while the driver waits on
-    something else: the runner stopping Ray after the last episode (0.1-0.4 s). A later import of
-    the same module waits for this one to finish instead of starting over (Python's import lock).
-    Not a daemon: a process that ends before its tables lets the import finish rather than
-    tearing the interpreter down under it."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # the tables' own import reports any failure
-            import scipy.stats  # noqa: F401
-
-    thread = threading.Thread(target=load, name="table-imports")
-    thread.start()
-    return thread
-
-
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval (95 % by default); (0, 1) when there is no episode to judge by."""
     if n == 0:
         return 0.0, 1.0
-    # scipy's and not statsmodels' (the same interval: tests/test_tables.py): its import is 0.2 s
-    # lighter, and it is paid at the end of every run (scripts/bench_startup.py); imported here.
+    # scipy's and not statsmodels' (the same interval: tests/test_tables.py): the lighter import,
+    # paid at the end of every run (scripts/bench_startup.py); imported here, when first needed.
     from scipy.stats import binomtest
 
     interval = binomtest(successes, n).proportion_ci(confidence_level=1 - alpha, method="wilson")

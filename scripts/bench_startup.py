@@ -1,29 +1,19 @@
 """Where a run's fixed cost goes: Ray's start and stop, start-up imports, one LIBERO env build.
 
-    python scripts/bench_startup.py [--repeats 3] [--ray-repeats 8] [--no-libero] [--out results/bench]
+    python scripts/bench_startup.py [--repeats 3] [--ray-repeats 3] [--no-libero] [--out results/bench]
 
 Every measurement runs in a fresh interpreter (a user's run pays each cost once per process):
-1. Ray as the runner uses it: a local cluster, two 1-CPU actors answering once, then the stop,
-   the old way and the runner's, alternated (`--ray-repeats` each): Ray's defaults and a plain
-   `ray.shutdown()` vs the runner's start (`LOCAL_RAY_CONFIG`, the raylet's registration polled
-   every 20 ms by `_node_registration_polled_finely`) and `_stop_local_ray` (Ray's autoscaler
-   monitor stopped first). Each start also
-   reports, from the raylet's log, how long the raylet waited to connect to its own object store
-   (1 s when its first try misses, with Ray's default retry interval). Ray's own wait for the
-   raylet asks once a second, so the old way's init times fall into two groups a second apart.
+1. Ray as the runner uses it (`--ray-repeats` times): a local cluster, two 1-CPU actors answering
+   once, then `ray.shutdown()`.
 2. Imports: what a run's start-up imports now (the CLI, the suite registry, run.json's host info),
    and what it imported before for nothing: torch (run.json's GPU list), matplotlib (the
    nightly/compare commands), scipy.spatial (SimplerEnv's adapter, through the registry); and
    what the tables' Wilson intervals import at the end of a run, now (scipy.stats) and before
    (statsmodels). Each is timed after numpy, which every run imports anyway.
-3. The end of a run, from its last episode to its tables' statistics imported: Ray's stop
-   (`_stop_local_ray`) then `import scipy.stats`, vs the same with that import started first on
-   a thread (`evalsuite.tables.prefetch_table_imports`, what a run does), alternated
-   (`--ray-repeats` each).
-4. The interpreter's exit after a run's imports (Ray, pandas, scipy.stats), with and without
+3. The interpreter's exit after a run's imports (Ray, pandas, scipy.stats), with and without
    `gc.freeze()` first (what `evalsuite.cli.console_main` does), alternated: from the last
    statement to the process's end, as the parent sees it.
-5. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
+4. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
    without the package): robosuite's XML compile, the GL context, the renders, numba's first
    dispatch, the rest.
 Writes startup.json to --out. The whole-command comparison with vla-eval is
@@ -46,33 +36,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 RAY_LIFECYCLE = """
-import datetime, json, logging, os, re, sys, time
+import json, logging, time
 import ray
-import contextlib
-from evalsuite.ray_runner import LOCAL_RAY_CONFIG, _node_registration_polled_finely, _stop_local_ray
-now = sys.argv[1] == "now"
 t0 = time.perf_counter()
-with _node_registration_polled_finely(ray) if now else contextlib.nullcontext():
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-             _system_config=LOCAL_RAY_CONFIG if now else None)
+ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 t1 = time.perf_counter()
 Worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1}))
 workers = [Worker.remote() for _ in range(2)]
 ray.get([w.ping.remote() for w in workers])
 t2 = time.perf_counter()
-raylet_log = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "raylet.out")
-if now:
-    _stop_local_ray(ray)
-else:
-    ray.shutdown()
-t3 = time.perf_counter()
-def logged_at(line_part):
-    for line in open(raylet_log):
-        if line_part in line:
-            stamp = re.match(r"\\[(\\S+ \\S+) ", line).group(1)
-            return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-gap = logged_at("ObjectManager server started") - logged_at("Plasma store debug dump")
-print(json.dumps({"init_s": t1 - t0, "actors_s": t2 - t1, "stop_s": t3 - t2, "store_connect_s": gap}))
+ray.shutdown()
+print(json.dumps({"init_s": t1 - t0, "actors_s": t2 - t1, "stop_s": time.perf_counter() - t2}))
 """
 
 IMPORT_TIME = """
@@ -95,26 +69,6 @@ IMPORTS = {
     "import matplotlib.pyplot",
     "before: scipy.spatial.transform (SimplerEnv's adapter)": "from scipy.spatial.transform import Rotation",
 }
-
-END_OF_RUN = """
-import json, logging, sys, time
-import ray
-from evalsuite.ray_runner import LOCAL_RAY_CONFIG, _stop_local_ray
-from evalsuite.tables import prefetch_table_imports
-ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-         _system_config=LOCAL_RAY_CONFIG)
-Worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1}))
-workers = [Worker.remote() for _ in range(2)]
-ray.get([w.ping.remote() for w in workers])
-t0 = time.perf_counter()
-if sys.argv[1] == "overlapped":
-    prefetch_table_imports()
-for w in workers:
-    ray.kill(w, no_restart=True)
-_stop_local_ray(ray)
-import scipy.stats
-print(json.dumps({"s": time.perf_counter() - t0}))
-"""
 
 EXIT = """
 import gc, sys, time
@@ -178,31 +132,19 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ray-repeats", type=int, default=8, help="Ray starts of each kind")
+    parser.add_argument("--ray-repeats", type=int, default=3, help="Ray starts")
     parser.add_argument("--no-libero", action="store_true", help="skip the LIBERO env build")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()
 
-    ray_runs: dict[str, list[dict]] = {"before": [], "now": []}
-    for i in range(args.ray_repeats):
-        for mode in ["before", "now"] if i % 2 == 0 else ["now", "before"]:
-            ray_runs[mode].append(run_child(RAY_LIFECYCLE, mode))
-            print(f"ray {mode}: {ray_runs[mode][-1]}", flush=True)
-    ray_result = {
-        mode: {key: summary([r[key] for r in runs]) for key in runs[0]} for mode, runs in ray_runs.items()
-    }
+    ray_runs = [run_child(RAY_LIFECYCLE) for _ in range(args.ray_repeats)]
+    ray_result = {key: summary([r[key] for r in ray_runs]) for key in ray_runs[0]}
+    print(f"ray: {ray_result}", flush=True)
 
     imports = {}
     for name, code in IMPORTS.items():
         imports[name] = summary([run_child(IMPORT_TIME, code)["s"] for _ in range(args.repeats)])
         print(f"{name}: {imports[name]['median']} s", flush=True)
-
-    ends: dict[str, list[float]] = {"sequential": [], "overlapped": []}
-    for i in range(args.ray_repeats):
-        for mode in ["sequential", "overlapped"] if i % 2 == 0 else ["overlapped", "sequential"]:
-            ends[mode].append(run_child(END_OF_RUN, mode)["s"])
-    end_result = {mode: summary(values) for mode, values in ends.items()}
-    print(f"end of a run: {end_result}", flush=True)
 
     exits: dict[str, list[float]] = {"plain": [], "freeze": []}
     for i in range(args.repeats):
@@ -230,7 +172,6 @@ def main() -> int:
         },
         "ray_lifecycle_s": ray_result,
         "imports_s": imports,
-        "end_of_run_stop_and_statistics_import_s": end_result,
         "exit_after_a_run_s": exit_result,
         "libero_first_build_s": libero,
     }

@@ -1,6 +1,4 @@
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -43,50 +41,6 @@ def test_wilson_interval_known_values():
 
 def _frame(rows):
     return pd.DataFrame(rows, columns=["suite", "task", "success"])
-
-
-def test_the_tables_imports_are_prefetched_on_a_thread():
-    """In a fresh interpreter (this one has scipy already): the thread imports scipy.stats, which
-    the Wilson intervals need, and ends."""
-    probe = (
-        "import sys\n"
-        "from evalsuite.tables import prefetch_table_imports\n"
-        "assert 'scipy.stats' not in sys.modules\n"
-        "thread = prefetch_table_imports()\n"
-        "thread.join(60)\n"
-        "print(thread.daemon, thread.is_alive(), 'scipy.stats' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "False", "True"]
-
-
-def test_a_run_prefetches_the_tables_imports_once_its_last_episode_is_stored(
-    toy_suites, tmp_path, monkeypatch
-):
-    """The trigger: the sink of the run's last episode (before the runner stops Ray), not earlier
-    (where it would compete with the simulators for the CPU) and not for every episode."""
-    from evalsuite import evaluate as evaluate_module
-    from evalsuite.evaluate import EvalConfig, evaluate
-    from evalsuite.policy import PolicySpec
-    from evalsuite.runner import RunOptions
-    from evalsuite.store import RunStore
-
-    out = tmp_path / "run"
-    stored_when_called = []
-    monkeypatch.setattr(
-        evaluate_module,
-        "prefetch_table_imports",
-        lambda: stored_when_called.append(len(RunStore(out).load_records(repair=False))),
-    )
-    suite = toy_suites("toy")
-    config = EvalConfig(
-        suites=[suite],
-        policy=PolicySpec(kind="random", expert_factory=suite.expert_factory),
-        out=out,
-        options=RunOptions(workers=0, video="none"),
-    )
-    summary = evaluate(config, show_progress=False)
-    assert stored_when_called == [len(summary.records)] == [12]
 
 
 def test_errors_are_counted_apart_and_never_enter_the_rate():

@@ -39,17 +39,3 @@ class PidPolicy(DriftPolicy):
     def act(self, observations, keys):
         Path(os.environ["ASYNCVLA_TEST_PID_DIR"], str(os.getpid())).touch()
         return super().act(observations, keys)
-
-
-class RayConfigPolicy(DriftPolicy):
-    """DriftPolicy that leaves a file in $ASYNCVLA_TEST_PID_DIR named after the raylet connect retry
-    interval (ms) the Ray process serving it runs with (tests/test_runner.py: which Ray settings
-    reached the cluster)."""
-
-    def act(self, observations, keys):
-        from ray._raylet import Config
-
-        Path(
-            os.environ["ASYNCVLA_TEST_PID_DIR"], str(Config.raylet_client_connect_timeout_milliseconds())
-        ).touch()
-        return super().act(observations, keys)
