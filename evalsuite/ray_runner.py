@@ -45,7 +45,9 @@ class EnvWorker:
         self.env_suite: str | None = None
         self.policy = build_policy(local_policy) if local_policy is not None else None
 
-    def run(self, spec: EpisodeSpec, server, replan_steps, max_steps, record_video) -> EpisodeResult:
+    def run(
+        self, spec: EpisodeSpec, server, replan_steps, max_steps, record_video, step_timeout_s=None
+    ) -> EpisodeResult:
         import ray
 
         suite = self.suites[spec.suite]
@@ -62,7 +64,16 @@ class EnvWorker:
             act = self.policy.act
 
         try:
-            return run_episode(self.env, suite, spec, act, replan_steps, max_steps, record_video=record_video)
+            return run_episode(
+                self.env,
+                suite,
+                spec,
+                act,
+                replan_steps,
+                max_steps,
+                record_video=record_video,
+                step_timeout_s=step_timeout_s,
+            )
         except Exception:
             self._close()  # the simulator may be in any state now; the retry gets a fresh one
             raise
@@ -225,6 +236,7 @@ class _EpisodePool:
                 self.options.replan_steps,
                 self.options.max_steps,
                 self.videos.wanted(spec),
+                self.options.step_timeout_s,
             )
             self.inflight[ref] = (worker, spec, time.monotonic())
 
