@@ -133,3 +133,19 @@ def test_bad_configuration_and_episode_say_what_to_fix(env):
         env.reset("open_the_drawer", 0, 0)
     with pytest.raises(IndexError, match="ships 50 initial states"):
         env.reset("red_in_bowl", 50, 0)
+
+
+def test_the_demo_checkpoint_was_trained_on_images_of_this_scene(env):
+    """The shipped demo's training record names the renderer settings of its demonstrations: a
+    change to how the scene renders (shadows, lights, reflections) must come with a retrained demo
+    (python scripts/reproduce_tabletop.py --stages record,demo,ship), as a changed size must."""
+    from pathlib import Path
+
+    import asyncvla
+    from asyncvla.checkpoint import read_training_record
+
+    record = read_training_record(Path(asyncvla.__file__).with_name("demo"))
+    assert record["data_render"] == env.render_settings
+    assert record["stages"]["policy"]["data_render"] == env.render_settings
+    assert record["data_image_size"] == [record["image_size"]] * 2  # rendered at the model's size
+    assert env.render_settings["shadows"] is False  # what issue 27 chose (render_options.md)
