@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         suite = summary.tables["per_suite"].iloc[0]
         waited = [r.info.get("latency_steps", 0) for r in summary.records]
-        steps = [r.steps for r in summary.records]
+        episode_steps = [r.steps for r in summary.records]
         rows.append(
             {
                 "mode": mode,
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 "success_rate": float(suite["success_rate"]),
                 "ci_low": float(suite["ci_low"]),
                 "ci_high": float(suite["ci_high"]),
-                "steps_waiting_fraction": round(sum(waited) / max(1, sum(steps)), 3),
+                "steps_waiting_fraction": round(sum(waited) / max(1, sum(episode_steps)), 3),
                 "latency_steps": steps,
                 "run_dir": str(run_dir),
                 "note": "",
