@@ -165,8 +165,8 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
 
         def episode_s(spec, built: bool) -> float:
             budget = PAPER_SUITES[spec.suite]
-            if spec.task in HISTORY_DEPENDENT_TASKS:  # these keep the hard reset (envs/libero/env.py)
-                built_s, reset = hard_build_s, hard_reset_s[spec.suite]
+            if spec.task in HISTORY_DEPENDENT_TASKS:  # a fresh env per episode (envs/libero/env.py)
+                built, built_s, reset = True, hard_build_s, 0.0
             else:
                 built_s, reset = build, resets[spec.suite]
             return built * built_s + reset + budget * step_s + -(-budget // 8) * (render_s + policy)

@@ -15,7 +15,7 @@ changes the physics, so states stay bit-identical and the images of rendered ste
 reference images (measured: scripts/bench_libero.py, results/libero/).
 
 Cheap resets: robosuite's default (hard) reset recompiles the MuJoCo model and rebuilds its render
-context on every `env.reset()`, 2-4 s here. All an episode needs is the same simulator in the
+context on every `env.reset()` (results/libero/bench.json). All an episode needs is the same simulator in the
 same state, so episodes after the first reuse the compiled model (robosuite's soft reset:
 `mj_resetData`, then the same Python-side reset and object placement). The one piece of state a
 soft reset keeps and a hard reset does not is the gripper's command integrator
@@ -23,9 +23,17 @@ soft reset keeps and a hard reset does not is the gripper's command integrator
 builds a new gripper object with it at zero, so the cheap reset zeroes it. With that, the state after
 the settle steps, the model's body poses, the first images and the states of the steps that follow
 are bit-identical to the hard reset's for every init state checked (scripts/check_libero_reset.py,
-results/libero/reset_check*.json) on 36 of the 40 tasks of the paper's suites. The other 4
-(HISTORY_DEPENDENT_TASKS) and libero_90 keep the hard reset; `--set cheap_reset=false` restores it
-everywhere.
+results/libero/reset_check*.json) on 36 of the 40 tasks of the paper's suites. libero_90 keeps the
+hard reset; `--set cheap_reset=false` restores it everywhere.
+
+Fresh scenes: on the other 4 (HISTORY_DEPENDENT_TASKS) LIBERO's own hard reset places a fixture
+relative to the scene the env is already in, so the same episode would get another scene after
+another number of resets (on another worker, after a retry or a resume). Each of their episodes
+builds a new env, with LIBERO's random state seeded by the episode's seed before the build and
+again before the (hard) reset: the scene is a function of task, init state and seed, the one a
+reference client's first episode in a fresh env gets. Replaying the k resets a reference client
+does before its episode k would cost k hard resets per episode and still not match its random
+stream (openpi seeds once per task, so episode k's draws follow from episodes 0..k-1).
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ CHEAP_RESET_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_
 # Tasks whose reference (hard) reset is not a function of (task, init state, seed): LIBERO samples
 # some fixtures (the cabinet, the stove, the microwave) relative to the scene the env is already in,
 # so one episode gets a differently placed fixture depending on how many resets its env has done
-# (check_libero_reset.py: reference_repeats false). No reset can equal that reference bit for bit;
-# these tasks keep LIBERO's own hard reset.
+# (check_libero_reset.py: reference_repeats false). These tasks get a fresh env, seeded, for every
+# episode (module docstring), so the scene depends on the episode only.
 HISTORY_DEPENDENT_TASKS = frozenset(
     {
         "pick_up_the_black_bowl_in_the_top_drawer_of_the_wooden_cabinet_and_place_it_on_the_plate",
@@ -120,7 +128,8 @@ def libero_state(raw: dict) -> np.ndarray:
 
 
 class LiberoEnv:
-    """One LIBERO simulator; a new task rebuilds it (about 10 s here), episodes of a task reuse it."""
+    """One LIBERO simulator; a new task rebuilds it, episodes of a task reuse it (except on the
+    history-dependent tasks: a fresh env per episode, module docstring)."""
 
     def __init__(self, config: LiberoConfig, modules: LiberoModules | None = None):
         self.config = config
@@ -145,7 +154,10 @@ class LiberoEnv:
             raise SetupError(
                 f"task {task!r} is not in LIBERO suite {self.config.suite!r} (first tasks: {known})"
             )
-        if task != self._task:
+        if task in HISTORY_DEPENDENT_TASKS:  # a fresh env per episode (module docstring), whose
+            np.random.seed(seed)  # own first scene is seeded too (LIBERO's seed() is np.random.seed)
+            self._open(task)
+        elif task != self._task:
             self._open(task)
         if not 0 <= episode_index < len(self._init_states):
             raise SetupError(
