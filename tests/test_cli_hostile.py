@@ -142,15 +142,61 @@ def test_bad_arguments_are_refused_in_seconds(existing_run, args, message):
     ],
 )
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_a_broken_checkpoint_is_refused_in_the_driver(existing_run, checkpoints, name, message, workers):
+def test_a_broken_checkpoint_is_refused_in_the_driver(
+    existing_run, checkpoints, tmp_path, name, message, workers
+):
+    """Refused by the driver before any model is built (the huge one would take 5.5 GB) and
+    before Ray starts, where a policy server would build one."""
     before = snapshot(existing_run)
-    start = time.perf_counter()
-    result = cli(
-        "toy", "--ckpt", str(checkpoints[name]), "--workers", workers, "--out", str(existing_run), "-q"
-    )
-    assert_refused(result, message)
-    assert time.perf_counter() - start < 60  # the huge config is never built (5.5 GB before)
+    probe = tmp_path / "probe.json"
+    args = ["toy", "--ckpt", str(checkpoints[name]), "--workers", workers, "--out", str(existing_run), "-q"]
+    assert_refused(cli_probing_model_builds(probe, *args), message)
+    assert json.loads(probe.read_text()) == {"models_built_on": [], "ray_started": False}
     assert snapshot(existing_run) == before
+
+
+# `asyncvla-eval` with every AsyncVLA built on a real device (not the meta device, which holds no
+# weights) written to $PROBE at exit, and whether the command started Ray.
+PROBE = """
+import json, os, sys
+from asyncvla.model import AsyncVLA
+from evalsuite.cli import main
+built, build = [], AsyncVLA.__init__
+def recording(self, *args, **kwargs):
+    device = str(kwargs.get("device", args[3] if len(args) > 3 else "cpu"))
+    if device != "meta":
+        built.append(device)
+    build(self, *args, **kwargs)
+AsyncVLA.__init__ = recording
+try:
+    code = main(sys.argv[1:])
+finally:
+    ray = sys.modules.get("ray")
+    started = bool(ray is not None and ray.is_initialized())
+    with open(os.environ["PROBE"], "w") as f:
+        json.dump({"models_built_on": built, "ray_started": started}, f)
+sys.exit(code)
+"""
+
+
+def cli_probing_model_builds(probe: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=_env(PROBE=str(probe)),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_the_model_build_probe_sees_a_model_built(tmp_path):
+    """The probe above records a build: the demo checkpoint, valid, runs one step of its suite."""
+    probe = tmp_path / "probe.json"
+    args = ["tabletop", "--ckpt", "demo", "--workers", "0", "--tasks", "0", "--episodes-per-task", "1"]
+    result = cli_probing_model_builds(probe, *args, "--max-steps", "1", "--out", str(tmp_path / "run"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(probe.read_text()) == {"models_built_on": ["cpu"], "ray_started": False}
 
 
 def test_a_checkpoint_for_another_action_dimension_is_refused(existing_run):
