@@ -187,15 +187,20 @@ class FastSampler:
             x = self.layer_fn(x, w, k, v, cos, sin, mask, self.eps)
         return self.model.lm.norm(x)
 
+    def _kv_buffers(self, batch: int, slots: int) -> tuple[list, list]:
+        """Per-layer key and value buffers (batch, heads, slots, head_dim); zeros, not empty: a
+        masked slot's weight is 0, and 0 * NaN would still be NaN."""
+        m, shape = self.model, (batch, self.heads, slots, self.head_dim)
+        return tuple(
+            [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in self.layers] for _ in range(2)
+        )
+
     def encode_prefix(self, prefix: Prefix) -> tuple[list, list, torch.Tensor]:
         """The prefix's language-model pass into static buffers of P + L slots; hidden states."""
         m = self.model
         B, P, _ = prefix.embeds.shape
         L = self.cfg.chunk_length
-        shape = (B, self.heads, P + L, self.head_dim)
-        # zeros, not empty: a masked slot's weight is 0, and 0 * NaN would still be NaN
-        keys = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in self.layers]
-        values = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in self.layers]
+        keys, values = self._kv_buffers(B, P + L)
         causal = make_attention_mask(prefix.valid, torch.ones(P, dtype=torch.bool, device=m.device))
         cos, sin = m.lm.rotary_emb(prefix.embeds, prefix.positions)
         hidden = self._run_layers(
@@ -415,9 +420,7 @@ class FastSampler:
         positions = torch.cat([prefix.positions, positions], dim=2)
         x = torch.cat([prefix.embeds, model.embed_suffix(a, tau_m)], dim=1)
         cos, sin = model.lm.rotary_emb(x, positions)
-        shape = (B, self.heads, P + L, self.head_dim)
-        keys = [torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in self.layers]
-        values = [torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in self.layers]
+        keys, values = self._kv_buffers(B, P + L)
         x = self._run_layers(
             x, keys, values, cos[:, :, None], sin[:, :, None], additive_mask(allowed, model.dtype)
         )

@@ -134,10 +134,7 @@ def latency_steps(suite: SuiteSpec, call_s: float) -> int:
 def hold_still(last: np.ndarray | None, action_dim: int) -> np.ndarray:
     """Zero arm deltas; the gripper (the last dimension) keeps its last command (open if none)."""
     action = np.zeros(action_dim, dtype=np.float32)
-    if last is not None:
-        action[-1] = last[-1]
-    else:
-        action[-1] = -1.0
+    action[-1] = -1.0 if last is None else last[-1]
     return action
 
 
