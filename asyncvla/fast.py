@@ -350,7 +350,7 @@ class FastSampler:
         image = self._vision(pixel_values, plan).to(embeds.dtype)
         B, P, d = embeds.shape
         embeds = embeds.reshape(B * P, d).index_copy(0, image_slots, image).view(B, P, d)
-        return torch.cat([embeds, m.state_proj(state.to(m.dtype))[:, None]], dim=1)
+        return torch.cat([embeds, m.state_token(state)], dim=1)
 
     # -- the whole chunk ----------------------------------------------------------------------
     def _chunk(self, plan, mode, skip_empty_afm, *tensors):

@@ -117,14 +117,21 @@ class AsyncVLA(nn.Module):
         )
         # positions are compressed after images: the next token follows the maximum, not the length
         state_pos = positions.amax(dim=(0, 2)) + 1  # (B,)
-        state = self.state_proj(inputs.state.to(self.dtype))[:, None]
         B = embeds.shape[0]
         return Prefix(
-            embeds=torch.cat([embeds, state], dim=1),
+            embeds=torch.cat([embeds, self.state_token(inputs.state)], dim=1),
             valid=torch.cat([inputs.valid, torch.ones(B, 1, dtype=torch.bool, device=embeds.device)], dim=1),
             positions=torch.cat([positions, state_pos[None, :, None].expand(3, B, 1)], dim=2),
             next_position=state_pos + 1,
         )
+
+    def state_token(self, state: torch.Tensor) -> torch.Tensor:
+        """The projected state, (B, D) -> (B, 1, d), each sample's product computed as if alone: one
+        row alone is a matrix-vector product, which rounds differently from the same row inside a
+        matrix product, and a chunk must not depend on what it was batched with (policy.py)."""
+        proj = self.state_proj
+        weight = proj.weight.t().expand(state.shape[0], *proj.weight.t().shape)
+        return torch.baddbmm(proj.bias, state.to(self.dtype)[:, None], weight)
 
     def encode_prefix(self, prefix: Prefix) -> tuple[DynamicCache, torch.Tensor]:
         """Run the language model over the prefix once; return its KV-cache and hidden states."""

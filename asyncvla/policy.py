@@ -2,11 +2,13 @@
 
 It reads `obs.images[camera]`, `obs.state` and `obs.instruction` only, normalises the state and
 un-normalises actions with the checkpoint's statistics, and derives every bit of noise from the
-request key (sha256), so a chunk never depends on what it was batched with: on CPU each observation
-of a batch is computed alone (`batch_invariant`), because a batched matrix product rounds
-differently from a single row's in the last bits of float32, and a long episode amplifies that into
-another outcome; on CUDA the batch is computed at once for speed (its chunks agree with the lone
-ones to bf16 rounding; `--max-batch 1` makes a GPU run reproducible bit for bit).
+request key (sha256), so a chunk never depends on what it was batched with. A long episode amplifies
+a difference in the last bits of float32 into another outcome, so on CPU (`batch_invariant`) a
+batch runs as one model call per instruction: prompts of one instruction have one length, and the
+model computes each sample of such a batch exactly as alone (tests/test_fast.py), whereas prompts
+of different lengths are left-padded and the padding changes the order of the attention's sums.
+On CUDA the batch is computed at once for speed (its chunks agree with the lone ones to bf16
+rounding; `--max-batch 1` makes a GPU run reproducible bit for bit).
 """
 
 from __future__ import annotations
@@ -139,8 +141,14 @@ class AsyncVLAPolicy:
         """Action chunks, float32 [B, L, action_dim], in the environment's action units."""
         if not observations:
             return np.zeros((0, self.chunk_length, self.action_dim), np.float32)
-        if self.batch_invariant and len(observations) > 1:
-            return np.concatenate([self.act([o], [k]) for o, k in zip(observations, keys)])
+        groups: dict[str, list[int]] = {}
+        for i, obs in enumerate(observations):
+            groups.setdefault(obs.instruction, []).append(i)
+        if self.batch_invariant and len(groups) > 1:
+            actions = np.empty((len(observations), self.chunk_length, self.action_dim), np.float32)
+            for rows in groups.values():
+                actions[rows] = self.act([observations[i] for i in rows], [keys[i] for i in rows])
+            return actions
         result = self._run(observations, keys)
         return self.stats.unnormalize_action(result.actions.cpu().numpy())
 

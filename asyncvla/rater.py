@@ -52,4 +52,8 @@ class ConfidenceRater(nn.Module):
                 [~vl_valid, torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)], dim=1
             )
             h = self.layers(x, src_key_padding_mask=pad)
-            return torch.sigmoid(self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float())
+            logits = self.rate_head(self.norm(h[:, -actions.shape[1] :])).squeeze(-1).float()
+            # the sigmoid one sample at a time: on CPU a sample alone falls in the scalar tail of
+            # the vectorised loop and a batch in its vector body, which round exp() differently,
+            # and a chunk must not depend on what it was batched with (asyncvla/policy.py)
+            return torch.cat([torch.sigmoid(row) for row in logits.split(1)])
