@@ -27,8 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evalsuite.errors import UsageError
+from evalsuite.eval_args import config_from_args, eval_parser, resolve_checkpoint
 from evalsuite.evaluate import EvalConfig, evaluate
-from evalsuite.tables import rate_row, wilson_interval, write_tables
+from evalsuite.tables import rate_row, records_frame, wilson_interval, write_tables
+from evalsuite.validate import check_checkpoint_for
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def paired_discordance(records: pd.DataFrame, reference: pd.DataFrame) -> tuple[
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """McNemar's exact test (two-sided binomial on the discordant pairs): do two rows differ on the
     same episodes? Far more sensitive than comparing two independent rates when most episodes agree."""
-    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.contingency_tables import mcnemar  # slow to import: only when a table is made
 
     return float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)
 
@@ -142,8 +145,6 @@ def write_seed_summary(summary: pd.DataFrame, out_dir: Path, header: str) -> str
 def run_ablations(
     base: EvalConfig, sfm_checkpoint: str, show_progress: bool = True, data_note: str | None = None
 ) -> tuple[pd.DataFrame, str]:
-    from evalsuite.tables import records_frame
-
     results = []
     for label, config in variant_configs(base, sfm_checkpoint):
         summary = evaluate(config, show_progress=show_progress)
@@ -162,8 +163,7 @@ def run_ablations(
 def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
     """The rows need a unified-trained --ckpt and an SFM-trained --sfm-ckpt: refuse swapped or
     mismatched checkpoints (checkpoints without a training record cannot be checked: a warning)."""
-    from asyncvla.checkpoint import read_training_record
-    from evalsuite.errors import UsageError
+    from asyncvla.checkpoint import read_training_record  # imports torch
 
     for flag, path, wanted in (("--ckpt", unified_ckpt, "unified"), ("--sfm-ckpt", sfm_ckpt, "sfm")):
         record = read_training_record(path)
@@ -179,8 +179,6 @@ def check_objectives(unified_ckpt: str, sfm_ckpt: str) -> None:
 def check_ablations_dir(out: Path) -> None:
     """--out is new, empty, or an ablations directory (a run directory per row, and tables/; each
     row's is checked as a run directory when it opens): nothing is mixed into another directory."""
-    from evalsuite.errors import UsageError
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory (new, or an ablations run to resume)")
     ours = {dirname for _, dirname, _, _ in VARIANTS} | {"tables"}
@@ -193,9 +191,6 @@ def check_ablations_dir(out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from evalsuite.cli import UsageError, config_from_args, eval_parser, resolve_checkpoint
-    from evalsuite.validate import check_checkpoint_for
-
     parser = eval_parser()
     parser.prog = "asyncvla-eval ablations"
     parser.add_argument(

@@ -6,7 +6,7 @@
     summary = evaluate_suite("tabletop", policy=my_policy, tasks=[0, 3], workers=0, out="evals/live")
     summary.tables["per_task"], summary.records, summary.run_dir
 
-It is the command's own path (`evalsuite.cli.evaluate_from_argv`): the same checks, the same run
+It is the command's own path (`evalsuite.eval_args.evaluate_from_argv`): the same checks, the same run
 directory (a call on an existing one resumes it; run.json, episodes.jsonl and the tables stay the
 source of truth), the same tables. `policy` is any object with the Policy contract
 (docs/CONTRACTS.md): with `workers=0` it runs in this process, the caller's object itself; with
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from evalsuite.errors import UsageError
+from evalsuite.eval_args import evaluate_from_argv
 from evalsuite.evaluate import RunSummary
 
 
@@ -46,8 +48,6 @@ def evaluate_suite(
     family name, as `asyncvla-eval list` prints), and return its summary: run directory, records,
     tables (pandas) and their Markdown. `extra_args` passes any other command-line option."""
     if (checkpoint is None) == (policy is None):
-        from evalsuite.errors import UsageError
-
         raise UsageError("evaluate_suite: give exactly one of checkpoint= and policy=")
     argv = [suite, "--workers", str(workers), "--video", video]
     options = {
@@ -65,6 +65,4 @@ def evaluate_suite(
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
-    from evalsuite.cli import evaluate_from_argv
-
     return evaluate_from_argv([*argv, *extra_args], policy_object=policy, show_progress=show_progress)

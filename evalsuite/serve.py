@@ -29,9 +29,11 @@ import numpy as np
 
 from envs.base import Observation
 from evalsuite.errors import ArgumentParser, UsageError
+from evalsuite.eval_args import resolve_checkpoint
 from evalsuite.policy import PolicySpec
 from evalsuite.policy_server import BatchingPolicyServer, PolicyTimeout
 from evalsuite.remote import MAX_MESSAGE_BYTES, WireLayout
+from evalsuite.validate import check_checkpoint_for, resolve_device
 from evalsuite.wire import WireError, packb, unpackb
 
 log = logging.getLogger(__name__)
@@ -255,9 +257,6 @@ def check_listen(host: str, port: int) -> None:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from evalsuite.cli import resolve_checkpoint
-    from evalsuite.validate import check_checkpoint_for, resolve_device
-
     args = serve_parser().parse_args(argv)
     if (
         not 0 < args.port < 65536

@@ -324,7 +324,7 @@ def action_error(ckpt: Path, mode: str, samples: list, batch: int = 32) -> np.nd
 
 
 def eval_config(policy: list[str], out: Path, episodes: int, plan: Plan, mode: str = "asyncvla"):
-    from evalsuite.cli import config_from_args, eval_parser
+    from evalsuite.eval_args import config_from_args, eval_parser
 
     argv = [
         "tabletop",

@@ -19,7 +19,7 @@ from evalsuite.ablations import (
     seed_summary,
     variant_configs,
 )
-from evalsuite.cli import config_from_args, eval_parser
+from evalsuite.eval_args import config_from_args, eval_parser
 from evalsuite.evaluate import plan_for
 from evalsuite.tables import wilson_interval
 

@@ -127,7 +127,7 @@ def test_kill_9_then_the_same_command_resumes_without_loss_or_duplicates(toy_sui
 
 
 def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(capsys):
-    from evalsuite.cli import config_from_args, eval_parser
+    from evalsuite.eval_args import config_from_args, eval_parser
 
     argv = ["simpler-widowx", "--policy", "random", "--backend", "maniskill3"]
     config = config_from_args(eval_parser().parse_args(argv), argv)
@@ -138,7 +138,7 @@ def test_backend_flag_selects_the_simulator_backend_of_suites_that_have_one(caps
 
 def test_the_command_freezes_what_a_run_leaves_out_of_the_last_garbage_collection(monkeypatch, capsys):
     """`asyncvla-eval` is `console_main`: `main`, then `gc.freeze()`, so the interpreter's exit does
-    not walk every object the run imported (0.32 -> 0.06 s, scripts/bench_startup.py). Tests call
+    not walk every object the run imported (results/bench/startup.json measures it). Tests call
     `main`, which must not freeze (a test session would keep every cycle it makes)."""
     import gc
     from importlib.metadata import entry_points
@@ -158,9 +158,9 @@ def test_the_command_freezes_what_a_run_leaves_out_of_the_last_garbage_collectio
 
 
 def test_a_run_without_a_model_starts_without_torch_or_matplotlib(toy_suites, tmp_path):
-    """What a random- or scripted-policy run imports: torch (1-1.5 s) and matplotlib (0.3 s) stay
-    out, the suite registry does without scipy (SimplerEnv's adapter), scipy comes in for the tables'
-    Wilson intervals and statsmodels (0.2 s more) not at all (scripts/bench_startup.py measures both)."""
+    """What a random- or scripted-policy run imports: torch and matplotlib stay out, the suite
+    registry does without scipy (SimplerEnv's adapter), scipy comes in for the tables' Wilson
+    intervals and statsmodels not at all (what each costs: scripts/bench_startup.py)."""
     probe = (
         "import json, sys\n"
         "from evalsuite.cli import main\n"

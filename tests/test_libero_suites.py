@@ -194,7 +194,7 @@ def test_tasks_by_index_follow_the_benchmarks_order(capsys):
 def test_a_reference_clients_preset_sets_its_choices_and_records_its_name(
     tmp_path, client, replan, seed, gripper
 ):
-    from evalsuite.cli import config_from_args, eval_parser
+    from evalsuite.eval_args import config_from_args, eval_parser
     from evalsuite.evaluate import build_manifest
 
     argv = ["libero_spatial", "--policy", "random", "--set", f"client={client}", "--out", str(tmp_path)]

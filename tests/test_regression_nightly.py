@@ -20,7 +20,7 @@ import pytest
 import toy_suite
 
 import asyncvla
-import evalsuite.cli as cli_module
+import evalsuite.eval_args as eval_args_module
 import evalsuite.regression.nightly as nightly_module
 from evalsuite.cli import main
 from evalsuite.manifest import checkpoint_sha256
@@ -60,8 +60,9 @@ def fake_checkpoints(toy_suites, monkeypatch, tmp_path):
             return real_check(path, suites, mode)
         return SimpleNamespace(chunk_length=GainPolicy.chunk_length)  # what the run reads of the config
 
-    monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)  # both callers' names
-    monkeypatch.setattr(cli_module, "check_checkpoint_for", check)
+    # where each caller looks the name up: the nightly job's own check, and config_from_args's
+    monkeypatch.setattr(nightly_module, "check_checkpoint_for", check)
+    monkeypatch.setattr(eval_args_module, "check_checkpoint_for", check)
     monkeypatch.setattr(GainPolicy, "interrupt_after", None)
     monkeypatch.setattr(GainPolicy, "resets", 0)
     root = tmp_path / "ckpts"

@@ -16,7 +16,7 @@ import pandas as pd
 import asyncvla
 from asyncvla.datasets import dataset_sha256, read_dataset
 from evalsuite.cli import main as eval_main
-from evalsuite.cli import resolve_checkpoint
+from evalsuite.eval_args import resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -78,7 +78,7 @@ def test_cli_runs_the_demo_checkpoint(tmp_path):
 
 
 def test_render_size_follows_the_checkpoint_only_where_the_suite_allows_it(tmp_path):
-    from evalsuite.cli import apply_overrides, render_at_model_size
+    from evalsuite.eval_args import apply_overrides, render_at_model_size
     from evalsuite.suites import get_suite
 
     ckpt = tmp_path / "ckpt"

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalsuite.cli import (
-    UsageError,
+from evalsuite.errors import ArgumentParser, UsageError
+from evalsuite.eval_args import (
     apply_overrides,
     config_from_args,
     eval_parser,
     render_at_model_size,
     resolve_suites,
 )
-from evalsuite.errors import ArgumentParser
 from evalsuite.evaluate import evaluate
 from evalsuite.manifest import checkpoint_sha256
 from evalsuite.regression.compare import ALPHA, CompareError, Comparison, compare_runs, load_run, run_label

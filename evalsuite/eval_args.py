@@ -1,0 +1,400 @@
+"""The evaluation command's arguments, and the turning of them into a run.
+
+`eval_parser` is the parser of `asyncvla-eval SUITE ...`; `config_from_args` checks every argument
+(suites and `--set` overrides, the checkpoint or policy, the cluster address, the run directory)
+and returns the run's `EvalConfig`; `evaluate_from_argv` is the whole evaluation from an argv, for
+the command and for `evalsuite.evaluate_suite`. The subcommands that take the same arguments or
+checks (ablations, nightly, serve) and scripts import them from here; `evalsuite/cli.py` only
+dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from evalsuite.errors import ArgumentParser, UsageError
+from evalsuite.evaluate import EvalConfig, RunSummary, evaluate
+from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.runner import IN_WORKER_POLICIES, RunOptions
+from evalsuite.store import check_run_dir
+from evalsuite.suites import registry
+from evalsuite.suites.spec import SuiteSpec
+from evalsuite.validate import (
+    check_checkpoint_for,
+    check_external_policy,
+    check_numbers,
+    check_policy_object,
+    check_ray_address,
+    check_replan_steps,
+    check_set_value,
+    parse_latency,
+    policy_kind,
+    resolve_device,
+)
+
+
+def resolve_suites(name: str, only: str | None) -> list[SuiteSpec]:
+    """A suite name, or a family name that stands for several suites (e.g. `libero` = the paper's four)."""
+    suites = registry()
+    if name in suites:
+        chosen = [suites[name]]
+    else:
+        chosen = [s for s in suites.values() if s.family == name]
+        if not chosen:
+            families = sorted({s.family for s in suites.values() if s.family})
+            raise UsageError(
+                f"unknown suite {name!r}; suites: {', '.join(sorted(suites))}; families: {', '.join(families)}"
+            )
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in suites]
+        if unknown:
+            raise UsageError(
+                f"unknown suite(s) in --suites: {', '.join(unknown)}; available: {', '.join(sorted(suites))}"
+            )
+        repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+        if repeated:
+            raise UsageError(
+                f"--suites names {', '.join(repeated)} more than once; each suite runs once per run "
+                "(--episodes-per-task sets how many episodes)"
+            )
+        mine = [s.name for s in chosen]
+        foreign = [n for n in wanted if n not in mine]
+        if foreign:
+            raise UsageError(
+                f"--suites {', '.join(foreign)}: not a suite of {name!r} (its suites: {', '.join(mine)}); "
+                f"run `asyncvla-eval {foreign[0]}` for it"
+            )
+        chosen = [suites[n] for n in wanted]
+    return chosen
+
+
+def resolve_checkpoint(path: str) -> str:
+    if path == "demo":
+        from asyncvla import demo_checkpoint  # imports torch
+
+        try:
+            return str(demo_checkpoint())
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from e
+    if not Path(path).exists():
+        raise UsageError(f"checkpoint {path!r} does not exist; pass a checkpoint directory (or 'demo')")
+    return str(Path(path).resolve())  # the policy server may run on another node, in another directory
+
+
+def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
+    """`--set KEY=VALUE` changes a key of the suite's env_kwargs; unknown keys are refused."""
+    kwargs = dict(suite.env_kwargs)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in kwargs:
+            raise UsageError(
+                f"--set {key}: suite {suite.name!r} has no such option; options: {', '.join(sorted(kwargs))}"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        default = suite.env_kwargs[key]
+        if not _same_kind(value, default):
+            raise UsageError(
+                f"--set {key}={raw}: suite {suite.name!r} expects {type(default).__name__} "
+                f"(default {json.dumps(default)}), got {type(value).__name__}"
+            )
+        check_set_value(suite, key, raw, value)
+        kwargs[key] = value
+    return dataclasses.replace(suite, env_kwargs=kwargs)
+
+
+def _same_kind(value, default) -> bool:
+    """A --set value fits an option when it has the default's type (an int where a float goes;
+    any value where the default is None)."""
+    if default is None:
+        return True
+    if value is None:
+        return False
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def apply_client_preset(
+    suites: list[SuiteSpec], explicit: set[str] = frozenset()
+) -> tuple[list[SuiteSpec], dict]:
+    """`--set client=NAME`: the preset's env options go into each suite's env_kwargs (so run.json
+    records them with the client's name), except those `--set` gave (`explicit`); its replan
+    steps and seed are returned for the run."""
+    names = {s.env_kwargs.get("client") for s in suites} - {None}
+    if not names:
+        return suites, {}
+    name = names.pop()
+    out = []
+    for suite in suites:
+        if name not in suite.client_presets:
+            known = ", ".join(suite.client_presets) or "none"
+            raise UsageError(f"--set client={name}: suite {suite.name!r} knows the clients: {known}")
+        preset = suite.client_presets[name]
+        chosen = {k: v for k, v in preset["env_kwargs"].items() if k not in explicit}
+        out.append(dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, **chosen}))
+    return out, suite.client_presets[name]
+
+
+def render_at_model_size(suite: SuiteSpec, checkpoint: str, overrides: list[str] = ()) -> SuiteSpec:
+    """The suite's env renders at the checkpoint's image size where its protocol allows it and
+    `--set image_size=...` (one of `overrides`) did not choose a size."""
+    config = Path(checkpoint) / "config.json"
+    if not config.is_file():
+        return suite  # (a missing config.json is reported by the checkpoint loader, with its name)
+    try:
+        size = json.loads(config.read_text()).get("model", {}).get("image_size")  # save_checkpoint's layout
+    except (OSError, ValueError, AttributeError):
+        return suite  # a damaged config.json is reported by the checkpoint check, with its name
+    return render_at_size(suite, size, overrides)
+
+
+def render_at_size(suite: SuiteSpec, size: int | None, overrides: list[str] = ()) -> SuiteSpec:
+    """The suite's env renders at `size`, the policy's image size (a checkpoint's, or the one a
+    remote server announces), where the suite's protocol allows it and `--set image_size=...` (one
+    of `overrides`) did not choose a size; `size` None leaves the suite as it is."""
+    chosen = any(item.partition("=")[0] == "image_size" for item in overrides)
+    if not size or chosen or not suite.render_at_model_size or "image_size" not in suite.env_kwargs:
+        return suite
+    return dataclasses.replace(suite, env_kwargs={**suite.env_kwargs, "image_size": size})
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="asyncvla-eval", description="Evaluate a policy on a simulated benchmark suite.")
+    p.add_argument(
+        "suite", help="suite or family name (e.g. tabletop, libero, libero_spatial, simpler-widowx)"
+    )
+    p.add_argument("--suites", help="comma-separated suites of the family to run")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--ckpt", help="AsyncVLA checkpoint directory, or 'demo' for the shipped tabletop model")
+    who.add_argument(
+        "--policy",
+        help="scripted | random | ws://HOST:PORT (a websocket policy server, openpi's protocol) | "
+        "package.module:Class (your Policy, run in the batching policy server)",
+    )
+    p.add_argument(
+        "--mode",
+        default="asyncvla",
+        choices=["asyncvla", "sfm", "random-mask"],
+        help="AsyncVLA inference mode (default: asyncvla = SFM, rater, AFM)",
+    )
+    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
+    p.add_argument(
+        "--eager-inference",
+        action="store_true",
+        help="run AsyncVLA through the reference path of asyncvla/model.py instead of the fast one "
+        "(debugging; bit-identical on CPU)",
+    )
+    p.add_argument("--device", default="auto", help="policy device: auto, cpu, cuda")
+    p.add_argument("--episodes-per-task", type=int, help="episodes per task (default: the suite's)")
+    p.add_argument("--tasks", help="comma-separated task names, or indices in the suite's order (0,3)")
+    p.add_argument("--workers", type=int, default=2, help="env workers; 0 runs inline without Ray")
+    p.add_argument("--address", help="Ray cluster address to join (default: start a local cluster)")
+    p.add_argument("--out", help="run directory (default: runs/<suite>-<policy>-<mode>-seed<S>)")
+    p.add_argument(
+        "--video",
+        default="first",
+        choices=["none", "first", "all"],
+        help="first = the first success and the first failure of each task",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="env seed (default: the suite's protocol seed or 0)"
+    )
+    p.add_argument("--replan-steps", type=int, help="actions executed per chunk (default: the whole chunk)")
+    p.add_argument("--max-steps", type=int, help="override every task's step budget (recorded in run.json)")
+    p.add_argument(
+        "--track",
+        metavar="DIR",
+        help="also log the run (tables, per-task success and Wilson intervals, a video per task, run.json) "
+        "to a TensorBoard log directory (docs/tracking.md); nothing is logged without it",
+    )
+    p.add_argument("--track-step", type=int, default=0, help="--track: the step to log at (a training step)")
+    p.add_argument(
+        "--latency",
+        metavar="measured|MS",
+        help="latency-aware evaluation: the environment keeps stepping while the policy computes a chunk "
+        "(each call's measured wall time, or a fixed figure in ms; docs/latency.md)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite env option"
+    )
+    p.add_argument(
+        "--backend", help="simulator backend of suites that have several (simpler-widowx: maniskill3)"
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="retries of a crashed episode before it is an error"
+    )
+    p.add_argument(
+        "--episode-timeout", type=float, default=1800.0, help="seconds before a hung episode is retried"
+    )
+    p.add_argument(
+        "--step-timeout",
+        type=float,
+        help="seconds one simulator step may take before its episode is retried (evalsuite/watchdog.py)",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="policy server: largest batch")
+    p.add_argument(
+        "--policy-servers",
+        type=int,
+        default=1,
+        help="policy server replicas, one GPU each with --device cuda; env workers share them round-robin",
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="policy server: longest wait to fill a batch"
+    )
+    p.add_argument(
+        "--retry-errors", action="store_true", help="on resume, run episodes recorded as errors again"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the episode plan and run nothing")
+    p.add_argument(
+        "--remote-layout",
+        help="--policy ws://...: JSON of the wire keys (docs/remote.md), e.g. "
+        '\'{"images": {"agentview": "observation/exterior_image_1_left"}}\'',
+    )
+    p.add_argument(
+        "--remote-timeout", type=float, default=120.0, help="--policy ws://...: seconds to wait for an answer"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    argv: list[str],
+    check_ckpt: bool = True,
+    out_is_run: bool = True,
+    policy_object=None,
+) -> EvalConfig:
+    """The run's configuration, every argument checked (and the checkpoint, unless `check_ckpt` is
+    False: the nightly job checks each checkpoint itself, to report a broken one and go on; and
+    --out as a run directory unless `out_is_run` is False: the ablations' holds one run per row)."""
+    overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
+    suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
+    chunk_length = None  # of the policy's chunks, where it is known before the run
+    if args.ckpt:
+        kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
+        if check_ckpt:
+            chunk_length = check_checkpoint_for(checkpoint, suites, args.mode).chunk_length
+        suites = [render_at_model_size(s, checkpoint, args.set) for s in suites]
+    elif args.policy:
+        kind, checkpoint = policy_kind(args.policy), None
+    elif policy_object is not None:
+        kind, checkpoint = "object", None
+        chunk_length = check_policy_object(policy_object, suites[0].action_dim)
+    else:
+        raise UsageError(
+            "choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random|ws://HOST:PORT|module:Class"
+        )
+    if kind == "scripted" and not suites[0].expert_factory:
+        raise UsageError(
+            f"suite {suites[0].name!r} has no scripted expert; use --policy random or --ckpt PATH"
+        )
+    if args.remote_layout and kind != "remote":
+        given = f"--ckpt {args.ckpt}" if args.ckpt else f"--policy {args.policy}"
+        raise UsageError(
+            "--remote-layout sets the wire keys of a remote policy (--policy ws://HOST:PORT) and means "
+            f"nothing with {given}: leave it out"
+        )
+    suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
+    latency = parse_latency(args.latency, suites)
+    if latency is not None:
+        suites = [dataclasses.replace(s, latency=latency) for s in suites]
+    check_numbers(args)
+    # ray.init joins the cluster RAY_ADDRESS names when --address is left out: check it alike
+    address, address_source = args.address, "--address"
+    if not address and os.environ.get("RAY_ADDRESS") and args.workers > 0:
+        address, address_source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    # a policy without a model has no device: leave torch, slow to import, out of its start-up
+    # (results/bench/startup.json)
+    no_model = kind in IN_WORKER_POLICIES and args.device == "auto"
+    device = "cpu" if no_model else resolve_device(args.device, address)
+    if address:
+        check_ray_address(address, source=address_source)
+    policy = PolicySpec(
+        kind=kind,
+        checkpoint=checkpoint,
+        mode=args.mode,
+        threshold=args.threshold,
+        eager=args.eager_inference,
+        expert_factory=suites[0].expert_factory,
+        action_dim=suites[0].action_dim,
+        device=device,
+        factory=args.policy if kind == "import" else None,
+        url=args.policy if kind == "remote" else None,
+        layout=args.remote_layout if kind == "remote" else None,
+        timeout_s=args.remote_timeout,
+        instance=policy_object,
+    )
+    chunk_length = check_external_policy(policy) or chunk_length
+    if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
+        from evalsuite.remote import served_image_size
+
+        suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
+    replan_steps = args.replan_steps or preset.get("replan_steps")
+    if replan_steps and kind in IN_WORKER_POLICIES and kind != "remote":
+        chunk_length = build_policy(policy).chunk_length  # scripted or random: built in microseconds
+    client = suites[0].env_kwargs.get("client")
+    flag = "--replan-steps" if args.replan_steps else f"--set client={client}: its replan steps"
+    check_replan_steps(replan_steps, chunk_length, f"the policy ({args.ckpt or args.policy})", flag)
+    seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
+    )
+    options = RunOptions(
+        workers=args.workers,
+        address=args.address,
+        replan_steps=replan_steps,
+        max_steps=args.max_steps,
+        video=args.video,
+        retries=args.retries,
+        episode_timeout_s=args.episode_timeout,
+        step_timeout_s=args.step_timeout,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        policy_servers=args.policy_servers,
+    )
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
+    if out_is_run:
+        check_run_dir(out)
+    return EvalConfig(
+        suites=suites,
+        policy=policy,
+        out=out,
+        seed=seed,
+        tasks=tasks,
+        episodes_per_task=args.episodes_per_task,
+        options=options,
+        retry_errors=args.retry_errors,
+        command=["asyncvla-eval", *argv],
+    )
+
+
+def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool = True) -> RunSummary:
+    """The one path of an evaluation, for the command and for `evalsuite.evaluate_suite`: the
+    arguments checked, the run made (or resumed), the tables written, the run logged where
+    `--track` says."""
+    args = eval_parser().parse_args(argv)
+    config = config_from_args(args, argv, policy_object=policy_object)
+    summary = evaluate(config, show_progress=show_progress)
+    if args.track:
+        from evalsuite.tracking import log_run
+
+        log_run(summary, args.track, step=args.track_step)
+    return summary
