@@ -140,14 +140,16 @@ class Preprocessor:
             temporal_patch_size=cfg.vision.temporal_patch_size,
         )
         # Every uint8 value's normalised float, by the processor's own arithmetic (float64 rescale,
-        # float32 normalise): a lookup on the GPU then gives the processor's pixels bit for bit
-        # (tests/test_fast.py) for a whole batch, where the processor loops over images on the host
-        # (the 3B's 32 images at 224 px: a quarter of a batch-16 chunk)
+        # float32 normalise): a lookup then gives the processor's pixels bit for bit
+        # (tests/test_fast.py) for a whole batch at once, on the model's device, where the
+        # processor loops over images on the host (the 3B's 32 images at 224 px: a quarter of a
+        # batch-16 chunk on a GPU; several times the lookup's time on a CPU)
         p = self.image_processor
         scaled = (np.arange(256, dtype=np.float64) * p.rescale_factor).astype(np.float32)[None]
         mean = np.asarray(p.image_mean, dtype=np.float32)[:, None]
         std = np.asarray(p.image_std, dtype=np.float32)[:, None]
         self._normalised = torch.from_numpy((scaled - mean) / std)  # (3, 256)
+        self._prompt_ids: dict[str, list[int]] = {}  # an episode sends one instruction every chunk
         self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
@@ -157,6 +159,15 @@ class Preprocessor:
             f"<|im_start|>system\n{PROMPT}<|im_end|>\n<|im_start|>user\n"
             f"{image * len(self.cfg.cameras)}{instruction.strip()}<|im_end|>\n<|im_start|>assistant\n"
         )
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """The prompt's token ids, remembered per instruction."""
+        if instruction not in self._prompt_ids:
+            if len(self._prompt_ids) > 4096:
+                self._prompt_ids.clear()
+            prompt = self.prompt(instruction)
+            self._prompt_ids[instruction] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self._prompt_ids[instruction]
 
     def _square(self, image: np.ndarray, camera: str) -> np.ndarray:
         image = np.asarray(image)
@@ -196,8 +207,8 @@ class Preprocessor:
         states: np.ndarray,
         device: str | torch.device | None = None,
     ) -> VLInputs:
-        """The batch's inputs on the CPU; with a CUDA `device`, the pixels are prepared there (the
-        same values, `patchify`) and the rest stays for `VLInputs.to`."""
+        """The batch's inputs, the pixels prepared on `device` (default: the CPU) and the rest on the
+        CPU for `VLInputs.to`."""
         flat = []
         for i, cams in enumerate(images):
             for cam in self.cfg.cameras:
@@ -207,12 +218,8 @@ class Preprocessor:
                         f"trained with cameras {self.cfg.cameras}: render them on the step the policy acts"
                     )
                 flat.append(self._square(cams[cam], cam))
-        if device is not None and torch.device(device).type == "cuda":
-            pixel_values, grid = self.patchify(flat, device)
-        else:
-            vision = self.image_processor(images=flat, return_tensors="pt")
-            pixel_values, grid = vision["pixel_values"], vision["image_grid_thw"]
-        ids = [self.tokenizer(self.prompt(s), add_special_tokens=False)["input_ids"] for s in instructions]
+        pixel_values, grid = self.patchify(flat, "cpu" if device is None else device)
+        ids = [self.prompt_ids(s) for s in instructions]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         valid = torch.zeros((len(ids), width), dtype=torch.bool)

@@ -67,37 +67,66 @@ def batch_bucket(batch: int) -> int:
 @dataclass
 class LayerWeights:
     """One decoder layer's tensors, so that the layer runs as a plain function (and compiles once
-    for all layers). q/k/v and gate/up are concatenated: one matrix product instead of three and
-    two, with the same results (each output is the same dot product; tests/test_fast.py checks the
-    whole chunk bit for bit). The cost is a second copy of those weights."""
+    for all layers). Matrices are held transposed, (in, out), as `_linear` takes them. q/k/v and
+    gate/up are concatenated: one matrix product instead of three and two, with the same results
+    (each output is the same dot product; tests/test_fast.py checks the whole chunk bit for bit).
+    The cost is a second copy of those weights."""
 
     ln1: torch.Tensor
-    w_qkv: torch.Tensor
-    b_qkv: torch.Tensor
-    wo: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor
+    o: torch.Tensor
     ln2: torch.Tensor
-    w_gate_up: torch.Tensor
-    w_down: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
 
     @classmethod
     def of(cls, layer) -> LayerWeights:
         a, mlp = layer.self_attn, layer.mlp
         return cls(
             ln1=layer.input_layernorm.weight,
-            w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-            b_qkv=torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-            wo=a.o_proj.weight,
+            qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t(),
+            qkv_bias=torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+            o=a.o_proj.weight.t(),
             ln2=layer.post_attention_layernorm.weight,
-            w_gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-            w_down=mlp.down_proj.weight,
+            gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(),
+            down=mlp.down_proj.weight.t(),
         )
 
 
+def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight_t.t(), bias)` for a contiguous x: the matrix product F.linear makes,
+    without its and matmul's dispatch layers (on CPU a tiny model's time is mostly dispatch)."""
+    rows = x.view(-1, x.shape[-1])
+    y = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+    return y.view(*x.shape[:-1], weight_t.shape[1])
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Qwen2_5_VLRMSNorm's operations, in its order
-    x32 = x.to(torch.float32)
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
+    # Qwen2_5_VLRMSNorm's operations, in its order (x * x is what pow(2) computes)
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    x32 = x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)
+    return weight * (x32 if x.dtype == torch.float32 else x32.to(x.dtype))
+
+
+def _rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Q, head_dim) cos/sin -> what `_decoder_layer` takes: (B, Q, 1, head_dim), and sin with
+    its first half negated, so that rotate_half(x) * sin = x.roll(half) * signed_sin exactly (a
+    sign flip is exact) in two operations fewer per layer."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos[:, :, None], signed[:, :, None]
+
+
+def _query_slots(buffers: list[torch.Tensor], queries: int, kv_heads: int) -> list[torch.Tensor]:
+    """Views of the last `queries` slots of each (B, heads, K, head_dim) key or value buffer as
+    (B, kv_heads, groups, Q, head_dim): where a layer writes its Q tokens' keys or values, each key
+    head's once per query head of its group, as repeat_kv makes them."""
+    views = []
+    for buffer in buffers:
+        B, heads, K, head_dim = buffer.shape
+        views.append(buffer.view(B, kv_heads, heads // kv_heads, K, head_dim).narrow(3, K - queries, queries))
+    return views
 
 
 def _decoder_layer(
@@ -105,6 +134,8 @@ def _decoder_layer(
     w: LayerWeights,
     keys: torch.Tensor,
     values: torch.Tensor,
+    new_keys: torch.Tensor,
+    new_values: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
@@ -112,29 +143,25 @@ def _decoder_layer(
 ) -> torch.Tensor:
     """One Qwen2.5-VL decoder layer (transformers' operations with SDPA) for Q query tokens that
     occupy the last Q slots of `keys` / `values` ((B, heads, K, head_dim), the earlier slots
-    already filled): writes their keys and values there, attends over all K slots with the
-    additive `mask` (B, 1, Q, K), returns (B, Q, d). cos / sin: (B, Q, 1, head_dim)."""
+    already filled): writes their keys and values there (through `new_keys` / `new_values`, from
+    `_query_slots`), attends over all K slots with the additive `mask` (B, 1, Q, K), returns
+    (B, Q, d). cos / sin: from `_rotary_tables`."""
     B, Q, _ = x.shape
-    heads, head_dim = keys.shape[1], keys.shape[3]
-    kv_heads = (w.w_qkv.shape[0] // head_dim - heads) // 2
+    heads, head_dim, kv_heads = keys.shape[1], keys.shape[3], new_keys.shape[1]
     h = _rms_norm(x, w.ln1, eps)
-    qkv = F.linear(h, w.w_qkv, w.b_qkv).view(B, Q, heads + 2 * kv_heads, head_dim)
+    qkv = _linear(h, w.qkv, w.qkv_bias).view(B, Q, heads + 2 * kv_heads, head_dim)
     # rotary embedding (apply_rotary_pos_emb with rotate_half) on q and k at once
-    qk = qkv[:, :, : heads + kv_heads]
-    half = head_dim // 2
-    qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-    q = qk[:, :, :heads].transpose(1, 2)
-    # the slot holds keys and values repeated for grouped-query attention, as repeat_kv makes them
-    groups = heads // kv_heads
-    slot = (B, kv_heads, groups, keys.shape[2], head_dim)
-    keys.view(slot)[:, :, :, -Q:] = qk[:, :, heads:].transpose(1, 2)[:, :, None]
-    values.view(slot)[:, :, :, -Q:] = qkv[:, :, heads + kv_heads :].transpose(1, 2)[:, :, None]
+    qk = qkv.narrow(2, 0, heads + kv_heads)
+    qk = qk * cos + qk.roll(head_dim // 2, dims=-1) * sin
+    q = qk.narrow(2, 0, heads).transpose(1, 2)
+    new_keys.copy_(qk.narrow(2, heads, kv_heads).transpose(1, 2).unsqueeze(2))
+    new_values.copy_(qkv.narrow(2, heads + kv_heads, kv_heads).transpose(1, 2).unsqueeze(2))
     o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=0.0, scale=head_dim**-0.5)
-    x = x + F.linear(o.transpose(1, 2).reshape(B, Q, -1), w.wo)
+    x = x + _linear(o.transpose(1, 2).reshape(B, Q, -1), w.o)
     h = _rms_norm(x, w.ln2, eps)
-    gate, up = F.linear(h, w.w_gate_up).chunk(2, dim=-1)
+    gate, up = _linear(h, w.gate_up).chunk(2, dim=-1)
     # contiguous: SiLU on a strided view takes another code path, 1 ulp away from the reference's
-    return x + F.linear(F.silu(gate.contiguous()) * up, w.w_down)
+    return x + _linear(F.silu(gate.contiguous()) * up, w.down)
 
 
 @dataclass
@@ -143,7 +170,9 @@ class ChunkState:
 
     keys: list[torch.Tensor]  # per layer (B, heads, P + L, head_dim)
     values: list[torch.Tensor]
-    cos: torch.Tensor  # (B, L, 1, head_dim)
+    new_keys: list[torch.Tensor]  # their action tokens' slots, from _query_slots
+    new_values: list[torch.Tensor]
+    cos: torch.Tensor  # (B, L, 1, head_dim), from _rotary_tables
     sin: torch.Tensor
     mask: torch.Tensor  # (B, 1, L, P + L) additive
 
@@ -159,8 +188,15 @@ class FastSampler:
         self.cfg = model.cfg
         lm = model.lm
         self.layers = [LayerWeights.of(layer) for layer in lm.layers]
+        self.norm = lm.norm.weight
         self.eps = lm.norm.variance_epsilon
+        # the suffix's small projections, transposed for _linear: (weight.t(), bias)
+        first, _, second = model.time_mlp
+        self.action_in, self.time_in, self.time_out, self.action_out = (
+            (p.weight.t(), p.bias) for p in (model.action_in_proj, first, second, model.action_out_proj)
+        )
         self.heads = lm.config.num_attention_heads
+        self.kv_heads = lm.config.num_key_value_heads
         self.head_dim = lm.config.hidden_size // self.heads
         taus = flow.time_grid(self.cfg.flow_steps)
         # python floats, as the reference passes them: the same float32 arithmetic, and constants
@@ -182,10 +218,13 @@ class FastSampler:
         self._positions: dict[tuple, torch.Tensor] = {}
 
     # -- the pieces, each the reference's maths ---------------------------------------------
-    def _run_layers(self, x, keys, values, cos, sin, mask) -> torch.Tensor:
-        for w, k, v in zip(self.layers, keys, values):
-            x = self.layer_fn(x, w, k, v, cos, sin, mask, self.eps)
-        return self.model.lm.norm(x)
+    def _run_layers(self, x, keys, values, cos, sin, mask, new_keys=None, new_values=None) -> torch.Tensor:
+        """The decoder layers over x, whose tokens fill the last slots of `keys` / `values`."""
+        if new_keys is None:
+            new_keys, new_values = (_query_slots(b, x.shape[1], self.kv_heads) for b in (keys, values))
+        for w, k, v, new_k, new_v in zip(self.layers, keys, values, new_keys, new_values):
+            x = self.layer_fn(x, w, k, v, new_k, new_v, cos, sin, mask, self.eps)
+        return _rms_norm(x, self.norm, self.eps)
 
     def _kv_buffers(self, batch: int, slots: int) -> tuple[list, list]:
         """Per-layer key and value buffers (batch, heads, slots, head_dim); zeros, not empty: a
@@ -202,13 +241,13 @@ class FastSampler:
         L = self.cfg.chunk_length
         keys, values = self._kv_buffers(B, P + L)
         causal = make_attention_mask(prefix.valid, torch.ones(P, dtype=torch.bool, device=m.device))
-        cos, sin = m.lm.rotary_emb(prefix.embeds, prefix.positions)
+        cos, sin = _rotary_tables(*m.lm.rotary_emb(prefix.embeds, prefix.positions))
         hidden = self._run_layers(
             prefix.embeds,
             [k[:, :, :P] for k in keys],
             [v[:, :, :P] for v in values],
-            cos[:, :, None],
-            sin[:, :, None],
+            cos,
+            sin,
             additive_mask(causal, m.dtype),
         )
         return keys, values, hidden
@@ -217,9 +256,10 @@ class FastSampler:
         allowed, positions, _ = self.model._suffix_layout(prefix, self.cfg.chunk_length)
         L = self.cfg.chunk_length
         probe = torch.empty(0, dtype=self.model.dtype, device=self.model.device)
-        cos, sin = self.model.lm.rotary_emb(probe, positions)
+        cos, sin = _rotary_tables(*self.model.lm.rotary_emb(probe, positions))
         mask = additive_mask(allowed[:, -L:], self.model.dtype)
-        return ChunkState(keys, values, cos[:, :, None], sin[:, :, None], mask)
+        new_keys, new_values = (_query_slots(b, L, self.kv_heads) for b in (keys, values))
+        return ChunkState(keys, values, new_keys, new_values, cos, sin, mask)
 
     def integrate(self, state: ChunkState, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """`AsyncVLA.integrate` against the static buffers: Euler from tau = 1 to 0, masked tokens move."""
@@ -228,11 +268,16 @@ class FastSampler:
         steps = self.tau_column * m  # every step's tau_k * m at once: m is 0 or 1, so exactly
         sinusoids = time_sinusoid(steps, d, cfg.time_embed_min_period, cfg.time_embed_max_period)
         sinusoids = sinusoids.to(model.dtype)
+        moving = m[..., None].bool()
         for k in range(cfg.flow_steps):
-            x = model.time_mlp(torch.cat([sinusoids[k], model.action_in_proj(a.to(model.dtype))], dim=-1))
-            x = self._run_layers(x, state.keys, state.values, state.cos, state.sin, state.mask)
-            v = model.action_out_proj(x).float()
-            a = flow.euler_step(a, v, self.deltas[k], m)
+            # AsyncVLA.embed_suffix: time_mlp([S(tau * m), P(a)])
+            h = torch.cat([sinusoids[k], _linear(a.to(model.dtype), *self.action_in)], dim=-1)
+            x = _linear(F.silu(_linear(h, *self.time_in)), *self.time_out)
+            x = self._run_layers(
+                x, state.keys, state.values, state.cos, state.sin, state.mask, state.new_keys, state.new_values
+            )
+            v = _linear(x, *self.action_out).float()
+            a = torch.where(moving, a - self.deltas[k] * v, a)  # flow.euler_step
         return a
 
     def _after_prefix(self, state, hidden, valid, n_sfm, n_afm, mask_draw, mode, threshold, skip_empty_afm):
@@ -419,11 +464,9 @@ class FastSampler:
         allowed, positions, _ = model._suffix_layout(prefix, L)
         positions = torch.cat([prefix.positions, positions], dim=2)
         x = torch.cat([prefix.embeds, model.embed_suffix(a, tau_m)], dim=1)
-        cos, sin = model.lm.rotary_emb(x, positions)
+        cos, sin = _rotary_tables(*model.lm.rotary_emb(x, positions))
         keys, values = self._kv_buffers(B, P + L)
-        x = self._run_layers(
-            x, keys, values, cos[:, :, None], sin[:, :, None], additive_mask(allowed, model.dtype)
-        )
+        x = self._run_layers(x, keys, values, cos, sin, additive_mask(allowed, model.dtype))
         return model.action_out_proj(x[:, -L:]).float()
 
     def _full_step(self, plan, *tensors):

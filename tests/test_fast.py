@@ -215,8 +215,8 @@ def test_cuda_bf16_fast_path_is_close_to_eager():
 
 @pytest.mark.parametrize("size", ["tiny", "qwen2.5-vl-3b"])
 def test_patchify_equals_the_image_processor(size):
-    """The lookup-table pixels (used on CUDA, where it runs for the whole batch on the device) are
-    the processor's, bit for bit, at both sizes' image and patch layouts."""
+    """The lookup-table pixels (what the preprocessor uses, on any device) are the processor's, bit
+    for bit, at both sizes' image and patch layouts."""
     cfg = ModelConfig.named(size)
     pre = Preprocessor(cfg, build_tiny_tokenizer(512))
     rng = np.random.default_rng(0)
