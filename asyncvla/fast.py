@@ -176,6 +176,10 @@ class ChunkState:
     sin: torch.Tensor
     mask: torch.Tensor  # (B, 1, L, P + L) additive
 
+    def layer_inputs(self) -> tuple:
+        """`FastSampler._run_layers`'s arguments after x."""
+        return self.keys, self.values, self.cos, self.sin, self.mask, self.new_keys, self.new_values
+
 
 class FastSampler:
     """`AsyncVLA.sample_actions` without per-step host work (module docstring); same results.
@@ -273,9 +277,7 @@ class FastSampler:
             # AsyncVLA.embed_suffix: time_mlp([S(tau * m), P(a)])
             h = torch.cat([sinusoids[k], _linear(a.to(model.dtype), *self.action_in)], dim=-1)
             x = _linear(F.silu(_linear(h, *self.time_in)), *self.time_out)
-            x = self._run_layers(
-                x, state.keys, state.values, state.cos, state.sin, state.mask, state.new_keys, state.new_values
-            )
+            x = self._run_layers(x, *state.layer_inputs())
             v = _linear(x, *self.action_out).float()
             a = torch.where(moving, a - self.deltas[k] * v, a)  # flow.euler_step
         return a

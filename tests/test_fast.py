@@ -257,7 +257,9 @@ def test_a_batch_of_one_instruction_is_computed_as_each_sample_alone(tiny, mode)
     if mode == "asyncvla":
         assert 0 < batch.mask.sum() < batch.mask.numel()  # the rater's threshold is exercised
     for i in range(5):
-        alone = fast.sample_actions(pre(images[i : i + 1], [INSTRUCTIONS[1]], states[i : i + 1]), _gens(1, i), mode)
+        alone = fast.sample_actions(
+            pre(images[i : i + 1], [INSTRUCTIONS[1]], states[i : i + 1]), _gens(1, i), mode
+        )
         for name in ("actions", "sfm", "confidence", "mask"):
             if getattr(alone, name) is not None:
                 assert torch.equal(getattr(batch, name)[i : i + 1], getattr(alone, name)), (name, i)
@@ -285,7 +287,9 @@ def test_the_policy_answers_a_batch_exactly_as_each_observation_alone(tiny):
     keys = [f"episode{i}@0" for i in range(len(obs))]
     calls = []
     sample = policy.sampler.sample_actions
-    policy.sampler.sample_actions = lambda inputs, *a: calls.append(len(inputs.input_ids)) or sample(inputs, *a)
+    policy.sampler.sample_actions = lambda inputs, *a: (
+        calls.append(len(inputs.input_ids)) or sample(inputs, *a)
+    )
     batched = policy.act(obs, keys)
     assert policy.batch_invariant
     assert sorted(calls) == [2, 3]  # one call per instruction
