@@ -118,24 +118,11 @@ def _rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, 
     return cos[:, :, None], signed[:, :, None]
 
 
-def _query_slots(buffers: list[torch.Tensor], queries: int, kv_heads: int) -> list[torch.Tensor]:
-    """Views of the last `queries` slots of each (B, heads, K, head_dim) key or value buffer as
-    (B, kv_heads, groups, Q, head_dim): where a layer writes its Q tokens' keys or values, each key
-    head's once per query head of its group, as repeat_kv makes them."""
-    views = []
-    for buffer in buffers:
-        B, heads, K, head_dim = buffer.shape
-        views.append(buffer.view(B, kv_heads, heads // kv_heads, K, head_dim).narrow(3, K - queries, queries))
-    return views
-
-
 def _decoder_layer(
     x: torch.Tensor,
     w: LayerWeights,
     keys: torch.Tensor,
     values: torch.Tensor,
-    new_keys: torch.Tensor,
-    new_values: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
@@ -143,19 +130,24 @@ def _decoder_layer(
 ) -> torch.Tensor:
     """One Qwen2.5-VL decoder layer (transformers' operations with SDPA) for Q query tokens that
     occupy the last Q slots of `keys` / `values` ((B, heads, K, head_dim), the earlier slots
-    already filled): writes their keys and values there (through `new_keys` / `new_values`, from
-    `_query_slots`), attends over all K slots with the additive `mask` (B, 1, Q, K), returns
-    (B, Q, d). cos / sin: from `_rotary_tables`."""
+    already filled): writes their keys and values there, attends over all K slots with the
+    additive `mask` (B, 1, Q, K), returns (B, Q, d). cos / sin: from `_rotary_tables`."""
     B, Q, _ = x.shape
-    heads, head_dim, kv_heads = keys.shape[1], keys.shape[3], new_keys.shape[1]
+    heads, K, head_dim = keys.shape[1:]
+    kv_heads = (w.qkv.shape[1] // head_dim - heads) // 2
     h = _rms_norm(x, w.ln1, eps)
     qkv = _linear(h, w.qkv, w.qkv_bias).view(B, Q, heads + 2 * kv_heads, head_dim)
     # rotary embedding (apply_rotary_pos_emb with rotate_half) on q and k at once
     qk = qkv.narrow(2, 0, heads + kv_heads)
     qk = qk * cos + qk.roll(head_dim // 2, dims=-1) * sin
     q = qk.narrow(2, 0, heads).transpose(1, 2)
-    new_keys.copy_(qk.narrow(2, heads, kv_heads).transpose(1, 2).unsqueeze(2))
-    new_values.copy_(qkv.narrow(2, heads + kv_heads, kv_heads).transpose(1, 2).unsqueeze(2))
+    # the slots hold keys and values repeated for grouped-query attention, as repeat_kv makes them
+    # (views made here, not passed in: a compiled function's inputs should not alias each other)
+    slots = (B, kv_heads, heads // kv_heads, K, head_dim)
+    keys.view(slots).narrow(3, K - Q, Q).copy_(qk.narrow(2, heads, kv_heads).transpose(1, 2).unsqueeze(2))
+    values.view(slots).narrow(3, K - Q, Q).copy_(
+        qkv.narrow(2, heads + kv_heads, kv_heads).transpose(1, 2).unsqueeze(2)
+    )
     o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=0.0, scale=head_dim**-0.5)
     x = x + _linear(o.transpose(1, 2).reshape(B, Q, -1), w.o)
     h = _rms_norm(x, w.ln2, eps)
@@ -170,15 +162,13 @@ class ChunkState:
 
     keys: list[torch.Tensor]  # per layer (B, heads, P + L, head_dim)
     values: list[torch.Tensor]
-    new_keys: list[torch.Tensor]  # their action tokens' slots, from _query_slots
-    new_values: list[torch.Tensor]
     cos: torch.Tensor  # (B, L, 1, head_dim), from _rotary_tables
     sin: torch.Tensor
     mask: torch.Tensor  # (B, 1, L, P + L) additive
 
     def layer_inputs(self) -> tuple:
         """`FastSampler._run_layers`'s arguments after x."""
-        return self.keys, self.values, self.cos, self.sin, self.mask, self.new_keys, self.new_values
+        return self.keys, self.values, self.cos, self.sin, self.mask
 
 
 class FastSampler:
@@ -200,7 +190,6 @@ class FastSampler:
             (p.weight.t(), p.bias) for p in (model.action_in_proj, first, second, model.action_out_proj)
         )
         self.heads = lm.config.num_attention_heads
-        self.kv_heads = lm.config.num_key_value_heads
         self.head_dim = lm.config.hidden_size // self.heads
         taus = flow.time_grid(self.cfg.flow_steps)
         # python floats, as the reference passes them: the same float32 arithmetic, and constants
@@ -222,12 +211,10 @@ class FastSampler:
         self._positions: dict[tuple, torch.Tensor] = {}
 
     # -- the pieces, each the reference's maths ---------------------------------------------
-    def _run_layers(self, x, keys, values, cos, sin, mask, new_keys=None, new_values=None) -> torch.Tensor:
+    def _run_layers(self, x, keys, values, cos, sin, mask) -> torch.Tensor:
         """The decoder layers over x, whose tokens fill the last slots of `keys` / `values`."""
-        if new_keys is None:
-            new_keys, new_values = (_query_slots(b, x.shape[1], self.kv_heads) for b in (keys, values))
-        for w, k, v, new_k, new_v in zip(self.layers, keys, values, new_keys, new_values):
-            x = self.layer_fn(x, w, k, v, new_k, new_v, cos, sin, mask, self.eps)
+        for w, k, v in zip(self.layers, keys, values):
+            x = self.layer_fn(x, w, k, v, cos, sin, mask, self.eps)
         return _rms_norm(x, self.norm, self.eps)
 
     def _kv_buffers(self, batch: int, slots: int) -> tuple[list, list]:
@@ -262,8 +249,7 @@ class FastSampler:
         probe = torch.empty(0, dtype=self.model.dtype, device=self.model.device)
         cos, sin = _rotary_tables(*self.model.lm.rotary_emb(probe, positions))
         mask = additive_mask(allowed[:, -L:], self.model.dtype)
-        new_keys, new_values = (_query_slots(b, L, self.kv_heads) for b in (keys, values))
-        return ChunkState(keys, values, new_keys, new_values, cos, sin, mask)
+        return ChunkState(keys, values, cos, sin, mask)
 
     def integrate(self, state: ChunkState, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """`AsyncVLA.integrate` against the static buffers: Euler from tau = 1 to 0, masked tokens move."""
