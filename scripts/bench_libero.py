@@ -129,9 +129,9 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     node ran the same compiled scene with raw mujoco (`--scene-bench`): its physics time against
     this machine's scales the LIBERO costs measured here (step, cheap reset, env build), and its
     EGL render time with 15 processes at once is the render cost. The policy's time per chunk is
-    the 3B model's measured `act()` on one H200 (results/bench, random weights, the current
-    inference path), at a batch of all of a node's workers (one policy server per node:
-    `--policy-servers NODES`). Episodes are dispatched by the runner's own scheduler
+    the 3B model's measured `act()` on one H200 on the default (fast) inference path
+    (`act_fast_ms` of scripts/bench_model.py's rows, random weights), interpolated at a batch of
+    all of a node's workers (one policy server per node: `--policy-servers NODES`). Episodes are dispatched by the runner's own scheduler
     (`simulate_env_builds`), so env builds and the tail where workers run out of work are counted.
     Upper bound: every episode runs its whole budget (a policy that always fails).
     """
@@ -150,9 +150,7 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     build_s = float(np.mean([s["per_init_state"][0]["cheap_s"] for s in checked.values()])) * cpu_ratio
     batch = min(workers_per_node, max(r["batch"] for r in model["rows"]))
     rows = sorted(model["rows"], key=lambda r: r["batch"])
-    policy_s = (
-        float(np.interp(batch, [r["batch"] for r in rows], [r["act_asyncvla_ms"] for r in rows])) / 1000
-    )
+    policy_s = float(np.interp(batch, [r["batch"] for r in rows], [r["act_fast_ms"] for r in rows])) / 1000
     suites = [get_suite(name) for name in PAPER_SUITES]
     plan = plan_episodes(suites, mode="asyncvla", seed=7)
 
@@ -160,20 +158,30 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     hard_build_s = float(np.mean([s["per_init_state"][0]["hard_s"] for s in checked.values()])) * cpu_ratio
 
     def sweep(nodes: int, policy: float, previous: bool = False) -> dict:
-        """`previous`: hard resets and plan-order dispatch, as before issue 19."""
+        """`previous`: hard resets and plan-order dispatch, as before issue 19. `env_builds` counts
+        every build: the dispatcher's (a worker changing task) and the fresh env of every episode
+        of the history-dependent tasks; `task_change_builds` the dispatcher's alone."""
         resets, build = (hard_reset_s, hard_build_s) if previous else (reset_s, build_s)
+        builds = 0
 
         def episode_s(spec, built: bool) -> float:
+            nonlocal builds
             budget = PAPER_SUITES[spec.suite]
             if spec.task in HISTORY_DEPENDENT_TASKS:  # a fresh env per episode (envs/libero/env.py)
                 built, built_s, reset = True, hard_build_s, 0.0
             else:
                 built_s, reset = build, resets[spec.suite]
+            builds += built
             return built * built_s + reset + budget * step_s + -(-budget // 8) * (render_s + policy)
 
         rule = {"choose": plan_order_rule} if previous else {}
         result = simulate_env_builds(plan, nodes * workers_per_node, episode_s, **rule)
-        return {"nodes": nodes, "env_builds": result["env_builds"], "wall_s": round(result["wall_s"])}
+        return {
+            "nodes": nodes,
+            "env_builds": builds,
+            "task_change_builds": result["env_builds"],
+            "wall_s": round(result["wall_s"]),
+        }
 
     def nodes_for(policy: float, previous: bool = False) -> dict:
         for nodes in range(1, 257):
@@ -200,7 +208,8 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
         "render_pair_s": render_s,
         "policy_batch": batch,
         "policy_s_per_chunk": round(policy_s, 3),
-        "policy_source": f"{model['meta']['device']}, {model['meta']['size']}, act() at batch {batch} (interpolated)",
+        "policy_source": f"{model['meta']['device']}, {model['meta']['size']}, act() on the default (fast) path "
+        f"at batch {batch}, interpolated between the measured batches {[r['batch'] for r in rows]}",
         "workers_per_node": workers_per_node,
         "per_suite_episode_s": per_suite,
         "one_node": sweep(1, policy_s),
