@@ -9,10 +9,7 @@ in the run directory. `sink` stores each record (and its video) as it finishes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 
 from evalsuite.episode import EpisodeResult, run_episode
 from evalsuite.policy import PolicySpec, build_policy
@@ -32,6 +29,7 @@ from evalsuite.runner_base import (
     video_name,
 )
 from evalsuite.suites.spec import SuiteSpec, import_object
+from evalsuite.watchdog import time_limit
 
 __all__ = [
     "IN_WORKER_POLICIES",
@@ -64,30 +62,8 @@ def run_plan(
 
 
 class EpisodeTimeout(Exception):
-    """An inline episode outlived --episode-timeout (raised into it by SIGALRM)."""
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float | None):
-    """--episode-timeout for the inline loop: SIGALRM raises `EpisodeTimeout` into the episode,
-    which is then retried on a fresh simulator like a crashed one (on Ray the worker is killed
-    instead). Python code (a sleeping or looping policy, the env's Python) is interrupted; a call
-    into native code is interrupted when it returns. Signals reach the main thread only: elsewhere
-    (an embedding application's thread) the limit is not applied."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise EpisodeTimeout(f"timed out after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    """An inline episode outlived --episode-timeout (raised into it by SIGALRM, `time_limit`); it
+    is then retried on a fresh simulator like a crashed one (on Ray the worker is killed instead)."""
 
 
 def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
@@ -114,7 +90,10 @@ def _attempt_inline(spec, suite, policy, envs, options, videos) -> EpisodeResult
         if spec.suite not in envs:
             envs[spec.suite] = import_object(suite.env_factory)(**suite.env_kwargs)
         try:
-            with _time_limit(options.episode_timeout_s):
+            with time_limit(
+                options.episode_timeout_s,
+                lambda: EpisodeTimeout(f"timed out after {options.episode_timeout_s:g} s"),
+            ):
                 policy.reset(spec.id)
                 result = run_episode(
                     envs[spec.suite],
