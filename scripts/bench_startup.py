@@ -16,7 +16,8 @@ Every measurement runs in a fresh interpreter (a user's run pays each cost once 
 4. One LIBERO env built and reset for the first time, profiled (skipped with --no-libero or
    without the package): robosuite's XML compile, the GL context, the renders, numba's first
    dispatch, the rest.
-Writes startup.json to --out. The whole-command comparison with vla-eval is
+Writes startup.json to --out, with the packages' versions and the load average before and after
+(the machine may be shared). The whole-command comparison with vla-eval is
 scripts/bench_libero_peer.py.
 """
 
@@ -31,9 +32,12 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# recorded with the figures: their start and import times are what is measured
+PACKAGES = ("ray", "numpy", "pandas", "scipy", "statsmodels", "torch", "matplotlib", "mujoco", "robosuite")
 
 RAY_LIFECYCLE = """
 import json, logging, time
@@ -123,6 +127,17 @@ def exit_seconds(mode: str) -> float:
     return ended - float(done.stdout.strip().splitlines()[-1])
 
 
+def versions() -> dict:
+    """The packages whose start and import the figures time (read without importing them)."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def summary(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "runs": [round(v, 3) for v in values]}
 
@@ -136,6 +151,7 @@ def main() -> int:
     parser.add_argument("--no-libero", action="store_true", help="skip the LIBERO env build")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()
+    load_start = os.getloadavg()
 
     ray_runs = [run_child(RAY_LIFECYCLE) for _ in range(args.ray_repeats)]
     ray_result = {key: summary([r[key] for r in ray_runs]) for key in ray_runs[0]}
@@ -168,8 +184,10 @@ def main() -> int:
             "name": platform.node(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "load_avg_start": load_start,
             "load_avg_end": os.getloadavg(),
         },
+        "versions": {"python": platform.python_version(), **versions()},
         "ray_lifecycle_s": ray_result,
         "imports_s": imports,
         "exit_after_a_run_s": exit_result,
