@@ -103,10 +103,10 @@ def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None =
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Qwen2_5_VLRMSNorm's operations, in its order (x * x is what pow(2) computes)
-    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
-    x32 = x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)
-    return weight * (x32 if x.dtype == torch.float32 else x32.to(x.dtype))
+    # Qwen2_5_VLRMSNorm's operations, in its order
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 def _rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,14 +141,15 @@ class AsyncVLAPolicy:
         """Action chunks, float32 [B, L, action_dim], in the environment's action units."""
         if not observations:
             return np.zeros((0, self.chunk_length, self.action_dim), np.float32)
-        groups: dict[str, list[int]] = {}
-        for i, obs in enumerate(observations):
-            groups.setdefault(obs.instruction, []).append(i)
-        if self.batch_invariant and len(groups) > 1:
-            actions = np.empty((len(observations), self.chunk_length, self.action_dim), np.float32)
-            for rows in groups.values():
-                actions[rows] = self.act([observations[i] for i in rows], [keys[i] for i in rows])
-            return actions
+        if self.batch_invariant:
+            groups: dict[str, list[int]] = {}
+            for i, obs in enumerate(observations):
+                groups.setdefault(obs.instruction, []).append(i)
+            if len(groups) > 1:  # one call per instruction (module docstring)
+                actions = np.empty((len(observations), self.chunk_length, self.action_dim), np.float32)
+                for rows in groups.values():
+                    actions[rows] = self.act([observations[i] for i in rows], [keys[i] for i in rows])
+                return actions
         result = self._run(observations, keys)
         return self.stats.unnormalize_action(result.actions.cpu().numpy())
 
