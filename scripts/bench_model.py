@@ -5,8 +5,9 @@
 
 Weights are random (built from the named config, nothing is downloaded): latency does not
 depend on the weights, except through how many tokens the rater masks (reported). At each batch
-size, medians over --repeats after --warmup calls, for the asyncvla chunk (prefix, SFM, rater,
-AFM) computed by:
+size, medians over --repeats after --warmup calls (the terms of each ratio, the chunk rows and
+act(), or sfm and paper-style, called in turn in one loop, so that a shared machine's drifting load
+hits them alike), for the asyncvla chunk (prefix, SFM, rater, AFM) computed by:
 - `eager`: the reference, `AsyncVLA.sample_actions` (DynamicCache grown and cropped at every
   step, layout and time embedding rebuilt at every step, transformers' text model per step);
 - `hf_static`: the same steps through transformers' own `StaticCache` API (the prefix written
@@ -17,7 +18,9 @@ AFM) computed by:
 - `fast`: the same with CUDA graphs (CUDA only): the GPU default;
 - `fast_fused`: a `torch.compile`d decoder layer, inside the graphs on CUDA (--fuse; the compile
   time is reported as its own figure). The CUDA default; on CPU measured to show what compiling
-  would buy there, and not the default.
+  would buy there, and not the default;
+- `compiled_chunk`: the whole chunk after the host's preparation torch.compile'd, without graphs
+  (--compile-chunk; a CPU experiment with its compile time, not a path the policy takes).
 Also: the eager stages (prefix, SFM steps, rater, AFM steps), the sfm chunk eager and fast, the
 paper-style pipeline (prefix recomputed at every step) eager and with the fast path's
 optimisations, image preprocessing + tokenisation alone, and act() end to end, eager and fast.
@@ -26,10 +29,13 @@ optimisations, image preprocessing + tokenisation alone, and act() end to end, e
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,6 +64,21 @@ def timed(fn, repeats: int, warmup: int, sync) -> float:
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000.0
+
+
+def timed_together(fns: dict, repeats: int, warmup: int, sync) -> dict:
+    """Medians (ms) of several functions called in turn, one call each per round: the terms of a
+    ratio then share the machine's load, which on a shared machine drifts between separate loops."""
+    times: dict = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) * 1000.0 for name, ts in times.items()}
 
 
 class HFStaticCacheChunk:
@@ -148,18 +169,23 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         r["sfm_steps_ms"] = run(lambda: model.integrate(cache, prefix, noise, ones))
         r["rater_ms"] = run(lambda: model.rater(hidden, prefix.valid, sfm))
         r["afm_steps_ms"] = run(lambda: model.integrate(cache, prefix, flow.afm_start(sfm, noise, m), m))
-        r["eager_sfm_ms"] = run(lambda: model.sample_actions(inputs, gens(), "sfm"))
-        r["eager_ms"] = run(lambda: model.sample_actions(inputs, gens(), "asyncvla"))
-        r["eager_paper_style_ms"] = run(lambda: model.sample_actions_recompute(inputs, gens()))
+        keys = [f"e{i}@0" for i in range(B)]
+        best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
+        # each ratio's terms in one interleaved loop
+        chunks = {"eager_ms": lambda: model.sample_actions(inputs, gens(), "asyncvla")}
         for name, sampler in samplers.items():
             if name != "fast_fused":
-                r[f"{name}_ms"] = run(lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla"))
-        best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
-        r["fast_sfm_ms"] = run(lambda: best.sample_actions(inputs, gens(), "sfm"))
-        r["fast_paper_style_ms"] = run(lambda: best.sample_actions_recompute(inputs, gens()))
-    keys = [f"e{i}@0" for i in range(B)]
-    for name, policy in policies.items():
-        r[f"act_{name}_ms"] = run(lambda p=policy: p.act(obs, keys))
+                chunks[f"{name}_ms"] = lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla")
+        for name, policy in policies.items():
+            chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
+        r.update(timed_together(chunks, args.repeats, args.warmup, sync))
+        pairs = {
+            "eager_sfm_ms": lambda: model.sample_actions(inputs, gens(), "sfm"),
+            "fast_sfm_ms": lambda: best.sample_actions(inputs, gens(), "sfm"),
+            "eager_paper_style_ms": lambda: model.sample_actions_recompute(inputs, gens()),
+            "fast_paper_style_ms": lambda: best.sample_actions_recompute(inputs, gens()),
+        }
+        r.update(timed_together(pairs, args.repeats, args.warmup, sync))
     if "fast_fused" in samplers:  # last: its compile may take minutes
         fused = samplers["fast_fused"]
         t = time.perf_counter()
@@ -172,9 +198,41 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
                 r["fast_fused_ms"] = run(lambda: fused.sample_actions(inputs, gens(), "asyncvla"))
         except Exception as e:  # an optional row: say why it is missing, keep the others
             r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
+    if args.compile_chunk:
+        r.update(compiled_chunk(samplers["fast_no_graphs"], inputs, gens, run))
     if device.type == "cpu":
         r["default_row"] = "fast_no_graphs_ms"
     return derive(r)
+
+
+def compiled_chunk(sampler: FastSampler, inputs, gens, run) -> dict:
+    """The `compiled_chunk` row: everything after the host's preparation (vision, prefix, SFM,
+    rater, AFM) as one torch.compile'd function, for a CPU without graphs. Not a product path:
+    it shows what a compiler could buy on CPU, and at what compile cost."""
+    mode = "asyncvla"
+    host = sampler.host_prefix(inputs)
+    chunk = torch.compile(
+        functools.partial(sampler._chunk, host.plan, mode, False), fullgraph=True, dynamic=False
+    )
+
+    def sample():
+        h = sampler.host_prefix(inputs)
+        return chunk(*h.tensors(), *sampler.model._draw_noise(gens()), torch.tensor(sampler.cfg.threshold))
+
+    t = time.perf_counter()
+    try:
+        with torch.no_grad():
+            out = sample()
+            reference = sampler.sample_actions(inputs, gens(), mode)
+        compile_s = time.perf_counter() - t
+        with torch.no_grad():
+            return {
+                "compiled_chunk_compile_s": compile_s,
+                "compiled_chunk_max_abs_diff": (out[0] - reference.actions).abs().max().item(),
+                "compiled_chunk_ms": run(sample),
+            }
+    except Exception as e:  # an optional row: say why it is missing, keep the others
+        return {"compiled_chunk_error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def derive(r: dict) -> dict:
@@ -202,6 +260,7 @@ COLUMNS = [
     ("fast_no_graphs_ms", "chunk: fast, no graphs"),
     ("fast_ms", "chunk: fast + graphs"),
     ("fast_fused_ms", "chunk: fast + compiled layer (in graphs on CUDA)"),
+    ("compiled_chunk_ms", "chunk: fast, whole chunk compiled"),
     ("speedup_fast_vs_eager", "eager / default"),
     ("eager_sfm_ms", "sfm chunk eager"),
     ("fast_sfm_ms", "sfm chunk fast"),
@@ -225,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--fuse", action="store_true", help="also the torch.compile'd layer row")
     p.add_argument(
+        "--compile-chunk",
+        action="store_true",
+        help="also the whole chunk torch.compile'd without graphs (a CPU experiment, minutes of compiling)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="torch.profiler table of one fast chunk without graphs"
     )
     p.add_argument("--out", default="results/bench")
@@ -236,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         return rerender(Path(args.rerender))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fuse or args.compile_chunk:
+        # compile times as a user's first run sees them: an empty compile cache (inductor reads
+        # the variable at each look-up, although torch's import has already set it)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_model_inductor_")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -351,6 +419,17 @@ def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None
     for r in rows:
         cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if any("compiled_chunk_compile_s" in r for r in rows):
+        lines.append("")
+        lines.append(
+            "whole chunk compiled: torch.compile of everything after the host's preparation, compile "
+            + ", ".join(
+                f"{r['compiled_chunk_compile_s']:.0f} s at B = {r['batch']} (actions within "
+                f"{r['compiled_chunk_max_abs_diff']:.1e} of the fast path)"
+                for r in rows
+            )
+            + "; an experiment, not a path the policy takes"
+        )
     if any("fast_fused_compile_s" in r for r in rows):
         lines.append("")
         lines.append(
