@@ -399,7 +399,7 @@ class FastSampler:
             state, hidden, valid, n_sfm, n_afm, mask_draw, mode, threshold, skip_empty_afm
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(
         self,
         inputs,
@@ -464,7 +464,7 @@ class FastSampler:
         )
         return self.full_velocity(prefix, a, tau_m)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions_recompute(self, inputs, generators: list[torch.Generator]) -> torch.Tensor:
         """Paper-style SFM: the prefix, vision included, recomputed at every Euler step (each step
         one CUDA graph on CUDA, as the chunk is in `sample_actions`)."""

@@ -240,7 +240,7 @@ class AsyncVLA(nn.Module):
             a = flow.euler_step(a, v, delta, m)
         return a
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(
         self,
         inputs: VLInputs,
@@ -269,7 +269,7 @@ class AsyncVLA(nn.Module):
         afm = self.integrate(cache, prefix, flow.afm_start(sfm, n_afm, m), m)
         return ChunkResult(actions=afm, sfm=sfm, confidence=confidence, mask=m)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions_recompute(self, inputs: VLInputs, generators: list[torch.Generator]) -> torch.Tensor:
         """Paper-style SFM (Appendix B): the whole prefix, vision included, recomputed at every step."""
         n_sfm, _, _ = self._draw_noise(generators)
