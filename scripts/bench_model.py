@@ -15,6 +15,8 @@ hits them alike), for the asyncvla chunk (prefix, SFM, rater, AFM) computed by:
   model's per-call machinery kept). Measured to decide between it and driving the layers;
 - `fast_no_graphs`: `asyncvla.fast.FastSampler` without graphs (static buffers, layout and time
   embeddings per chunk, the decoder layers driven through their weights): the CPU default;
+- `fast_no_grad`: the same under `torch.no_grad` instead of `torch.inference_mode`, as it ran
+  before (inference mode spares every small op its autograd bookkeeping);
 - `fast`: the same with CUDA graphs (CUDA only): the GPU default;
 - `fast_fused`: a `torch.compile`d decoder layer, inside the graphs on CUDA (--fuse; the compile
   time is reported as its own figure). The CUDA default; on CPU measured to show what compiling
@@ -24,6 +26,8 @@ hits them alike), for the asyncvla chunk (prefix, SFM, rater, AFM) computed by:
 Also: the eager stages (prefix, SFM steps, rater, AFM steps), the sfm chunk eager and fast, the
 paper-style pipeline (prefix recomputed at every step) eager and with the fast path's
 optimisations, image preprocessing + tokenisation alone, and act() end to end, eager and fast.
+With --profile, the floor: the fast chunk's time in arithmetic alone (matrix products, attention,
+convolution on CPU; all kernels on CUDA), the least any path doing the same maths could take.
 """
 
 from __future__ import annotations
@@ -176,6 +180,11 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         for name, sampler in samplers.items():
             if name != "fast_fused":
                 chunks[f"{name}_ms"] = lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla")
+        # the default path as it ran before sample_actions moved to torch.inference_mode
+        plain = samplers["fast_no_graphs"]
+        chunks["fast_no_grad_ms"] = lambda: torch.no_grad()(FastSampler.sample_actions.__wrapped__)(
+            plain, inputs, gens(), "asyncvla"
+        )
         for name, policy in policies.items():
             chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
         r.update(timed_together(chunks, args.repeats, args.warmup, sync))
@@ -200,6 +209,10 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
             r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
     if args.compile_chunk:
         r.update(compiled_chunk(samplers["fast_no_graphs"], inputs, gens, run))
+    if args.profile:
+        with torch.inference_mode():
+            floor, r["profile_table"] = profile_chunk(samplers["fast_no_graphs"], inputs, gens)
+        r.update(floor)
     if device.type == "cpu":
         r["default_row"] = "fast_no_graphs_ms"
     return derive(r)
@@ -243,6 +256,8 @@ def derive(r: dict) -> dict:
     r["speedup_fast_vs_eager"] = r["eager_ms"] / default
     r["paper_style_vs_fast"] = r["fast_paper_style_ms"] / r["fast_sfm_ms"]
     r["act_fast_over_chunk"] = r["act_fast_ms"] / default
+    if "floor_ms" in r:
+        r["eager_over_floor"] = r["eager_ms"] / r["floor_ms"]
     return r
 
 
@@ -258,10 +273,13 @@ COLUMNS = [
     ("eager_ms", "chunk: eager"),
     ("hf_static_ms", "chunk: hf StaticCache"),
     ("fast_no_graphs_ms", "chunk: fast, no graphs"),
+    ("fast_no_grad_ms", "chunk: fast, no graphs, no_grad"),
     ("fast_ms", "chunk: fast + graphs"),
     ("fast_fused_ms", "chunk: fast + compiled layer (in graphs on CUDA)"),
     ("compiled_chunk_ms", "chunk: fast, whole chunk compiled"),
     ("speedup_fast_vs_eager", "eager / default"),
+    ("floor_ms", "floor (profiled)"),
+    ("eager_over_floor", "eager / floor"),
     ("eager_sfm_ms", "sfm chunk eager"),
     ("fast_sfm_ms", "sfm chunk fast"),
     ("eager_paper_style_ms", "paper-style eager"),
@@ -289,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also the whole chunk torch.compile'd without graphs (a CPU experiment, minutes of compiling)",
     )
     p.add_argument(
-        "--profile", action="store_true", help="torch.profiler table of one fast chunk without graphs"
+        "--profile",
+        action="store_true",
+        help="profile the fast chunk without graphs at each batch size: its table, and the floor column",
     )
     p.add_argument("--out", default="results/bench")
     p.add_argument(
@@ -358,39 +378,57 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for B in args.batch_sizes:
         rows.append(bench_batch(model, samplers, policies, pre, cfg, B, rng, args, sync))
+        if "profile_table" in rows[-1]:
+            with open(out / f"{name}_profile.txt", "w" if B == args.batch_sizes[0] else "a") as f:
+                f.write(f"batch {B}, {rows[-1].pop('profile_table')}\n\n")
         print(json.dumps(rows[-1]), file=sys.stderr)
         meta["loadavg_1min"] = Path("/proc/loadavg").read_text().split()[0]
         # written after every batch size: a run cut short keeps what it measured
         (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         write_table(out / f"{name}.md", meta, rows, cfg, params, rater_params, args)
     print((out / f"{name}.md").read_text())
-    if args.profile:
-        profile_chunk(
-            samplers["fast_no_graphs"], pre, cfg, max(args.batch_sizes), rng, out / f"{name}_profile.txt"
-        )
     return 0
 
 
-def profile_chunk(sampler, pre, cfg, B: int, rng, path: Path) -> None:
-    """Where a chunk's time goes, op by op (no graphs, so that every kernel is seen)."""
+# The CPU kernels that do a chunk's arithmetic (matrix products, attention, the patch
+# convolution), as the profiler names them; everything else in a chunk is element-wise work,
+# copies, views and dispatch, which fusing or removing overhead can cut.
+ARITHMETIC_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_addmm_activation",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::mkldnn_convolution",
+}
+
+
+def profile_chunk(sampler, inputs, gens, chunks: int = 3) -> tuple[dict, str]:
+    """Where a fast chunk's time goes (no graphs, so that every kernel is seen): the profiler's
+    table, and per chunk the time spent in arithmetic (on CPU, `ARITHMETIC_OPS`' self time) or in
+    kernels at all (on CUDA, the device's time): the floor under any removal of overhead, to set
+    the chunk rows against."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    images = [
-        {c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
-        for _ in range(B)
-    ]
-    inputs = pre(images, ["put the red cube in the bowl"] * B, rng.normal(size=(B, cfg.state_dim)))
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    cuda = torch.cuda.is_available()
     sampler.sample_actions(inputs, gens())
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        sampler.sample_actions(inputs, gens())
-        if torch.cuda.is_available():
+        for _ in range(chunks):
+            sampler.sample_actions(inputs, gens())
+        if cuda:
             torch.cuda.synchronize()
-    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    path.write_text(
-        f"batch {B}, fast path without graphs\n" + prof.key_averages().table(sort_by=sort, row_limit=30)
-    )
+    events = prof.key_averages()
+    if cuda:
+        # the kernels' own rows, as the profiler's "Self CUDA time total" sums them (an op's row
+        # repeats its kernels' time)
+        floor_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
+    else:
+        floor_us = sum(e.self_cpu_time_total for e in events if e.key in ARITHMETIC_OPS)
+    table = events.table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=30)
+    return {"floor_ms": floor_us / 1000.0 / chunks}, f"{chunks} chunks, fast path without graphs\n{table}"
 
 
 def rerender(path: Path) -> int:
@@ -441,12 +479,20 @@ def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None
         "chunk = the asyncvla mode: prefix once + SFM (10 steps) + rater + AFM (10 steps), all reusing the prefix's",
         "keys and values. eager: `AsyncVLA.sample_actions`; hf StaticCache: transformers' StaticCache with the layout",
         "built once per chunk; fast: `asyncvla.fast.FastSampler` (static buffers, layout and time embeddings per chunk,",
-        "layers driven through their weights; + graphs: CUDA graphs per batch/prefix bucket; compiled layer: torch.compile).",
+        "layers driven through their weights, under torch.inference_mode; no_grad: the same under torch.no_grad, as before;",
+        "+ graphs: CUDA graphs per batch/prefix bucket; compiled layer: torch.compile).",
         "default: what act() runs (the compiled layer in graphs on CUDA; on CPU the fast path, neither compiled nor graphed).",
         "paper-style: SFM with the prefix, vision included, recomputed at each of the 10 steps. act(): preprocessing",
         "(image resize + Qwen2-VL patches + tokenisation, the `preprocess` column) + chunk + un-normalisation; the B",
         "observations share an instruction (a task's episodes), which on CPU makes one model call (asyncvla/policy.py).",
     ]
+    if any("floor_ms" in r for r in rows):
+        lines += [
+            "floor (--profile): per fast chunk, the time in matrix products, attention and the patch convolution on CPU",
+            "(in all kernels on CUDA), measured under the profiler: what the chunk would take with every other cost",
+            "(element-wise work, copies, dispatch, launches) removed. eager / floor bounds the speed-up of any path that",
+            "does the same arithmetic.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
