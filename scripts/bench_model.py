@@ -51,8 +51,15 @@ import transformers
 from asyncvla import flow
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.fast import FastSampler
-from asyncvla.model import AsyncVLA, additive_mask, make_attention_mask
+from asyncvla.fast import (
+    PREFIX_MULTIPLE,
+    CapturedCall,
+    FastSampler,
+    _pad_rows,
+    _round_up,
+    batch_bucket,
+)
+from asyncvla.model import AsyncVLA, Prefix, additive_mask, make_attention_mask
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
 
@@ -91,7 +98,7 @@ class HFStaticCacheChunk:
     def __init__(self, model: AsyncVLA):
         self.model = model
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as the reference's and the fast path's sample_actions
     def sample_actions(self, inputs, generators, mode="asyncvla", threshold=None):
         from transformers import StaticCache
 
@@ -207,6 +214,13 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
                 r["fast_fused_ms"] = run(lambda: fused.sample_actions(inputs, gens(), "asyncvla"))
         except Exception as e:  # an optional row: say why it is missing, keep the others
             r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
+    default = next(samplers[k] for k in ("fast_fused", "fast", "fast_no_graphs") if k in samplers)
+    if device.type == "cpu":
+        default = samplers["fast_no_graphs"]
+    try:
+        r.update(fast_stages(default, inputs, gens, run))
+    except Exception as e:  # optional rows: say why they are missing, keep the others
+        r["fast_stages_error"] = f"{type(e).__name__}: {e}"[:300]
     if args.compile_chunk:
         r.update(compiled_chunk(samplers["fast_no_graphs"], inputs, gens, run))
     if args.profile:
@@ -216,6 +230,39 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
     if device.type == "cpu":
         r["default_row"] = "fast_no_graphs_ms"
     return derive(r)
+
+
+def fast_stages(sampler: FastSampler, inputs, gens, run) -> dict:
+    """The default path's chunk in stages, each timed alone (on CUDA each its own graph, with the
+    batch and prompt padded as `sample_actions` pads them): the prefix (vision tower, embeddings,
+    language-model pass), 10 suffix steps and the rater. Where the chunk's time goes once host
+    overhead is gone, which the eager stage columns cannot say."""
+    graphs = sampler.graphs_enabled
+    B = len(gens())
+    rows = batch_bucket(B) if graphs else None
+    length = _round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE) if graphs else None
+    host = sampler.host_prefix(inputs, rows, length)
+    n_sfm, _, _ = (_pad_rows(t, rows or B) for t in sampler.model._draw_noise(gens()))
+    ones = torch.ones(n_sfm.shape[:2], device=n_sfm.device)
+
+    def prefix_pass(input_ids, pixel_values, state, image_slots, valid, positions, next_position):
+        embeds = sampler._embed(host.plan, input_ids, pixel_values, state, image_slots)
+        return sampler.encode_prefix(Prefix(embeds, valid, positions, next_position))
+
+    def stage(fn, *args):
+        call = CapturedCall(fn, args) if graphs else None
+        return lambda: call(*args) if call else fn(*args)
+
+    with torch.inference_mode():
+        keys, values, hidden = prefix_pass(*host.tensors())
+        prefix = Prefix(None, host.valid, host.positions, host.next_position)
+        state = sampler.chunk_state(prefix, keys, values)
+        stages = {
+            "fast_prefix_ms": stage(prefix_pass, *host.tensors()),
+            "fast_steps_ms": stage(lambda a, m: sampler.integrate(state, a, m), n_sfm, ones),
+            "fast_rater_ms": stage(sampler.model.rater, hidden, host.valid, n_sfm),
+        }
+        return {name: run(fn) for name, fn in stages.items()}
 
 
 def compiled_chunk(sampler: FastSampler, inputs, gens, run) -> dict:
@@ -278,6 +325,9 @@ COLUMNS = [
     ("fast_fused_ms", "chunk: fast + compiled layer (in graphs on CUDA)"),
     ("compiled_chunk_ms", "chunk: fast, whole chunk compiled"),
     ("speedup_fast_vs_eager", "eager / default"),
+    ("fast_prefix_ms", "default: prefix"),
+    ("fast_steps_ms", "default: 10 steps"),
+    ("fast_rater_ms", "default: rater"),
     ("floor_ms", "floor (profiled)"),
     ("eager_over_floor", "eager / floor"),
     ("eager_sfm_ms", "sfm chunk eager"),
@@ -480,7 +530,9 @@ def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None
         "keys and values. eager: `AsyncVLA.sample_actions`; hf StaticCache: transformers' StaticCache with the layout",
         "built once per chunk; fast: `asyncvla.fast.FastSampler` (static buffers, layout and time embeddings per chunk,",
         "layers driven through their weights, under torch.inference_mode; no_grad: the same under torch.no_grad, as before;",
-        "+ graphs: CUDA graphs per batch/prefix bucket; compiled layer: torch.compile).",
+        "+ graphs: CUDA graphs per batch/prefix bucket; compiled layer: torch.compile). default: prefix / 10 steps / rater:",
+        "the default path's stages timed alone (on CUDA each its own graph): vision, embeddings and the prefix pass;",
+        "10 suffix steps (SFM, or AFM: the same work); the rater.",
         "default: what act() runs (the compiled layer in graphs on CUDA; on CPU the fast path, neither compiled nor graphed).",
         "paper-style: SFM with the prefix, vision included, recomputed at each of the 10 steps. act(): preprocessing",
         "(image resize + Qwen2-VL patches + tokenisation, the `preprocess` column) + chunk + un-normalisation; the B",
