@@ -85,10 +85,11 @@ def timed_together(fns: dict, repeats: int, warmup: int, sync) -> dict:
         for name, fn in fns.items():
             sync()
             t = time.perf_counter()
-            fn()
+            out = fn()
             sync()
             if i >= warmup:
-                times[name].append(time.perf_counter() - t)
+                # a function that returns a float reports its own time: the profiled floor
+                times[name].append(out if isinstance(out, float) else time.perf_counter() - t)
     return {name: statistics.median(ts) * 1000.0 for name, ts in times.items()}
 
 
@@ -182,16 +183,37 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         r["afm_steps_ms"] = run(lambda: model.integrate(cache, prefix, flow.afm_start(sfm, noise, m), m))
         keys = [f"e{i}@0" for i in range(B)]
         best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
+    plain = samplers["fast_no_graphs"]
+    # compiles first (they may take minutes), so that every chunk row is timed in the loop below
+    compiled = {}
+    if "fast_fused" in samplers:
+        fused = samplers["fast_fused"]
+        t = time.perf_counter()
+        try:
+            fused.sample_actions(inputs, gens(), "asyncvla")  # compiles, and captures on CUDA
+            sync()
+            r["fast_fused_compile_s"] = time.perf_counter() - t
+            compiled["fast_fused_ms"] = lambda: fused.sample_actions(inputs, gens(), "asyncvla")
+        except Exception as e:  # an optional row: say why it is missing, keep the others
+            r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
+    if args.compile_chunk:
+        info, sample = compile_chunk(plain, inputs, gens)
+        r.update(info)
+        if sample:
+            compiled["compiled_chunk_ms"] = sample
+    with torch.no_grad():
         # each ratio's terms in one interleaved loop
         chunks = {"eager_ms": lambda: model.sample_actions(inputs, gens(), "asyncvla")}
         for name, sampler in samplers.items():
             if name != "fast_fused":
                 chunks[f"{name}_ms"] = lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla")
+        chunks.update(compiled)
         # the default path as it ran before sample_actions moved to torch.inference_mode
-        plain = samplers["fast_no_graphs"]
         chunks["fast_no_grad_ms"] = lambda: torch.no_grad()(FastSampler.sample_actions.__wrapped__)(
             plain, inputs, gens(), "asyncvla"
         )
+        if args.profile:
+            chunks["floor_ms"] = lambda: profiled_chunk(plain, inputs, gens)[0]
         for name, policy in policies.items():
             chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
         r.update(timed_together(chunks, args.repeats, args.warmup, sync))
@@ -202,33 +224,18 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
             "fast_paper_style_ms": lambda: best.sample_actions_recompute(inputs, gens()),
         }
         r.update(timed_together(pairs, args.repeats, args.warmup, sync))
-    if "fast_fused" in samplers:  # last: its compile may take minutes
-        fused = samplers["fast_fused"]
-        t = time.perf_counter()
-        try:
-            with torch.no_grad():
-                fused.sample_actions(inputs, gens(), "asyncvla")  # compiles and captures
-            sync()
-            r["fast_fused_compile_s"] = time.perf_counter() - t
-            with torch.no_grad():
-                r["fast_fused_ms"] = run(lambda: fused.sample_actions(inputs, gens(), "asyncvla"))
-        except Exception as e:  # an optional row: say why it is missing, keep the others
-            r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
     default = next(samplers[k] for k in ("fast_fused", "fast", "fast_no_graphs") if k in samplers)
     if device.type == "cpu":
-        default = samplers["fast_no_graphs"]
+        default = plain
+        r["default_row"] = "fast_no_graphs_ms"
     try:
         r.update(fast_stages(default, inputs, gens, run))
     except Exception as e:  # optional rows: say why they are missing, keep the others
         r["fast_stages_error"] = f"{type(e).__name__}: {e}"[:300]
-    if args.compile_chunk:
-        r.update(compiled_chunk(samplers["fast_no_graphs"], inputs, gens, run))
     if args.profile:
-        with torch.inference_mode():
-            floor, r["profile_table"] = profile_chunk(samplers["fast_no_graphs"], inputs, gens)
-        r.update(floor)
-    if device.type == "cpu":
-        r["default_row"] = "fast_no_graphs_ms"
+        events = profiled_chunk(plain, inputs, gens)[1]
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        r["profile_table"] = "fast path without graphs\n" + events.table(sort_by=sort, row_limit=30)
     return derive(r)
 
 
@@ -265,34 +272,34 @@ def fast_stages(sampler: FastSampler, inputs, gens, run) -> dict:
         return {name: run(fn) for name, fn in stages.items()}
 
 
-def compiled_chunk(sampler: FastSampler, inputs, gens, run) -> dict:
+def compile_chunk(sampler: FastSampler, inputs, gens) -> tuple[dict, object]:
     """The `compiled_chunk` row: everything after the host's preparation (vision, prefix, SFM,
     rater, AFM) as one torch.compile'd function, for a CPU without graphs. Not a product path:
-    it shows what a compiler could buy on CPU, and at what compile cost."""
+    it shows what a compiler could buy on CPU, and at what compile cost. Returns its compile
+    time and distance from the fast path, and the chunk to time (None if it failed)."""
     mode = "asyncvla"
     host = sampler.host_prefix(inputs)
     chunk = torch.compile(
         functools.partial(sampler._chunk, host.plan, mode, False), fullgraph=True, dynamic=False
     )
 
+    @torch.inference_mode()
     def sample():
         h = sampler.host_prefix(inputs)
         return chunk(*h.tensors(), *sampler.model._draw_noise(gens()), torch.tensor(sampler.cfg.threshold))
 
     t = time.perf_counter()
     try:
-        with torch.no_grad():
-            out = sample()
-            reference = sampler.sample_actions(inputs, gens(), mode)
+        out = sample()
         compile_s = time.perf_counter() - t
-        with torch.no_grad():
-            return {
-                "compiled_chunk_compile_s": compile_s,
-                "compiled_chunk_max_abs_diff": (out[0] - reference.actions).abs().max().item(),
-                "compiled_chunk_ms": run(sample),
-            }
+        reference = sampler.sample_actions(inputs, gens(), mode)
     except Exception as e:  # an optional row: say why it is missing, keep the others
-        return {"compiled_chunk_error": f"{type(e).__name__}: {e}"[:300]}
+        return {"compiled_chunk_error": f"{type(e).__name__}: {e}"[:300]}, None
+    info = {
+        "compiled_chunk_compile_s": compile_s,
+        "compiled_chunk_max_abs_diff": (out[0] - reference.actions).abs().max().item(),
+    }
+    return info, sample
 
 
 def derive(r: dict) -> dict:
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_batch(model, samplers, policies, pre, cfg, B, rng, args, sync))
         if "profile_table" in rows[-1]:
             with open(out / f"{name}_profile.txt", "w" if B == args.batch_sizes[0] else "a") as f:
-                f.write(f"batch {B}, {rows[-1].pop('profile_table')}\n\n")
+                f.write(f"batch {B}, one chunk, {rows[-1].pop('profile_table')}\n\n")
         print(json.dumps(rows[-1]), file=sys.stderr)
         meta["loadavg_1min"] = Path("/proc/loadavg").read_text().split()[0]
         # written after every batch size: a run cut short keeps what it measured
@@ -454,20 +461,18 @@ ARITHMETIC_OPS = {
 }
 
 
-def profile_chunk(sampler, inputs, gens, chunks: int = 3) -> tuple[dict, str]:
-    """Where a fast chunk's time goes (no graphs, so that every kernel is seen): the profiler's
-    table, and per chunk the time spent in arithmetic (on CPU, `ARITHMETIC_OPS`' self time) or in
-    kernels at all (on CUDA, the device's time): the floor under any removal of overhead, to set
-    the chunk rows against."""
+@torch.inference_mode()
+def profiled_chunk(sampler, inputs, gens) -> tuple[float, object]:
+    """One fast chunk (no graphs, so that every kernel is seen) under the profiler: the time it
+    spent in arithmetic (on CPU, `ARITHMETIC_OPS`' self time) or in kernels at all (on CUDA, the
+    device's time), in seconds: the floor under any removal of overhead; and the profiler's events."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
-    sampler.sample_actions(inputs, gens())
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for _ in range(chunks):
-            sampler.sample_actions(inputs, gens())
+        sampler.sample_actions(inputs, gens())
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
@@ -477,8 +482,7 @@ def profile_chunk(sampler, inputs, gens, chunks: int = 3) -> tuple[dict, str]:
         floor_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
     else:
         floor_us = sum(e.self_cpu_time_total for e in events if e.key in ARITHMETIC_OPS)
-    table = events.table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=30)
-    return {"floor_ms": floor_us / 1000.0 / chunks}, f"{chunks} chunks, fast path without graphs\n{table}"
+    return floor_us / 1e6, events
 
 
 def rerender(path: Path) -> int:
