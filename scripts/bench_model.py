@@ -165,7 +165,7 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
     ones = torch.ones(B, cfg.chunk_length, device=device)
     noise = torch.randn(B, cfg.chunk_length, cfg.action_dim).to(device)
     r: dict = {"batch": B}
-    with torch.no_grad():
+    with torch.inference_mode():  # as sample_actions runs them
         prefix = model.embed_prefix(inputs)
         cache, hidden = model.encode_prefix(prefix)
         sfm = model.integrate(cache, prefix, noise, ones)
@@ -202,40 +202,39 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         r.update(info)
         if sample:
             compiled["compiled_chunk_ms"] = sample
-    with torch.no_grad():
-        # each ratio's terms in one interleaved loop
-        chunks = {"eager_ms": lambda: model.sample_actions(inputs, gens(), "asyncvla")}
-        for name, sampler in samplers.items():
-            if name != "fast_fused":
-                chunks[f"{name}_ms"] = lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla")
-        chunks.update(compiled)
-        # the default path as it ran before sample_actions moved to torch.inference_mode
-        chunks["fast_no_grad_ms"] = lambda: torch.no_grad()(FastSampler.sample_actions.__wrapped__)(
-            plain, inputs, gens(), "asyncvla"
+    # each path sets its own grad mode, as a user's call would meet it
+    chunks = {"eager_ms": lambda: model.sample_actions(inputs, gens(), "asyncvla")}
+    for name, sampler in samplers.items():
+        if name != "fast_fused":
+            chunks[f"{name}_ms"] = lambda s=sampler: s.sample_actions(inputs, gens(), "asyncvla")
+    chunks.update(compiled)
+    # the default path as it ran before sample_actions moved to torch.inference_mode
+    chunks["fast_no_grad_ms"] = lambda: torch.no_grad()(FastSampler.sample_actions.__wrapped__)(
+        plain, inputs, gens(), "asyncvla"
+    )
+    for name, policy in policies.items():
+        chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
+    r.update(timed_together(chunks, args.repeats, args.warmup, sync))
+    pairs = {
+        "eager_sfm_ms": lambda: model.sample_actions(inputs, gens(), "sfm"),
+        "fast_sfm_ms": lambda: best.sample_actions(inputs, gens(), "sfm"),
+        "eager_paper_style_ms": lambda: model.sample_actions_recompute(inputs, gens()),
+        "fast_paper_style_ms": lambda: best.sample_actions_recompute(inputs, gens()),
+    }
+    r.update(timed_together(pairs, args.repeats, args.warmup, sync))
+    if args.profile:
+        # the floor as a share of the chunk it profiles, the two timed side by side, then applied
+        # to the main loop's chunk row: in that loop the profiler slowed the rows after it
+        floor = timed_together(
+            {
+                "chunk": lambda: plain.sample_actions(inputs, gens(), "asyncvla"),
+                "floor": lambda: profiled_chunk(plain, inputs, gens)[0],
+            },
+            args.repeats,
+            args.warmup,
+            sync,
         )
-        for name, policy in policies.items():
-            chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
-        r.update(timed_together(chunks, args.repeats, args.warmup, sync))
-        pairs = {
-            "eager_sfm_ms": lambda: model.sample_actions(inputs, gens(), "sfm"),
-            "fast_sfm_ms": lambda: best.sample_actions(inputs, gens(), "sfm"),
-            "eager_paper_style_ms": lambda: model.sample_actions_recompute(inputs, gens()),
-            "fast_paper_style_ms": lambda: best.sample_actions_recompute(inputs, gens()),
-        }
-        r.update(timed_together(pairs, args.repeats, args.warmup, sync))
-        if args.profile:
-            # the floor as a share of the chunk it profiles, the two timed side by side, then applied
-            # to the main loop's chunk row: in that loop the profiler slowed the rows after it
-            floor = timed_together(
-                {
-                    "chunk": lambda: plain.sample_actions(inputs, gens(), "asyncvla"),
-                    "floor": lambda: profiled_chunk(plain, inputs, gens)[0],
-                },
-                args.repeats,
-                args.warmup,
-                sync,
-            )
-            r["floor_ms"] = r["fast_no_graphs_ms"] * floor["floor"] / floor["chunk"]
+        r["floor_ms"] = r["fast_no_graphs_ms"] * floor["floor"] / floor["chunk"]
     default = next(samplers[k] for k in ("fast_fused", "fast", "fast_no_graphs") if k in samplers)
     if device.type == "cpu":
         default = plain
