@@ -48,7 +48,7 @@ def _split_state(model: AsyncVLA) -> tuple[dict[str, torch.Tensor], dict[str, to
 
 def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats) -> Path:
     """Write the checkpoint; config.json carries `model.training` (how it was trained: see
-    `asyncvla.train.training_record`) when the model has one."""
+    `asyncvla.training.train.training_record`) when the model has one."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     main, rater = _split_state(model)

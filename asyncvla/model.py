@@ -5,6 +5,11 @@ KV-cache), `embed_suffix` (asynchronous time embedding), `velocity` (suffix only
 cache, which is cropped back so it is reused unchanged), `compute_loss` (Alg. 2) and
 `sample_actions` (SFM, confidence rater, AFM = Alg. 1).
 
+Alg. 1's control flow is written once, in `sample_chunk`, over a `ChunkPath`: this model (the
+reference, eager path) or `asyncvla.fast.FastSampler` (static buffers, CUDA graphs). The two
+paths differ only in how the prefix is encoded and how a set of tokens is integrated, never in
+the order of SFM, rater, mask and AFM.
+
 Attention: the prefix is causal as in the VLM and never sees actions; action tokens see the
 whole prefix and each other (one full-attention block), built by `make_attention_mask`.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -33,6 +39,15 @@ class Prefix:
 
 
 @dataclass
+class EncodedPrefix:
+    """A prefix after its one pass through the language model: what every suffix step attends to."""
+
+    prefix: Prefix
+    cache: DynamicCache  # the prefix's keys and values; suffix passes crop back to it
+    hidden: torch.Tensor  # (B, P, d) last hidden states: the rater reads them
+
+
+@dataclass
 class ChunkResult:
     """One call's chunks (normalised action space). `mask` is AFM's m (1 = regenerated)."""
 
@@ -40,6 +55,56 @@ class ChunkResult:
     sfm: torch.Tensor  # (B, L, A): the first-round SFM actions
     confidence: torch.Tensor | None  # (B, L): rater's p_l (asyncvla mode only)
     mask: torch.Tensor  # (B, L)
+
+
+class ChunkPath(Protocol):
+    """How one inference path computes Alg. 1's two kinds of work (the reference `AsyncVLA`, or
+    `asyncvla.fast.FastSampler`); `sample_chunk` decides what is computed, in which order."""
+
+    rater: nn.Module
+
+    def encode_prefix(self, prefix: Prefix):
+        """The prefix's one pass; returns a state with `.hidden` (B, P, d) that `integrate` reads."""
+
+    def integrate(self, encoded, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Euler from tau = 1 to 0 against the encoded prefix; only tokens with m = 1 move."""
+
+
+def sample_chunk(
+    path: ChunkPath,
+    prefix: Prefix,
+    noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mode: str,
+    threshold: float | torch.Tensor,
+    skip_empty_afm: bool = True,
+) -> ChunkResult:
+    """Alg. 1 from an embedded prefix: SFM, confidence rater, mask, AFM.
+
+    `noise` is `AsyncVLA._draw_noise`'s (SFM noise, AFM noise, random-mask draws). `threshold` may
+    be a 0-d tensor (a CUDA graph captures it as an input). `skip_empty_afm`: return SFM's chunk
+    when nothing is masked (what AFM would return anyway); a CUDA graph cannot branch on a value,
+    so the captured path runs AFM regardless."""
+    n_sfm, n_afm, mask_draw = noise
+    encoded = path.encode_prefix(prefix)  # the only pass over the prefix in this chunk
+    ones = torch.ones(n_sfm.shape[:2], device=n_sfm.device)
+    sfm = path.integrate(encoded, n_sfm, ones)  # SFM = every token masked
+    if mode == "sfm":
+        return ChunkResult(actions=sfm, sfm=sfm, confidence=None, mask=torch.zeros_like(ones))
+    confidence = None
+    if mode == "asyncvla":
+        confidence = path.rater(encoded.hidden, prefix.valid, sfm)
+        m = flow.rater_mask(confidence, threshold)
+    else:  # random-mask: the w/o-rater ablation, each token masked with p = 0.5
+        m = (mask_draw < 0.5).float()
+    if skip_empty_afm and not m.any():
+        return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
+    afm = path.integrate(encoded, flow.afm_start(sfm, n_afm, m), m)
+    return ChunkResult(actions=afm, sfm=sfm, confidence=confidence, mask=m)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {MODES}")
 
 
 def make_attention_mask(valid: torch.Tensor, block_starts: torch.Tensor) -> torch.Tensor:
@@ -77,7 +142,9 @@ class AsyncVLA(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
-        self.training_record: dict | None = None  # how it was trained (asyncvla.train), saved in config.json
+        self.training_record: dict | None = (
+            None  # how it was trained (asyncvla.training.train), saved in config.json
+        )
         self.vlm = build_vlm(cfg, tokenizer, dtype, device)
         self.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         d = cfg.text.hidden_size
@@ -133,8 +200,8 @@ class AsyncVLA(nn.Module):
         weight = proj.weight.t().expand(state.shape[0], *proj.weight.t().shape)
         return torch.baddbmm(proj.bias, state.to(self.dtype)[:, None], weight)
 
-    def encode_prefix(self, prefix: Prefix) -> tuple[DynamicCache, torch.Tensor]:
-        """Run the language model over the prefix once; return its KV-cache and hidden states."""
+    def encode_prefix(self, prefix: Prefix) -> EncodedPrefix:
+        """Run the language model over the prefix once; keep its KV-cache and hidden states."""
         cache = DynamicCache(config=self.lm.config)
         P = prefix.embeds.shape[1]
         causal = make_attention_mask(prefix.valid, torch.ones(P, dtype=torch.bool, device=self.device))
@@ -145,7 +212,7 @@ class AsyncVLA(nn.Module):
             cache=cache,
             use_cache=True,
         )
-        return cache, out.last_hidden_state
+        return EncodedPrefix(prefix, cache, out.last_hidden_state)
 
     # -- suffix: the action tokens with the asynchronous time embedding ---------------------
     def embed_suffix(self, noisy: torch.Tensor, tau_m: torch.Tensor) -> torch.Tensor:
@@ -229,14 +296,12 @@ class AsyncVLA(nn.Module):
         ]
         return tuple(torch.stack(x).to(self.device) for x in zip(*draws))
 
-    def integrate(
-        self, cache: DynamicCache, prefix: Prefix, a: torch.Tensor, m: torch.Tensor
-    ) -> torch.Tensor:
+    def integrate(self, encoded: EncodedPrefix, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Euler from tau = 1 to 0; only masked tokens move, their time is tau * m (Alg. 1 lines 3-9)."""
         taus = flow.time_grid(self.cfg.flow_steps)
         for k in range(self.cfg.flow_steps):
             tau, delta = float(taus[k]), float(taus[k] - taus[k + 1])
-            v = self.velocity(cache, prefix, a, tau * m)
+            v = self.velocity(encoded.cache, encoded.prefix, a, tau * m)
             a = flow.euler_step(a, v, delta, m)
         return a
 
@@ -248,26 +313,11 @@ class AsyncVLA(nn.Module):
         mode: str = "asyncvla",
         threshold: float | None = None,
     ) -> ChunkResult:
-        if mode not in MODES:
-            raise ValueError(f"unknown inference mode {mode!r}; expected one of {MODES}")
+        """Alg. 1 on the reference path (`sample_chunk` with this model as its `ChunkPath`)."""
+        check_mode(mode)
         threshold = self.cfg.threshold if threshold is None else threshold
-        n_sfm, n_afm, mask_draw = self._draw_noise(generators)
-        prefix = self.embed_prefix(inputs)
-        cache, hidden = self.encode_prefix(prefix)  # the only pass over the prefix in this chunk
-        ones = torch.ones(n_sfm.shape[:2], device=self.device)
-        sfm = self.integrate(cache, prefix, n_sfm, ones)  # SFM = every token masked
-        if mode == "sfm":
-            return ChunkResult(actions=sfm, sfm=sfm, confidence=None, mask=torch.zeros_like(ones))
-        confidence = None
-        if mode == "asyncvla":
-            confidence = self.rater(hidden, prefix.valid, sfm)
-            m = flow.rater_mask(confidence, threshold)
-        else:  # random-mask: the w/o-rater ablation, each token masked with p = 0.5
-            m = (mask_draw < 0.5).float()
-        if not m.any():  # nothing to regenerate: AFM would return SFM unchanged
-            return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
-        afm = self.integrate(cache, prefix, flow.afm_start(sfm, n_afm, m), m)
-        return ChunkResult(actions=afm, sfm=sfm, confidence=confidence, mask=m)
+        noise = self._draw_noise(generators)
+        return sample_chunk(self, self.embed_prefix(inputs), noise, mode, threshold)
 
     @torch.inference_mode()
     def sample_actions_recompute(self, inputs: VLInputs, generators: list[torch.Generator]) -> torch.Tensor:

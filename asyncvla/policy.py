@@ -23,7 +23,7 @@ import torch
 
 from asyncvla.backbone import Preprocessor
 from asyncvla.config import MODES
-from asyncvla.fast import FastSampler
+from asyncvla.fast.sampler import FastSampler
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 

@@ -2,6 +2,8 @@
 
 `evalsuite.evaluate_suite` runs an evaluation from Python (evalsuite/api.py)."""
 
+__all__ = ["evaluate_suite"]
+
 
 def __getattr__(name: str):
     # lazily: importing a submodule (every Ray worker does) must not import the CLI

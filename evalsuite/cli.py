@@ -28,7 +28,7 @@ from envs.base import SetupError
 from evalsuite.errors import ArgumentParser, EvalError, UsageError
 from evalsuite.eval_args import config_from_args, eval_parser, evaluate_from_argv, resolve_suites
 from evalsuite.evaluate import dry_run, report
-from evalsuite.runner import RunAborted
+from evalsuite.run.runner_base import RunAborted
 from evalsuite.store import RunStore
 from evalsuite.suites import registry
 
@@ -87,7 +87,7 @@ def cmd_ablations(argv: list[str]) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from evalsuite.serve import cmd_serve as serve  # websockets and Ray: only when serving
+    from evalsuite.serving.server import cmd_serve as serve  # websockets and Ray: only when serving
 
     return serve(argv)
 

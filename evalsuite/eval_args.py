@@ -19,7 +19,7 @@ from pathlib import Path
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.evaluate import EvalConfig, RunSummary, evaluate
 from evalsuite.policy import PolicySpec, build_policy
-from evalsuite.runner import IN_WORKER_POLICIES, RunOptions
+from evalsuite.run.runner_base import IN_WORKER_POLICIES, RunOptions
 from evalsuite.store import check_run_dir
 from evalsuite.suites import registry
 from evalsuite.suites.spec import SuiteSpec
@@ -241,7 +241,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--step-timeout",
         type=float,
-        help="seconds one simulator step may take before its episode is retried (evalsuite/watchdog.py)",
+        help="seconds one simulator step may take before its episode is retried (evalsuite/run/watchdog.py)",
     )
     p.add_argument("--max-batch", type=int, default=16, help="policy server: largest batch")
     p.add_argument(
@@ -338,7 +338,7 @@ def config_from_args(
     )
     chunk_length = check_external_policy(policy) or chunk_length
     if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
-        from evalsuite.remote import served_image_size
+        from evalsuite.serving.remote import served_image_size
 
         suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
     replan_steps = args.replan_steps or preset.get("replan_steps")

@@ -19,7 +19,8 @@ from evalsuite import manifest as mf
 from evalsuite.plan import describe_plan, plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.records import EpisodeRecord, EpisodeSpec
-from evalsuite.runner import Progress, RunOptions, VideoSlots, run_plan, video_name
+from evalsuite.run.runner import run_plan
+from evalsuite.run.runner_base import Progress, RunOptions, VideoSlots, video_name
 from evalsuite.store import RunStore, check_records_match
 from evalsuite.suites.spec import SuiteSpec, import_object
 from evalsuite.tables import (

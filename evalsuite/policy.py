@@ -70,7 +70,7 @@ class PolicySpec:
     device: str = "cpu"
     factory: str | None = None  # import: "package.module:Class"
     url: str | None = None  # remote: ws://HOST:PORT
-    layout: str | None = None  # remote: --remote-layout JSON (evalsuite.remote.WireLayout)
+    layout: str | None = None  # remote: --remote-layout JSON (evalsuite.serving.remote.WireLayout)
     timeout_s: float = 120.0  # remote: seconds a request may wait for its answer
     # object: the policy itself (pickled to the policy server under Ray); run.json names its class
     instance: Any = field(default=None, compare=False, repr=False)
@@ -146,7 +146,7 @@ def _build(spec: PolicySpec) -> Policy:
             spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device, fast=not spec.eager
         )
     if spec.kind == "remote":
-        from evalsuite.remote import RemotePolicy, WireLayout
+        from evalsuite.serving.remote import RemotePolicy, WireLayout
 
         return RemotePolicy(spec.url, spec.action_dim, WireLayout.parse(spec.layout), spec.timeout_s)
     if spec.kind == "import":

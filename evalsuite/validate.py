@@ -230,7 +230,7 @@ def check_external_policy(policy: PolicySpec) -> int | None:
     if policy.kind == "remote":
         from websockets.exceptions import WebSocketException
 
-        from evalsuite.remote import WireLayout, probe
+        from evalsuite.serving.remote import WireLayout, probe
 
         try:
             WireLayout.parse(policy.layout)

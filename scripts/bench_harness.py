@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from evalsuite.evaluate import EvalConfig, evaluate, plan_for  # noqa: E402
 from evalsuite.policy import PolicySpec, build_policy  # noqa: E402
-from evalsuite.runner import RunOptions  # noqa: E402
+from evalsuite.run.runner_base import RunOptions  # noqa: E402
 from evalsuite.suites import get_suite  # noqa: E402
 from evalsuite.suites.spec import import_object  # noqa: E402
 

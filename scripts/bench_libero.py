@@ -100,9 +100,9 @@ def measure(steps: int, resets: int) -> dict:
 
 
 def record_video(env, suite, steps: int = 40) -> dict:
-    from evalsuite.episode import run_episode
     from evalsuite.policy import RandomPolicy
     from evalsuite.records import EpisodeSpec
+    from evalsuite.run.episode import run_episode
 
     spec = EpisodeSpec(suite.name, suite.tasks[0].name, 0, 7, "", "random")
     policy = RandomPolicy(chunk_length=8)
@@ -137,7 +137,7 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     """
     from envs.libero.env import HISTORY_DEPENDENT_TASKS
     from evalsuite.plan import plan_episodes
-    from evalsuite.scheduler import simulate_env_builds
+    from evalsuite.run.scheduler import simulate_env_builds
     from evalsuite.suites import get_suite
 
     node_1 = scene_node["runs"][0]

@@ -52,14 +52,8 @@ import transformers
 from asyncvla import flow
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.fast import (
-    PREFIX_MULTIPLE,
-    CapturedCall,
-    FastSampler,
-    _pad_rows,
-    _round_up,
-    batch_bucket,
-)
+from asyncvla.fast.graphs import PREFIX_MULTIPLE, CapturedCall, batch_bucket, pad_rows, round_up
+from asyncvla.fast.sampler import FastSampler
 from asyncvla.model import AsyncVLA, Prefix, additive_mask, make_attention_mask
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
@@ -167,9 +161,9 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
     r: dict = {"batch": B}
     with torch.inference_mode():  # as sample_actions runs them
         prefix = model.embed_prefix(inputs)
-        cache, hidden = model.encode_prefix(prefix)
-        sfm = model.integrate(cache, prefix, noise, ones)
-        conf = model.rater(hidden, prefix.valid, sfm)
+        encoded = model.encode_prefix(prefix)
+        sfm = model.integrate(encoded, noise, ones)
+        conf = model.rater(encoded.hidden, prefix.valid, sfm)
         m = (torch.rand(B, cfg.chunk_length, generator=torch.Generator().manual_seed(0)) < 0.5).float()
         m = m.to(device)
         r["prefix_tokens"] = int(prefix.embeds.shape[1])
@@ -179,9 +173,9 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         )
         r["vision_ms"] = run(lambda: model.embed_prefix(inputs))
         r["prefix_ms"] = run(lambda: model.encode_prefix(model.embed_prefix(inputs)))
-        r["sfm_steps_ms"] = run(lambda: model.integrate(cache, prefix, noise, ones))
-        r["rater_ms"] = run(lambda: model.rater(hidden, prefix.valid, sfm))
-        r["afm_steps_ms"] = run(lambda: model.integrate(cache, prefix, flow.afm_start(sfm, noise, m), m))
+        r["sfm_steps_ms"] = run(lambda: model.integrate(encoded, noise, ones))
+        r["rater_ms"] = run(lambda: model.rater(encoded.hidden, prefix.valid, sfm))
+        r["afm_steps_ms"] = run(lambda: model.integrate(encoded, flow.afm_start(sfm, noise, m), m))
         keys = [f"e{i}@0" for i in range(B)]
         best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
     plain = samplers["fast_no_graphs"]
@@ -262,13 +256,13 @@ def fast_stages(sampler: FastSampler, inputs, gens, run) -> dict:
     graphs = sampler.graphs_enabled
     B = len(gens())
     rows = batch_bucket(B) if graphs else None
-    length = _round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE) if graphs else None
+    length = round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE) if graphs else None
     host = sampler.host_prefix(inputs, rows, length)
-    n_sfm, _, _ = (_pad_rows(t, rows or B) for t in sampler.model._draw_noise(gens()))
+    n_sfm, _, _ = (pad_rows(t, rows or B) for t in sampler.model._draw_noise(gens()))
     ones = torch.ones(n_sfm.shape[:2], device=n_sfm.device)
 
     def prefix_pass(input_ids, pixel_values, state, image_slots, valid, positions, next_position):
-        embeds = sampler._embed(host.plan, input_ids, pixel_values, state, image_slots)
+        embeds = sampler.embed(host.plan, input_ids, pixel_values, state, image_slots)
         return sampler.encode_prefix(Prefix(embeds, valid, positions, next_position))
 
     def stage(fn, *args):
@@ -276,13 +270,11 @@ def fast_stages(sampler: FastSampler, inputs, gens, run) -> dict:
         return lambda: call(*args) if call else fn(*args)
 
     with torch.inference_mode():
-        keys, values, hidden = prefix_pass(*host.tensors())
-        prefix = Prefix(None, host.valid, host.positions, host.next_position)
-        state = sampler.chunk_state(prefix, keys, values)
+        state = prefix_pass(*host.tensors())
         stages = {
             "fast_prefix_ms": stage(prefix_pass, *host.tensors()),
             "fast_steps_ms": stage(lambda a, m: sampler.integrate(state, a, m), n_sfm, ones),
-            "fast_rater_ms": stage(sampler.model.rater, hidden, host.valid, n_sfm),
+            "fast_rater_ms": stage(sampler.model.rater, state.hidden, host.valid, n_sfm),
         }
         return {name: run(fn) for name, fn in stages.items()}
 

@@ -131,7 +131,7 @@ def make_subset(full: Path, out: Path, per_task: int) -> Path:
 
 
 def data_note(path: Path) -> str:
-    from asyncvla.datasets import read_dataset
+    from asyncvla.training.datasets import read_dataset
 
     episodes, info = read_dataset(path)
     steps = sum(len(e.action) for e in episodes)
@@ -149,7 +149,7 @@ def training_data_note(demos: Path, demo: Path) -> str:
 def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
     """The demo checkpoint's `asyncvla-train` commands: per phase, the unified policy trained (or
     resumed) up to that phase's total step count, then the rater on it."""
-    train = [sys.executable, "-m", "asyncvla.train", str(demos), "--out", str(demo), "--seed", "0"]
+    train = [sys.executable, "-m", "asyncvla.training.train", str(demos), "--out", str(demo), "--seed", "0"]
     commands = []
     for i, total in enumerate(plan.demo_steps):
         commands.append(
@@ -181,7 +181,7 @@ def ship_demo(plan: Plan, demos: Path, demo: Path, dest: Path, args: argparse.Na
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from asyncvla.datasets import dataset_sha256
+    from asyncvla.training.datasets import dataset_sha256
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
@@ -223,8 +223,8 @@ def train_snapshots(data: Path, out: Path, objective: str, seed: int, plan: Plan
     """Train `objective` for plan.epochs epochs; a checkpoint every K epochs; the loss per step."""
     from asyncvla.backbone import Preprocessor
     from asyncvla.checkpoint import save_checkpoint
-    from asyncvla.datasets import ChunkDataset, read_dataset
-    from asyncvla.train import TrainConfig, _build, _param_groups, collate
+    from asyncvla.training.datasets import ChunkDataset, read_dataset
+    from asyncvla.training.train import TrainConfig, _build, _param_groups, collate
 
     snaps = [out / f"epoch{e:03d}" for e in range(1, plan.epochs + 1) if e % plan.snapshot_every == 0]
     if plan.epochs % plan.snapshot_every:
@@ -271,7 +271,7 @@ def train_rater(data: Path, ckpt: Path, steps: int, batch: int, seed: int, lr: f
     if (ckpt / "loss_rater.csv").is_file():
         return
     sh(
-        [sys.executable, "-m", "asyncvla.train", str(data), "--out", str(ckpt), "--stage", "rater"]
+        [sys.executable, "-m", "asyncvla.training.train", str(data), "--out", str(ckpt), "--stage", "rater"]
         + ["--steps", str(steps), "--batch-size", str(batch), "--seed", str(seed), "--lr", str(lr)]
         + ["--save-every", str(steps), "--device", "cpu"]
     )
@@ -283,7 +283,7 @@ def train_rater(data: Path, ckpt: Path, steps: int, batch: int, seed: int, lr: f
 
 def heldout_samples(demos: Path, per_task: int, stride: int = 4) -> list:
     """Every `stride`-th step of the last `per_task` demos of each task: never in a subset."""
-    from asyncvla.datasets import ChunkDataset, read_dataset
+    from asyncvla.training.datasets import ChunkDataset, read_dataset
 
     episodes, info = read_dataset(demos)
     chosen, index = [], 0

@@ -43,7 +43,7 @@ def serve_in_thread(server) -> str:
 
 
 def start_thread_server(spec: PolicySpec, **kwargs) -> str:
-    from evalsuite.serve import PolicyWebsocketServer
+    from evalsuite.serving.server import PolicyWebsocketServer
 
     return serve_in_thread(PolicyWebsocketServer(spec, **kwargs))
 

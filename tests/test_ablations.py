@@ -123,8 +123,8 @@ def trained(tmp_path_factory):
     """Two tiny checkpoints trained for a step each: one unified (with its rater), one SFM-only."""
     import numpy as np
 
-    from asyncvla.datasets import Episode, write_asyncvla_episodes
-    from asyncvla.train import TrainConfig, run
+    from asyncvla.training.datasets import Episode, write_asyncvla_episodes
+    from asyncvla.training.train import TrainConfig, run
 
     root = tmp_path_factory.mktemp("trained")
     T = 10

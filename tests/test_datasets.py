@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from asyncvla.datasets import ChunkDataset, Episode, read_dataset, write_asyncvla_episodes
+from asyncvla.training.datasets import ChunkDataset, Episode, read_dataset, write_asyncvla_episodes
 
 
 def _episode(k, T):

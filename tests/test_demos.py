@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from asyncvla.datasets import read_asyncvla_episodes
+from asyncvla.training.datasets import read_asyncvla_episodes
 from envs.tabletop import make_env
 from evalsuite import demos
 

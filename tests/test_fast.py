@@ -1,4 +1,4 @@
-"""The fast inference path (asyncvla/fast.py) against the reference path of asyncvla/model.py.
+"""The fast inference path (asyncvla/fast/) against the reference path of asyncvla/model.py.
 
 On CPU in float32 the two are bit-identical: the fast path runs the same operations in the same
 order (fused q/k/v and gate/up products give the same dot products). On CUDA (bf16, CUDA graphs,
@@ -12,7 +12,9 @@ import torch
 
 from asyncvla.backbone import Preprocessor, build_tiny_tokenizer
 from asyncvla.config import ModelConfig
-from asyncvla.fast import FastSampler, _decoder_layer, batch_bucket
+from asyncvla.fast.graphs import batch_bucket
+from asyncvla.fast.layers import decoder_layer
+from asyncvla.fast.sampler import FastSampler
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
@@ -121,8 +123,8 @@ def test_batch_buckets_and_prefix_padding(tiny):
     assert torch.equal(padded.input_ids[3], padded.input_ids[2])
     assert torch.equal(padded.positions[:, :3, 5:], plain.positions)
     with torch.no_grad():
-        a = fast._embed(plain.plan, *plain.tensors()[:4])
-        b = fast._embed(padded.plan, *padded.tensors()[:4])
+        a = fast.embed(plain.plan, *plain.tensors()[:4])
+        b = fast.embed(padded.plan, *padded.tensors()[:4])
     # a batch of another size may take other matrix kernels: equal up to float32 rounding
     assert (a - b[:3, 5:]).abs().max().item() < 1e-5
 
@@ -133,7 +135,7 @@ def test_the_prefix_embedding_equals_the_reference(tiny):
     host = fast.host_prefix(inputs)
     with torch.no_grad():
         reference = model.embed_prefix(inputs)
-        embeds = fast._embed(host.plan, *host.tensors()[:4])
+        embeds = fast.embed(host.plan, *host.tensors()[:4])
     assert torch.equal(embeds, reference.embeds)
     assert torch.equal(host.positions, reference.positions) and torch.equal(host.valid, reference.valid)
     assert torch.equal(host.next_position, reference.next_position)
@@ -154,7 +156,7 @@ def test_the_fast_path_builds_for_the_3b_layout():
     cos = torch.zeros(B, L, 1, fast.head_dim, dtype=torch.bfloat16, device="meta")
     mask = torch.zeros(B, 1, L, P + L, dtype=torch.bfloat16, device="meta")
     x = torch.zeros(B, L, d, dtype=torch.bfloat16, device="meta")
-    out = fast._run_layers(x, keys, values, cos, cos, mask)
+    out = fast.run_layers(x, keys, values, cos, cos, mask)
     assert out.shape == (B, L, d)
 
 
@@ -233,7 +235,7 @@ def test_cuda_default_compiled_graphs_equal_the_fast_path_without_graphs():
     model, tok = _scaled_3b(torch.float32, "cuda")
     inputs = _inputs(model.cfg, tok, 2).to("cuda")
     default = FastSampler(model)
-    assert default.graphs_enabled and default.layer_fn is not _decoder_layer
+    assert default.graphs_enabled and default.layer_fn is not decoder_layer
     plain = FastSampler(model, graphs=False).sample_actions(inputs, _gens(2), "random-mask")
     for _ in range(2):
         r = default.sample_actions(inputs, _gens(2), "random-mask")

@@ -1,5 +1,5 @@
 """Latency-aware evaluation (`--latency`) on the real tabletop simulator: the environment keeps
-stepping while the policy computes a chunk (evalsuite/episode.py says what it executes)."""
+stepping while the policy computes a chunk (evalsuite/run/episode.py says what it executes)."""
 
 import dataclasses
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from evalsuite.cli import main
-from evalsuite.episode import run_episode
 from evalsuite.records import EpisodeSpec
+from evalsuite.run.episode import run_episode
 from evalsuite.suites import get_suite
 from evalsuite.suites.spec import import_object
 

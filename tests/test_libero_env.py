@@ -14,9 +14,9 @@ pytestmark = pytest.mark.libero
 
 from envs.libero import make_env  # noqa: E402
 from envs.libero.env import libero_state  # noqa: E402
-from evalsuite.episode import run_episode  # noqa: E402
 from evalsuite.policy import PolicySpec, RandomPolicy  # noqa: E402
 from evalsuite.records import EpisodeSpec  # noqa: E402
+from evalsuite.run.episode import run_episode  # noqa: E402
 from evalsuite.suites import get_suite  # noqa: E402
 
 SUITE = get_suite("libero_spatial")
@@ -181,7 +181,8 @@ def test_a_run_with_cheap_resets_records_what_hard_resets_record(tmp_path):
     records (outcome, steps, final state) and the same video frames (the mp4 bytes)."""
     import dataclasses
 
-    from evalsuite.runner import RunOptions, VideoSlots, run_plan
+    from evalsuite.run.runner import run_plan
+    from evalsuite.run.runner_base import RunOptions, VideoSlots
 
     runs = {}
     for cheap in (True, False):

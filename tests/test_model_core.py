@@ -41,7 +41,8 @@ def test_cached_suffix_equals_full_forward_and_cache_unchanged(tiny):
     assert not inputs.valid.all()  # padding is exercised
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
-        cache, _ = model.encode_prefix(prefix)
+        encoded = model.encode_prefix(prefix)
+        cache = encoded.cache
         before = _snapshot(cache)
         g = torch.Generator().manual_seed(3)
         a, tau_m = torch.randn(2, 8, 7, generator=g), torch.rand(2, 8, generator=g)
@@ -49,9 +50,9 @@ def test_cached_suffix_equals_full_forward_and_cache_unchanged(tiny):
         full = model.full_velocity(prefix, a, tau_m)
         assert (cached - full).abs().max().item() < 1e-5
         ones = torch.ones(2, 8)
-        sfm = model.integrate(cache, prefix, a, ones)
+        sfm = model.integrate(encoded, a, ones)
         m = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 0], [0, 1, 1, 1, 0, 0, 0, 1]], dtype=torch.float32)
-        model.integrate(cache, prefix, flow.afm_start(sfm, torch.randn(2, 8, 7), m), m)
+        model.integrate(encoded, flow.afm_start(sfm, torch.randn(2, 8, 7), m), m)
     after = _snapshot(cache)
     assert len(after) == len(before)
     for (k0, v0), (k1, v1) in zip(before, after):
@@ -71,12 +72,12 @@ def test_afm_with_all_ones_mask_equals_sfm(tiny):
     model, _, inputs = tiny
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
-        cache, _ = model.encode_prefix(prefix)
+        encoded = model.encode_prefix(prefix)
         n = torch.randn(2, 8, 7, generator=torch.Generator().manual_seed(5))
         ones = torch.ones(2, 8)
-        sfm = model.integrate(cache, prefix, n, ones)
+        sfm = model.integrate(encoded, n, ones)
         # AFM from an all-ones mask: every token restarts from the same noise and moves
-        afm = model.integrate(cache, prefix, flow.afm_start(torch.zeros_like(n), n, ones), ones)
+        afm = model.integrate(encoded, flow.afm_start(torch.zeros_like(n), n, ones), ones)
     assert torch.equal(afm, sfm)
 
 

@@ -1,11 +1,11 @@
-"""Evaluating while training (asyncvla/periodic_eval.py, `asyncvla-train --eval-every`): real
+"""Evaluating while training (asyncvla/training/periodic_eval.py, `asyncvla-train --eval-every`): real
 `asyncvla-eval` subprocesses on snapshots of the checkpoint, a curve row per evaluation."""
 
 import csv
 import shutil
 
 from asyncvla import demo_checkpoint
-from asyncvla.periodic_eval import PeriodicEvaluator
+from asyncvla.training.periodic_eval import PeriodicEvaluator
 
 QUICK = ["--tasks", "0", "--max-steps", "6", "--video", "none", "--workers", "0"]
 
@@ -31,8 +31,8 @@ def test_a_short_training_with_two_evaluations_writes_both_rows(tmp_path):
     """asyncvla-train --eval-every on the tiny model: evaluations at step 2 and at the end (3)."""
     from test_train import _deterministic
 
-    from asyncvla.datasets import write_asyncvla_episodes
-    from asyncvla.train import main
+    from asyncvla.training.datasets import write_asyncvla_episodes
+    from asyncvla.training.train import main
 
     data = write_asyncvla_episodes(
         tmp_path / "data", [_deterministic(0), _deterministic(1)], fps=10, source="test"

@@ -8,7 +8,7 @@ import numpy as np
 
 from envs.base import Observation
 from evalsuite.policy import PolicySpec, RandomPolicy
-from evalsuite.policy_server import BatchingPolicyServer, PolicyTimeout
+from evalsuite.serving.policy_server import BatchingPolicyServer, PolicyTimeout
 
 OBS = Observation({"cam": np.zeros((4, 4, 3), np.uint8)}, np.zeros(2, np.float32), "x")
 

@@ -24,9 +24,9 @@ from asyncvla import demo_checkpoint
 from envs.base import Observation
 from evalsuite.cli import main
 from evalsuite.policy import PolicySpec, RandomPolicy
-from evalsuite.remote import RemotePolicy, RemotePolicyError
-from evalsuite.serve import serve_parser
-from evalsuite.wire import packb, unpackb
+from evalsuite.serving.remote import RemotePolicy, RemotePolicyError
+from evalsuite.serving.server import serve_parser
+from evalsuite.serving.wire import packb, unpackb
 
 TESTS = Path(__file__).resolve().parent
 EPISODES = ["--tasks", "push_yellow_right,red_on_blue_plate", "--episodes-per-task", "1", "--max-steps", "16"]
@@ -117,7 +117,7 @@ def test_bad_requests_are_answered_with_an_error_and_the_server_keeps_serving(tm
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    from evalsuite.wire import packb
+    from evalsuite.serving.wire import packb
 
     url = start_thread_server(PolicySpec(kind="random"), max_message_bytes=1 << 20)
     good = {
@@ -168,7 +168,7 @@ def test_a_hung_server_turns_into_error_records_not_failures(tmp_path, capsys):
     recorded as an error (exit 3), never as a failure."""
     from websockets.sync.server import serve
 
-    from evalsuite.wire import packb
+    from evalsuite.serving.wire import packb
 
     def handler(ws):
         ws.send(packb({"action_dim": 7, "chunk_length": 8}))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import asyncvla
-from asyncvla.datasets import dataset_sha256, read_dataset
+from asyncvla.training.datasets import dataset_sha256, read_dataset
 from evalsuite.cli import main as eval_main
 from evalsuite.eval_args import resolve_checkpoint
 

@@ -8,7 +8,7 @@ import pytest
 
 from evalsuite.evaluate import EvalConfig, evaluate
 from evalsuite.policy import PolicySpec
-from evalsuite.runner import RunOptions
+from evalsuite.run.runner_base import RunOptions
 
 
 def _outcomes(summary):
@@ -97,8 +97,8 @@ def test_the_modes_of_a_model_draw_from_the_same_keys(toy_suites):
     """Ablation rows (modes) must see the same noise on an episode: the policy's keys leave the mode out."""
     import numpy as np
 
-    from evalsuite.episode import run_episode
     from evalsuite.records import EpisodeSpec
+    from evalsuite.run.episode import run_episode
 
     suite = toy_suites("toy")
     seen: dict[str, list[str]] = {}

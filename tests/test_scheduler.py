@@ -1,10 +1,10 @@
-"""Which episode a free Ray env worker gets next (evalsuite/scheduler.py `next_for`): LIBERO builds
+"""Which episode a free Ray env worker gets next (evalsuite/run/scheduler.py `next_for`): LIBERO builds
 a new simulator on every task change (5-15 s), so the order decides how many a run builds."""
 
 from collections import deque
 
 from evalsuite.plan import plan_episodes
-from evalsuite.scheduler import next_for, simulate_env_builds
+from evalsuite.run.scheduler import next_for, simulate_env_builds
 from evalsuite.suites import get_suite
 
 PAPER_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")

@@ -23,9 +23,9 @@ from envs.base import Observation
 from evalsuite.cli import main
 from evalsuite.errors import UsageError
 from evalsuite.policy import PolicySpec
-from evalsuite.remote import WireLayout
-from evalsuite.serve import PolicyWebsocketServer
-from evalsuite.wire import packb, unpackb
+from evalsuite.serving.remote import WireLayout
+from evalsuite.serving.server import PolicyWebsocketServer
+from evalsuite.serving.wire import packb, unpackb
 
 
 def request(prompt: str = "put the red block on the blue plate", state_dim: int = 8, **extra) -> dict:

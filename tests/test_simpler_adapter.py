@@ -22,8 +22,8 @@ from envs.simpler.assets import required_files
 from envs.simpler.state import pose_in_frame
 from envs.simpler.sweep import configs_by_name, load_sweeps
 from evalsuite.cli import main
-from evalsuite.episode import run_episode
 from evalsuite.records import EpisodeSpec
+from evalsuite.run.episode import run_episode
 from evalsuite.suites import registry
 
 gymnasium = pytest.importorskip("gymnasium")

@@ -10,8 +10,8 @@ from scipy.stats import spearmanr
 from asyncvla import flow
 from asyncvla.backbone import Preprocessor
 from asyncvla.checkpoint import load_checkpoint
-from asyncvla.datasets import ChunkDataset, Episode, read_dataset, write_asyncvla_episodes
-from asyncvla.train import TrainConfig, collate, main, run
+from asyncvla.training.datasets import ChunkDataset, Episode, read_dataset, write_asyncvla_episodes
+from asyncvla.training.train import TrainConfig, collate, main, run
 
 
 def _deterministic(k: int, T: int = 12) -> Episode:
@@ -120,7 +120,7 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     ],
 )
 def test_pause_detection(moves, grippers, pauses):
-    from asyncvla.datasets import pause_steps
+    from asyncvla.training.datasets import pause_steps
 
     action = np.zeros((len(moves), 7), np.float32)
     action[:, 0] = 0.01 * np.asarray(moves)
@@ -140,7 +140,7 @@ def test_paused_and_padded_tokens_carry_no_gradient(tmp_path, monkeypatch):
     """The policy's loss sends no gradient through the velocity of a paused or padded token, and
     perturbing those tokens' targets changes neither the rater's loss nor its labels (they leave the
     chunk's min and max of Eq. 6). (Their noisy actions stay model inputs, as the paper's.)"""
-    from asyncvla.train import rater_loss
+    from asyncvla.training.train import rater_loss
 
     data = write_asyncvla_episodes(tmp_path / "data", [_paused_episode()], fps=10, source="test")
     run(TrainConfig(dataset=str(data), out=str(tmp_path / "ckpt"), batch_size=4, steps=1))
@@ -181,7 +181,7 @@ def test_paused_and_padded_tokens_carry_no_gradient(tmp_path, monkeypatch):
 def test_the_checkpoint_records_how_it_was_trained_and_refuses_an_untrained_rater(tmp_path):
     import asyncvla
     from asyncvla.checkpoint import CheckpointError, read_training_record
-    from asyncvla.datasets import dataset_sha256
+    from asyncvla.training.datasets import dataset_sha256
 
     data = write_asyncvla_episodes(tmp_path / "data", [_paused_episode()], fps=10, source="test")
     ckpt = tmp_path / "ckpt"

@@ -4,8 +4,8 @@ import csv
 
 import numpy as np
 
-from asyncvla.datasets import Episode, write_asyncvla_episodes
-from asyncvla.train import TrainConfig, run
+from asyncvla.training.datasets import Episode, write_asyncvla_episodes
+from asyncvla.training.train import TrainConfig, run
 
 
 def test_two_worker_ddp_training_loss_falls(tmp_path):

@@ -4,9 +4,9 @@ import numpy as np
 
 from envs.tabletop import make_env
 from envs.tabletop.expert import TabletopExpert
-from evalsuite import episode as episode_module
-from evalsuite.episode import run_episode
+from evalsuite.run import episode as episode_module
 from evalsuite.records import EpisodeSpec
+from evalsuite.run.episode import run_episode
 from evalsuite.suites import get_suite
 from evalsuite.videos import BANNER
 

@@ -1,4 +1,4 @@
-"""--step-timeout (evalsuite/watchdog.py): a stalled simulator step ends its episode's attempt,
+"""--step-timeout (evalsuite/run/watchdog.py): a stalled simulator step ends its episode's attempt,
 separately from --episode-timeout; the error record says which limit fired."""
 
 import json

@@ -47,7 +47,7 @@ class SuiteSpec:
     # the simulator's control rate: a latency-aware run (`--latency`) turns a policy's thinking time
     # into steps the environment takes meanwhile. None: the suite has no such mode.
     control_hz: float | None = None
-    # latency-aware evaluation (evalsuite/episode.py): None (the policy answers instantly),
+    # latency-aware evaluation (evalsuite/run/episode.py): None (the policy answers instantly),
     # "measured" (each call's own wall time) or a fixed figure in milliseconds
     latency: str | float | None = None
 

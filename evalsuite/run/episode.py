@@ -26,9 +26,9 @@ import numpy as np
 
 from envs.base import Env, InvalidAction, Observation
 from evalsuite.records import EpisodeRecord, EpisodeSpec
+from evalsuite.run.watchdog import step_limit
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.videos import caption_frames, encode_mp4
-from evalsuite.watchdog import step_limit
 
 # act(observations, keys) -> [B, L, action_dim]; local policy or a call into the policy server
 ActFn = Callable[[list[Observation], list[str]], np.ndarray]

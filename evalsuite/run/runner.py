@@ -1,4 +1,4 @@
-"""Run an episode plan: inline (`--workers 0`, this module) or on Ray (`evalsuite.ray_runner`:
+"""Run an episode plan: inline (`--workers 0`, this module) or on Ray (`evalsuite.run.ray_runner`:
 env-worker actors and a batching policy server).
 
 Either way a crashed episode is retried on a fresh simulator up to `retries` times, then recorded
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 
-from evalsuite.episode import EpisodeResult, run_episode
 from evalsuite.policy import PolicySpec, build_policy
-from evalsuite.ray_runner import run_ray
 from evalsuite.records import EpisodeRecord, EpisodeSpec
-from evalsuite.runner_base import (
+from evalsuite.run.episode import EpisodeResult, run_episode
+from evalsuite.run.ray_runner import run_ray
+from evalsuite.run.runner_base import (
     FATAL_ERRORS,
-    IN_WORKER_POLICIES,
     Progress,
     RecordSink,
     RunAborted,
@@ -26,22 +25,9 @@ from evalsuite.runner_base import (
     close_quietly,
     describe,
     error_record,
-    video_name,
 )
+from evalsuite.run.watchdog import time_limit
 from evalsuite.suites.spec import SuiteSpec, import_object
-from evalsuite.watchdog import time_limit
-
-__all__ = [
-    "IN_WORKER_POLICIES",
-    "EpisodeTimeout",
-    "Progress",
-    "RecordSink",
-    "RunAborted",
-    "RunOptions",
-    "VideoSlots",
-    "run_plan",
-    "video_name",
-]
 
 log = logging.getLogger(__name__)
 

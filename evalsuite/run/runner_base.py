@@ -42,7 +42,7 @@ class RunOptions:
     video: str = "first"  # none | first | all
     retries: int = 2  # extra attempts after the first
     episode_timeout_s: float | None = 1800.0
-    step_timeout_s: float | None = None  # one simulator step (evalsuite/watchdog.py)
+    step_timeout_s: float | None = None  # one simulator step (evalsuite/run/watchdog.py)
     max_batch: int = 16
     max_wait_ms: float = 5.0
     policy_servers: int = 1  # replicas of the policy server (one GPU each); workers share them round-robin

@@ -1,5 +1,5 @@
 """Run an episode plan on Ray: env workers are actors (one simulator each, `num_cpus=1`); the
-policy runs in batching policy-server actors (`evalsuite.policy_server`), except the scripted,
+policy runs in batching policy-server actors (`evalsuite.serving.policy_server`), except the scripted,
 random and remote policies, which run inside each env worker.
 
 Recovery uses Ray's own mechanisms: env workers are actors with `max_restarts=-1`, so a worker
@@ -18,10 +18,10 @@ from collections import Counter, deque
 
 import numpy as np
 
-from evalsuite.episode import EpisodeResult, run_episode
 from evalsuite.policy import PolicySpec, build_policy
 from evalsuite.records import EpisodeSpec
-from evalsuite.runner_base import (
+from evalsuite.run.episode import EpisodeResult, run_episode
+from evalsuite.run.runner_base import (
     FATAL_ERRORS,
     IN_WORKER_POLICIES,
     RunAborted,
@@ -30,7 +30,7 @@ from evalsuite.runner_base import (
     describe,
     error_record,
 )
-from evalsuite.scheduler import next_for
+from evalsuite.run.scheduler import next_for
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _start_policy_servers(ray, policy_spec: PolicySpec, options: RunOptions) -> 
     a bad checkpoint stops the run here."""
     from ray.exceptions import RayActorError, RayTaskError
 
-    from evalsuite.policy_server import start_policy_server
+    from evalsuite.serving.policy_server import start_policy_server
 
     replicas = min(options.policy_servers, options.workers)
     servers = [

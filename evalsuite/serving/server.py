@@ -11,7 +11,7 @@ failing on it) is answered with a text frame holding the error, openpi's convent
 connection stays open; a frame larger than `--max-message-mb` closes that connection (websockets'
 1009). Other clients are never affected: a request is checked before it joins a batch, a failed
 batch is run again one request at a time, and a policy call past `--policy-timeout` fails only its
-own batch (`evalsuite.policy_server`). Concurrent requests are batched by the same
+own batch (`evalsuite.serving.policy_server`). Concurrent requests are batched by the same
 `BatchingPolicyServer` the Ray runner uses.
 """
 
@@ -31,10 +31,10 @@ from envs.base import Observation
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.eval_args import resolve_checkpoint
 from evalsuite.policy import PolicySpec
-from evalsuite.policy_server import BatchingPolicyServer, PolicyTimeout
-from evalsuite.remote import MAX_MESSAGE_BYTES, WireLayout
+from evalsuite.serving.policy_server import BatchingPolicyServer, PolicyTimeout
+from evalsuite.serving.remote import MAX_MESSAGE_BYTES, WireLayout
+from evalsuite.serving.wire import WireError, packb, unpackb
 from evalsuite.validate import check_checkpoint_for, resolve_device
-from evalsuite.wire import WireError, packb, unpackb
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def serve_parser() -> ArgumentParser:
         default=60.0,
         help="seconds a policy call may take; its requests then fail and the server goes on (default 60)",
     )
-    p.add_argument("--remote-layout", help="JSON: the wire keys (evalsuite.remote.WireLayout)")
+    p.add_argument("--remote-layout", help="JSON: the wire keys (evalsuite.serving.remote.WireLayout)")
     return p
 
 

@@ -4,7 +4,7 @@ The toy suite is tests/toy_suite.py (a 1-D point that must reach a goal); its "c
 directories whose config.json holds a gain, loaded by a stand-in for `asyncvla.load` (the toy
 observations do not fit the real model). Everything else is the real nightly job: discovery by
 hash, evaluate() into dated run directories with videos, the SQLite history, Fisher + Holm,
-the report. Run from the repository root:  python results/nightly/toy_demo.py
+the report. Run from the repository root:  python scripts/toy_demo.py
 """
 
 import json

@@ -31,9 +31,9 @@ from asyncvla import flow
 from asyncvla.backbone import Preprocessor, VLInputs, build_tiny_tokenizer, load_tokenizer
 from asyncvla.checkpoint import load_checkpoint, save_checkpoint
 from asyncvla.config import OBJECTIVES, ModelConfig
-from asyncvla.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
+from asyncvla.training.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class TrainConfig:
     save_every: int = 500
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads per worker (default: torch's, cores / workers under DDP)
-    pause_threshold: float = PAUSE_THRESHOLD  # asyncvla.datasets: pauses carry no label; 0 = none
-    # evaluate while training (asyncvla/periodic_eval.py): every eval_every steps and at the end
+    pause_threshold: float = PAUSE_THRESHOLD  # asyncvla.training.datasets: pauses carry no label; 0 = none
+    # evaluate while training (asyncvla/training/periodic_eval.py): every eval_every steps and at the end
     eval_every: int | None = None
     eval_suite: str = "tabletop"
     eval_episodes: int = 1  # per task
@@ -130,11 +130,11 @@ def rater_loss(
         valid = ~ignore
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
-        cache, hidden = model.encode_prefix(prefix)
+        encoded = model.encode_prefix(prefix)
         noise = torch.randn(actions.shape, generator=generator).to(actions.device)
-        sfm = model.integrate(cache, prefix, noise, torch.ones(actions.shape[:2], device=actions.device))
+        sfm = model.integrate(encoded, noise, torch.ones(actions.shape[:2], device=actions.device))
         q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1), valid)
-    p = model.rater(hidden, prefix.valid, sfm)
+    p = model.rater(encoded.hidden, prefix.valid, sfm)
     return ((p - q).pow(2) * valid).sum() / valid.sum().clamp(min=1)
 
 
@@ -269,7 +269,7 @@ def _evaluator(cfg: TrainConfig):
         return None
     import shlex
 
-    from asyncvla.periodic_eval import PeriodicEvaluator
+    from asyncvla.training.periodic_eval import PeriodicEvaluator
 
     return PeriodicEvaluator(
         Path(cfg.out),

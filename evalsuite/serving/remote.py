@@ -22,7 +22,7 @@ import numpy as np
 
 from envs.base import Observation
 from evalsuite.errors import FatalPolicyError
-from evalsuite.wire import WireError, packb, unpackb
+from evalsuite.serving.wire import WireError, packb, unpackb
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20  # the largest frame a client or a server accepts (websockets' max_size)
