@@ -281,7 +281,45 @@ def config_from_args(
     --out as a run directory unless `out_is_run` is False: the ablations' holds one run per row)."""
     overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
     suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
-    chunk_length = None  # of the policy's chunks, where it is known before the run
+    kind, checkpoint, chunk_length, suites = _choose_policy(args, suites, check_ckpt, policy_object)
+    suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
+    latency = parse_latency(args.latency, suites)
+    if latency is not None:
+        suites = [dataclasses.replace(s, latency=latency) for s in suites]
+    check_numbers(args)
+    policy = _policy_spec(args, kind, checkpoint, suites, _device_for(args, kind), policy_object)
+    chunk_length = check_external_policy(policy) or chunk_length
+    if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
+        from evalsuite.serving.remote import served_image_size
+
+        suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
+    replan_steps = _checked_replan_steps(args, preset, policy, chunk_length, suites)
+    seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
+    )
+    tasks = _parse_tasks(args.tasks)
+    if out_is_run:
+        check_run_dir(out)
+    return EvalConfig(
+        suites=suites,
+        policy=policy,
+        out=out,
+        seed=seed,
+        tasks=tasks,
+        episodes_per_task=args.episodes_per_task,
+        options=_run_options(args, replan_steps),
+        retry_errors=args.retry_errors,
+        command=["asyncvla-eval", *argv],
+    )
+
+
+def _choose_policy(args, suites: list[SuiteSpec], check_ckpt: bool, policy_object):
+    """Which policy the arguments name: (kind, checkpoint, chunk length where known before the run,
+    the suites rendered at the checkpoint's image size)."""
+    chunk_length = None
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
         if check_ckpt:
@@ -306,11 +344,11 @@ def config_from_args(
             "--remote-layout sets the wire keys of a remote policy (--policy ws://HOST:PORT) and means "
             f"nothing with {given}: leave it out"
         )
-    suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
-    latency = parse_latency(args.latency, suites)
-    if latency is not None:
-        suites = [dataclasses.replace(s, latency=latency) for s in suites]
-    check_numbers(args)
+    return kind, checkpoint, chunk_length, suites
+
+
+def _device_for(args, kind: str) -> str:
+    """The policy's device, once the cluster it runs on (--address or RAY_ADDRESS) is checked."""
     # ray.init joins the cluster RAY_ADDRESS names when --address is left out: check it alike
     address, address_source = args.address, "--address"
     if not address and os.environ.get("RAY_ADDRESS") and args.workers > 0:
@@ -321,7 +359,13 @@ def config_from_args(
     device = "cpu" if no_model else resolve_device(args.device, address)
     if address:
         check_ray_address(address, source=address_source)
-    policy = PolicySpec(
+    return device
+
+
+def _policy_spec(
+    args, kind: str, checkpoint, suites: list[SuiteSpec], device: str, policy_object
+) -> PolicySpec:
+    return PolicySpec(
         kind=kind,
         checkpoint=checkpoint,
         mode=args.mode,
@@ -336,24 +380,21 @@ def config_from_args(
         timeout_s=args.remote_timeout,
         instance=policy_object,
     )
-    chunk_length = check_external_policy(policy) or chunk_length
-    if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
-        from evalsuite.serving.remote import served_image_size
 
-        suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
+
+def _checked_replan_steps(args, preset: dict, policy: PolicySpec, chunk_length, suites) -> int | None:
+    """--replan-steps (or the client preset's), checked against the policy's chunk length."""
     replan_steps = args.replan_steps or preset.get("replan_steps")
-    if replan_steps and kind in IN_WORKER_POLICIES and kind != "remote":
+    if replan_steps and policy.kind in IN_WORKER_POLICIES and policy.kind != "remote":
         chunk_length = build_policy(policy).chunk_length  # scripted or random: built in microseconds
     client = suites[0].env_kwargs.get("client")
     flag = "--replan-steps" if args.replan_steps else f"--set client={client}: its replan steps"
     check_replan_steps(replan_steps, chunk_length, f"the policy ({args.ckpt or args.policy})", flag)
-    seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
-    )
-    options = RunOptions(
+    return replan_steps
+
+
+def _run_options(args, replan_steps: int | None) -> RunOptions:
+    return RunOptions(
         workers=args.workers,
         address=args.address,
         replan_steps=replan_steps,
@@ -366,24 +407,15 @@ def config_from_args(
         max_wait_ms=args.max_wait_ms,
         policy_servers=args.policy_servers,
     )
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        if not tasks:
-            raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
-    if out_is_run:
-        check_run_dir(out)
-    return EvalConfig(
-        suites=suites,
-        policy=policy,
-        out=out,
-        seed=seed,
-        tasks=tasks,
-        episodes_per_task=args.episodes_per_task,
-        options=options,
-        retry_errors=args.retry_errors,
-        command=["asyncvla-eval", *argv],
-    )
+
+
+def _parse_tasks(tasks: str | None) -> list[str] | None:
+    if tasks is None:
+        return None
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise UsageError("--tasks is empty; give comma-separated task names, or leave it out for all")
+    return names
 
 
 def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool = True) -> RunSummary:

@@ -4,8 +4,8 @@ import numpy as np
 
 from envs.tabletop import make_env
 from envs.tabletop.expert import TabletopExpert
-from evalsuite.run import episode as episode_module
 from evalsuite.records import EpisodeSpec
+from evalsuite.run import episode as episode_module
 from evalsuite.run.episode import run_episode
 from evalsuite.suites import get_suite
 from evalsuite.videos import BANNER

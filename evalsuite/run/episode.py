@@ -40,6 +40,34 @@ class EpisodeResult:
     video: bytes | None = None  # mp4 bytes when the episode was recorded
 
 
+class _Rollout:
+    """An episode's state as it steps: the last observation and outcome, the step count, the
+    frames of its video; `step` executes one action and applies the suite's end rule."""
+
+    def __init__(
+        self, env: Env, suite: SuiteSpec, obs: Observation, budget: int, record_video: bool, step_timeout_s
+    ):
+        self.env, self.suite, self.obs, self.budget = env, suite, obs, budget
+        self.record_video, self.step_timeout_s = record_video, step_timeout_s
+        self.frames = [env.render_frame()] if record_video else []
+        self.success, self.done, self.ended = False, False, False
+        self.steps = 0
+        self.last: np.ndarray | None = None  # the last action executed
+        self.info: dict = {}
+
+    def step(self, action: np.ndarray, need_images: bool) -> None:
+        # a recorded step renders once: render_frame() reuses the observation's images where the env can
+        with step_limit(self.step_timeout_s, f"step {self.steps}"):
+            self.obs, self.done, self.success, self.info = self.env.step(
+                action, render=need_images or self.record_video
+            )
+        self.steps += 1
+        self.last = action
+        if self.record_video:
+            self.frames.append(self.env.render_frame())
+        self.ended = self.done or (self.success and self.suite.end_on_success) or self.steps >= self.budget
+
+
 def run_episode(
     env: Env,
     suite: SuiteSpec,
@@ -52,74 +80,62 @@ def run_episode(
     step_timeout_s: float | None = None,
 ) -> EpisodeResult:
     task = suite.task(spec.task)
-    budget = max_steps or task.max_steps
     start = time.perf_counter()
     builds = getattr(env, "builds", None)
     obs = env.reset(spec.task, spec.episode_index, spec.seed)
     reset_s = time.perf_counter() - start
-    frames = [env.render_frame()] if record_video else []
+    run = _Rollout(env, suite, obs, max_steps or task.max_steps, record_video, step_timeout_s)
     queue: list[np.ndarray] = []  # the current chunk's actions up to the next request
     leftover: list[np.ndarray] = []  # its actions past that: executed while the next chunk is computed
-    success, done, ended = False, False, False
-    steps, policy_calls, waited = 0, 0, 0
-    last = None
-    info: dict = {}
-
-    def step(action: np.ndarray, need_images: bool) -> None:
-        nonlocal obs, done, success, info, steps, ended, last
-        # a recorded step renders once: render_frame() reuses the observation's images where the env can
-        with step_limit(step_timeout_s, f"step {steps}"):
-            obs, done, success, info = env.step(action, render=need_images or record_video)
-        steps += 1
-        last = action
-        if record_video:
-            frames.append(env.render_frame())
-        ended = done or (success and suite.end_on_success) or steps >= budget
-
-    while not ended:
+    policy_calls, waited = 0, 0
+    while not run.ended:
         if not queue:
             asked = time.perf_counter()
-            chunk = np.asarray(act([obs], [f"{spec.draw_key}@{steps}"])[0], dtype=np.float32)
-            if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim:
-                raise InvalidAction(
-                    f"policy returned a chunk of shape {chunk.shape}; suite {suite.name!r} needs "
-                    f"[L, {suite.action_dim}] actions"
-                )
+            chunk = _checked_chunk(act([run.obs], [f"{spec.draw_key}@{run.steps}"])[0], suite)
             policy_calls += 1
             for _ in range(latency_steps(suite, time.perf_counter() - asked)):
-                if ended:
+                if run.ended:
                     break
-                step(leftover.pop(0) if leftover else hold_still(last, suite.action_dim), False)
+                run.step(leftover.pop(0) if leftover else hold_still(run.last, suite.action_dim), False)
                 waited += 1
-            if ended:
+            if run.ended:
                 break
             n = replan_steps or len(chunk)
             queue, leftover = list(chunk[:n]), list(chunk[n:])
-        action = queue.pop(0)
-        step(action, need_images=not queue and steps + 1 < budget)  # the next step asks the policy again
+        # the step before the queue runs dry renders: the next step asks the policy again
+        run.step(queue.pop(0), need_images=not queue and run.steps + 1 < run.budget)
     record = EpisodeRecord.for_spec(
         spec,
-        success=bool(success),
-        steps=steps,
+        success=bool(run.success),
+        steps=run.steps,
         wall_time_s=time.perf_counter() - start,
         info={
             "policy_calls": policy_calls,
-            "env_done": bool(done),
+            "env_done": bool(run.done),
             # a fingerprint of the trajectory: two runs of an episode that agree here took the same path
-            "final_state": [round(float(x), 6) for x in obs.state],
+            "final_state": [round(float(x), 6) for x in run.obs.state],
             "reset_s": round(reset_s, 3),
             **({"env_built": env.builds != builds} if builds is not None else {}),
             **({"latency_steps": waited} if suite.latency is not None else {}),
-            **_scalars(info),
+            **_scalars(run.info),
         },
     )
     video = None
-    if record_video and frames:
-        outcome = f"{'success' if success else 'failure'} after {steps} steps"
-        video = encode_mp4(
-            caption_frames(frames, obs.instruction or task.instruction, outcome), fps=video_fps
-        )
+    if record_video and run.frames:
+        outcome = f"{'success' if run.success else 'failure'} after {run.steps} steps"
+        captioned = caption_frames(run.frames, run.obs.instruction or task.instruction, outcome)
+        video = encode_mp4(captioned, fps=video_fps)
     return EpisodeResult(record, video)
+
+
+def _checked_chunk(chunk, suite: SuiteSpec) -> np.ndarray:
+    chunk = np.asarray(chunk, dtype=np.float32)
+    if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim:
+        raise InvalidAction(
+            f"policy returned a chunk of shape {chunk.shape}; suite {suite.name!r} needs "
+            f"[L, {suite.action_dim}] actions"
+        )
+    return chunk
 
 
 def latency_steps(suite: SuiteSpec, call_s: float) -> int:
