@@ -26,7 +26,7 @@ from pathlib import Path
 
 from envs.base import SetupError
 from evalsuite.errors import ArgumentParser, EvalError, UsageError
-from evalsuite.eval_args import config_from_args, eval_parser, evaluate_from_argv, resolve_suites
+from evalsuite.eval_args import config_from_args, eval_parser, evaluate_args, resolve_suites
 from evalsuite.evaluate import dry_run, report
 from evalsuite.run.runner_base import RunAborted
 from evalsuite.store import RunStore
@@ -45,7 +45,7 @@ def cmd_evaluate(argv: list[str]) -> int:
         print(f"episode plan for {', '.join(s.name for s in config.suites)} ({config.policy.episode_mode}):")
         print(dry_run(config))
         return 0
-    summary = evaluate_from_argv(argv, show_progress=not args.quiet)
+    summary = evaluate_args(args, argv, show_progress=not args.quiet)
     print(summary.markdown)
     print(f"run directory: {summary.run_dir}")
     errors = sum(1 for r in summary.records if r.success is None)

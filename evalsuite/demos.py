@@ -148,61 +148,79 @@ def record_demos(
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     max_attempts = max(episodes_per_task, int(np.ceil(episodes_per_task * max_attempts_factor)))
 
-    written, counts, cameras, state_dim, render = 0, {}, None, None, None
+    writer = _EpisodeWriter(out / "episodes")
+    counts = {}
     pool = (
         ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 0 else None
     )  # spawn: a forked GL context is not usable
     try:
         for name in names:
-            kept, tried = 0, 0
-            while kept < episodes_per_task and tried < max_attempts:
-                batch = range(tried, min(max_attempts, tried + episodes_per_task - kept))
-                if pool is None:
-                    demos = [record_episode(spec, name, k, seed, image_size) for k in batch]
-                else:
-                    futures = [
-                        pool.submit(_record_in_worker, suite, name, k, seed, image_size) for k in batch
-                    ]
-                    demos = [f.result() for f in futures]
-                tried = batch.stop
-                for demo in demos:  # in episode order, so the dataset does not depend on `workers`
-                    if not demo.success or kept >= episodes_per_task:
-                        continue
-                    _write_episode(out / "episodes" / f"{written:06d}.npz", demo)
-                    cameras = cameras or sorted(demo.images)
-                    render = render or demo.render
-                    state_dim = demo.state.shape[1]
-                    kept, written = kept + 1, written + 1
-            counts[name] = {"episodes": kept, "tried": tried}
-            log.info("%s: %d demos from %d layouts", name, kept, tried)
-            if kept < episodes_per_task:
-                log.warning("%s: only %d of %d episodes succeeded", name, kept, episodes_per_task)
+            counts[name] = _record_task(
+                spec, name, episodes_per_task, max_attempts, seed, image_size, pool, writer
+            )
     finally:
         if pool is not None:
             pool.shutdown()
-    if written == 0:
+    if writer.written == 0:
         raise RuntimeError(
             f"the expert solved none of the tried episodes of {names}; nothing written to {out}"
         )
-    fps = spec.protocol.get("control_hz", 20)
     info = {
         **FORMAT,
-        "cameras": cameras,
-        "state_dim": int(state_dim),
+        "cameras": writer.cameras,
+        "state_dim": int(writer.state_dim),
         "action_dim": spec.action_dim,
-        "fps": fps,
-        "num_episodes": written,
+        "fps": spec.protocol.get("control_hz", 20),
+        "num_episodes": writer.written,
         "source": source or f"evalsuite.demos.record_demos({suite!r}, episodes_per_task={episodes_per_task})",
         "suite": suite,
         "split": "train",
         "seed": seed,
         "image_size": image_size,
-        "render": render,
+        "render": writer.render,
         "tasks": counts,
     }
     # written last: a directory without info.json is an interrupted recording
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+class _EpisodeWriter:
+    """Writes successful demos as numbered episode files, and remembers what info.json says of them."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.written = 0
+        self.cameras, self.state_dim, self.render = None, None, None
+
+    def write(self, demo: Demo) -> None:
+        _write_episode(self.directory / f"{self.written:06d}.npz", demo)
+        self.cameras = self.cameras or sorted(demo.images)
+        self.render = self.render or demo.render
+        self.state_dim = demo.state.shape[1]
+        self.written += 1
+
+
+def _record_task(spec, name, wanted, max_attempts, seed, image_size, pool, writer: _EpisodeWriter) -> dict:
+    """Up to `wanted` successful demos of one task from at most `max_attempts` layouts, written in
+    episode order (so that the dataset does not depend on the number of workers)."""
+    kept, tried = 0, 0
+    while kept < wanted and tried < max_attempts:
+        batch = range(tried, min(max_attempts, tried + wanted - kept))
+        if pool is None:
+            demos = [record_episode(spec, name, k, seed, image_size) for k in batch]
+        else:
+            futures = [pool.submit(_record_in_worker, spec.name, name, k, seed, image_size) for k in batch]
+            demos = [f.result() for f in futures]
+        tried = batch.stop
+        for demo in demos:
+            if demo.success and kept < wanted:
+                writer.write(demo)
+                kept += 1
+    log.info("%s: %d demos from %d layouts", name, kept, tried)
+    if kept < wanted:
+        log.warning("%s: only %d of %d episodes succeeded", name, kept, wanted)
+    return {"episodes": kept, "tried": tried}
 
 
 def _task_name(suite: SuiteSpec, task: str) -> str:

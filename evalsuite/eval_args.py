@@ -422,7 +422,13 @@ def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool 
     """The one path of an evaluation, for the command and for `evalsuite.evaluate_suite`: the
     arguments checked, the run made (or resumed), the tables written, the run logged where
     `--track` says."""
-    args = eval_parser().parse_args(argv)
+    return evaluate_args(eval_parser().parse_args(argv), argv, policy_object, show_progress)
+
+
+def evaluate_args(
+    args: argparse.Namespace, argv: list[str], policy_object=None, show_progress: bool = True
+) -> RunSummary:
+    """`evaluate_from_argv` for arguments already parsed from `argv`."""
     config = config_from_args(args, argv, policy_object=policy_object)
     summary = evaluate(config, show_progress=show_progress)
     if args.track:

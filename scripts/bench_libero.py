@@ -17,6 +17,7 @@ rollout video.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -135,61 +137,23 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
     (`simulate_env_builds`), so env builds and the tail where workers run out of work are counted.
     Upper bound: every episode runs its whole budget (a policy that always fails).
     """
-    from envs.libero.env import HISTORY_DEPENDENT_TASKS
-    from evalsuite.plan import plan_episodes
-    from evalsuite.run.scheduler import simulate_env_builds
-    from evalsuite.suites import get_suite
-
     node_1 = scene_node["runs"][0]
     node_15 = next(r for r in scene_node["runs"] if r["processes"] == workers_per_node)
     cpu_ratio = node_1["physics_s_per_step"] / scene_here["runs"][0]["physics_s_per_step"]
-    step_s = here["step_no_render_s"] * cpu_ratio
-    render_s = node_15["render_pair_s"]
     checked = {s["suite"]: s for s in reset_check["suites"]}
-    reset_s = {name: checked[name]["cheap_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES}
-    build_s = float(np.mean([s["per_init_state"][0]["cheap_s"] for s in checked.values()])) * cpu_ratio
+    costs = NodeCosts(
+        step_s=here["step_no_render_s"] * cpu_ratio,
+        render_s=node_15["render_pair_s"],
+        reset_s={name: checked[name]["cheap_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES},
+        build_s=float(np.mean([s["per_init_state"][0]["cheap_s"] for s in checked.values()])) * cpu_ratio,
+        hard_reset_s={name: checked[name]["hard_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES},
+        hard_build_s=float(np.mean([s["per_init_state"][0]["hard_s"] for s in checked.values()])) * cpu_ratio,
+        workers_per_node=workers_per_node,
+    )
     batch = min(workers_per_node, max(r["batch"] for r in model["rows"]))
     rows = sorted(model["rows"], key=lambda r: r["batch"])
     policy_s = float(np.interp(batch, [r["batch"] for r in rows], [r["act_fast_ms"] for r in rows])) / 1000
-    suites = [get_suite(name) for name in PAPER_SUITES]
-    plan = plan_episodes(suites, mode="asyncvla", seed=7)
-
-    hard_reset_s = {name: checked[name]["hard_reset_s_mean"] * cpu_ratio for name in PAPER_SUITES}
-    hard_build_s = float(np.mean([s["per_init_state"][0]["hard_s"] for s in checked.values()])) * cpu_ratio
-
-    def sweep(nodes: int, policy: float, previous: bool = False) -> dict:
-        """`previous`: hard resets and plan-order dispatch, as before issue 19. `env_builds` counts
-        every build: the dispatcher's (a worker changing task) and the fresh env of every episode
-        of the history-dependent tasks; `task_change_builds` the dispatcher's alone."""
-        resets, build = (hard_reset_s, hard_build_s) if previous else (reset_s, build_s)
-        builds = 0
-
-        def episode_s(spec, built: bool) -> float:
-            nonlocal builds
-            budget = PAPER_SUITES[spec.suite]
-            if spec.task in HISTORY_DEPENDENT_TASKS:  # a fresh env per episode (envs/libero/env.py)
-                built, built_s, reset = True, hard_build_s, 0.0
-            else:
-                built_s, reset = build, resets[spec.suite]
-            builds += built
-            return built * built_s + reset + budget * step_s + -(-budget // 8) * (render_s + policy)
-
-        rule = {"choose": plan_order_rule} if previous else {}
-        result = simulate_env_builds(plan, nodes * workers_per_node, episode_s, **rule)
-        return {
-            "nodes": nodes,
-            "env_builds": builds,
-            "task_change_builds": result["env_builds"],
-            "wall_s": round(result["wall_s"]),
-        }
-
-    def nodes_for(policy: float, previous: bool = False) -> dict:
-        for nodes in range(1, 257):
-            row = sweep(nodes, policy, previous)
-            if row["wall_s"] <= target_s:
-                return row
-        return {"nodes": None}
-
+    step_s, render_s, reset_s = costs.step_s, costs.render_s, costs.reset_s
     per_suite = {}
     for name, budget in PAPER_SUITES.items():
         chunks = -(-budget // 8)
@@ -202,9 +166,9 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
         "cpu_ratio_node_vs_here": round(cpu_ratio, 2),
         "step_no_render_s": round(step_s, 4),
         "cheap_reset_s": {k: round(v, 3) for k, v in reset_s.items()},
-        "hard_reset_s": {k: round(v, 3) for k, v in hard_reset_s.items()},
-        "env_build_and_first_reset_s": round(build_s, 2),
-        "env_build_and_first_hard_reset_s": round(hard_build_s, 2),
+        "hard_reset_s": {k: round(v, 3) for k, v in costs.hard_reset_s.items()},
+        "env_build_and_first_reset_s": round(costs.build_s, 2),
+        "env_build_and_first_hard_reset_s": round(costs.hard_build_s, 2),
         "render_pair_s": render_s,
         "policy_batch": batch,
         "policy_s_per_chunk": round(policy_s, 3),
@@ -212,17 +176,79 @@ def projection(here, scene_here, scene_node, reset_check, model, workers_per_nod
         f"at batch {batch}, interpolated between the measured batches {[r['batch'] for r in rows]}",
         "workers_per_node": workers_per_node,
         "per_suite_episode_s": per_suite,
-        "one_node": sweep(1, policy_s),
-        "one_node_hard_reset_plan_order": sweep(1, policy_s, previous=True),
-        "one_node_policy_free": sweep(1, 0.0),
-        "one_node_policy_free_hard_reset_plan_order": sweep(1, 0.0, previous=True),
+        "one_node": costs.sweep(1, policy_s),
+        "one_node_hard_reset_plan_order": costs.sweep(1, policy_s, previous=True),
+        "one_node_policy_free": costs.sweep(1, 0.0),
+        "one_node_policy_free_hard_reset_plan_order": costs.sweep(1, 0.0, previous=True),
         "target_s": target_s,
-        "smallest_cluster_for_target": nodes_for(policy_s),
-        "smallest_cluster_for_target_hard_reset_plan_order": nodes_for(policy_s, previous=True),
-        "smallest_cluster_for_target_policy_free": nodes_for(0.0),
-        "smallest_cluster_for_target_policy_free_hard_reset_plan_order": nodes_for(0.0, previous=True),
+        "smallest_cluster_for_target": costs.nodes_for(policy_s, target_s),
+        "smallest_cluster_for_target_hard_reset_plan_order": costs.nodes_for(
+            policy_s, target_s, previous=True
+        ),
+        "smallest_cluster_for_target_policy_free": costs.nodes_for(0.0, target_s),
+        "smallest_cluster_for_target_policy_free_hard_reset_plan_order": costs.nodes_for(
+            0.0, target_s, previous=True
+        ),
         "memory_gib_per_node": round(workers_per_node * here["peak_rss_gib"], 1),
     }
+
+
+@dataclass
+class NodeCosts:
+    """The per-episode costs on a projected node (seconds), and the paper's plan dispatched over
+    nodes by the runner's own scheduler."""
+
+    step_s: float
+    render_s: float
+    reset_s: dict[str, float]  # per suite, the cheap reset
+    build_s: float  # an env build and its first reset
+    hard_reset_s: dict[str, float]
+    hard_build_s: float
+    workers_per_node: int
+
+    def sweep(self, nodes: int, policy: float, previous: bool = False) -> dict:
+        """`previous`: hard resets and plan-order dispatch, as before issue 19. `env_builds` counts
+        every build: the dispatcher's (a worker changing task) and the fresh env of every episode
+        of the history-dependent tasks; `task_change_builds` the dispatcher's alone."""
+        from envs.libero.env import HISTORY_DEPENDENT_TASKS
+        from evalsuite.run.scheduler import simulate_env_builds
+
+        resets, build = (self.hard_reset_s, self.hard_build_s) if previous else (self.reset_s, self.build_s)
+        builds = 0
+
+        def episode_s(spec, built: bool) -> float:
+            nonlocal builds
+            budget = PAPER_SUITES[spec.suite]
+            if spec.task in HISTORY_DEPENDENT_TASKS:  # a fresh env per episode (envs/libero/env.py)
+                built, built_s, reset = True, self.hard_build_s, 0.0
+            else:
+                built_s, reset = build, resets[spec.suite]
+            builds += built
+            return built * built_s + reset + budget * self.step_s + -(-budget // 8) * (self.render_s + policy)
+
+        rule = {"choose": plan_order_rule} if previous else {}
+        result = simulate_env_builds(self.plan, nodes * self.workers_per_node, episode_s, **rule)
+        return {
+            "nodes": nodes,
+            "env_builds": builds,
+            "task_change_builds": result["env_builds"],
+            "wall_s": round(result["wall_s"]),
+        }
+
+    @functools.cached_property
+    def plan(self) -> list:
+        from evalsuite.plan import plan_episodes
+        from evalsuite.suites import get_suite
+
+        return plan_episodes([get_suite(name) for name in PAPER_SUITES], mode="asyncvla", seed=7)
+
+    def nodes_for(self, policy: float, target_s: float, previous: bool = False) -> dict:
+        """The smallest cluster that runs the plan within `target_s`."""
+        for nodes in range(1, 257):
+            row = self.sweep(nodes, policy, previous)
+            if row["wall_s"] <= target_s:
+                return row
+        return {"nodes": None}
 
 
 def reset_memory(resets: int) -> dict:

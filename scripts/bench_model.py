@@ -141,61 +141,19 @@ class HFStaticCacheChunk:
 def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) -> dict:
     """Every measurement at batch size B."""
     device = model.device
-    obs = [
-        SimpleNamespace(
-            images={
-                c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
-                for c in cfg.cameras
-            },
-            state=rng.normal(size=cfg.state_dim).astype(np.float32),
-            instruction="put the red cube in the bowl and close the drawer",
-        )
-        for _ in range(B)
-    ]
+    obs = _observations(cfg, B, rng)
     states = np.stack([o.state for o in obs])
     inputs = pre([o.images for o in obs], [o.instruction for o in obs], states, device=device).to(device)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
     run = lambda fn: timed(fn, args.repeats, args.warmup, sync)  # noqa: E731
-    ones = torch.ones(B, cfg.chunk_length, device=device)
-    noise = torch.randn(B, cfg.chunk_length, cfg.action_dim).to(device)
     r: dict = {"batch": B}
-    with torch.inference_mode():  # as sample_actions runs them
-        prefix = model.embed_prefix(inputs)
-        encoded = model.encode_prefix(prefix)
-        sfm = model.integrate(encoded, noise, ones)
-        conf = model.rater(encoded.hidden, prefix.valid, sfm)
-        m = (torch.rand(B, cfg.chunk_length, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-        m = m.to(device)
-        r["prefix_tokens"] = int(prefix.embeds.shape[1])
-        r["rater_masked_fraction"] = float((conf < cfg.threshold).float().mean())
-        r["preprocess_ms"] = run(
-            lambda: pre([o.images for o in obs], [o.instruction for o in obs], states, device=device)
-        )
-        r["vision_ms"] = run(lambda: model.embed_prefix(inputs))
-        r["prefix_ms"] = run(lambda: model.encode_prefix(model.embed_prefix(inputs)))
-        r["sfm_steps_ms"] = run(lambda: model.integrate(encoded, noise, ones))
-        r["rater_ms"] = run(lambda: model.rater(encoded.hidden, prefix.valid, sfm))
-        r["afm_steps_ms"] = run(lambda: model.integrate(encoded, flow.afm_start(sfm, noise, m), m))
-        keys = [f"e{i}@0" for i in range(B)]
-        best = samplers["fast"] if "fast" in samplers else samplers["fast_no_graphs"]
+    r["preprocess_ms"] = run(
+        lambda: pre([o.images for o in obs], [o.instruction for o in obs], states, device=device)
+    )
+    r.update(eager_stages(model, inputs, run))
     plain = samplers["fast_no_graphs"]
     # compiles first (they may take minutes), so that every chunk row is timed in the loop below
-    compiled = {}
-    if "fast_fused" in samplers:
-        fused = samplers["fast_fused"]
-        t = time.perf_counter()
-        try:
-            fused.sample_actions(inputs, gens(), "asyncvla")  # compiles, and captures on CUDA
-            sync()
-            r["fast_fused_compile_s"] = time.perf_counter() - t
-            compiled["fast_fused_ms"] = lambda: fused.sample_actions(inputs, gens(), "asyncvla")
-        except Exception as e:  # an optional row: say why it is missing, keep the others
-            r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
-    if args.compile_chunk:
-        info, sample = compile_chunk(plain, inputs, gens)
-        r.update(info)
-        if sample:
-            compiled["compiled_chunk_ms"] = sample
+    compiled = compile_rows(samplers, inputs, gens, args, sync, r)
     # each path sets its own grad mode, as a user's call would meet it
     chunks = {"eager_ms": lambda: model.sample_actions(inputs, gens(), "asyncvla")}
     for name, sampler in samplers.items():
@@ -206,9 +164,11 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
     chunks["fast_no_grad_ms"] = lambda: torch.no_grad()(FastSampler.sample_actions.__wrapped__)(
         plain, inputs, gens(), "asyncvla"
     )
+    keys = [f"e{i}@0" for i in range(B)]
     for name, policy in policies.items():
         chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
     r.update(timed_together(chunks, args.repeats, args.warmup, sync))
+    best = samplers["fast"] if "fast" in samplers else plain
     pairs = {
         "eager_sfm_ms": lambda: model.sample_actions(inputs, gens(), "sfm"),
         "fast_sfm_ms": lambda: best.sample_actions(inputs, gens(), "sfm"),
@@ -246,6 +206,68 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
         r["profile_table"] = "fast path without graphs\n" + events.table(sort_by=sort, row_limit=30)
     return derive(r)
+
+
+def _observations(cfg, B: int, rng) -> list[SimpleNamespace]:
+    """B observations with random images and states and one long instruction."""
+    return [
+        SimpleNamespace(
+            images={
+                c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+                for c in cfg.cameras
+            },
+            state=rng.normal(size=cfg.state_dim).astype(np.float32),
+            instruction="put the red cube in the bowl and close the drawer",
+        )
+        for _ in range(B)
+    ]
+
+
+@torch.inference_mode()  # as sample_actions runs them
+def eager_stages(model, inputs, run) -> dict:
+    """The reference path's stages, each timed alone: vision and embeddings, the prefix pass, ten
+    SFM steps, the rater, ten AFM steps over a random half of the tokens."""
+    cfg, device = model.cfg, model.device
+    B = inputs.input_ids.shape[0]
+    ones = torch.ones(B, cfg.chunk_length, device=device)
+    noise = torch.randn(B, cfg.chunk_length, cfg.action_dim).to(device)
+    prefix = model.embed_prefix(inputs)
+    encoded = model.encode_prefix(prefix)
+    sfm = model.integrate(encoded, noise, ones)
+    conf = model.rater(encoded.hidden, prefix.valid, sfm)
+    m = (torch.rand(B, cfg.chunk_length, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    m = m.to(device)
+    return {
+        "prefix_tokens": int(prefix.embeds.shape[1]),
+        "rater_masked_fraction": float((conf < cfg.threshold).float().mean()),
+        "vision_ms": run(lambda: model.embed_prefix(inputs)),
+        "prefix_ms": run(lambda: model.encode_prefix(model.embed_prefix(inputs))),
+        "sfm_steps_ms": run(lambda: model.integrate(encoded, noise, ones)),
+        "rater_ms": run(lambda: model.rater(encoded.hidden, prefix.valid, sfm)),
+        "afm_steps_ms": run(lambda: model.integrate(encoded, flow.afm_start(sfm, noise, m), m)),
+    }
+
+
+def compile_rows(samplers, inputs, gens, args, sync, r: dict) -> dict:
+    """Compile (and on CUDA capture) the compiled rows before any timing; their compile times and
+    errors go into `r`; returns the rows to time, by column."""
+    compiled = {}
+    if "fast_fused" in samplers:
+        fused = samplers["fast_fused"]
+        t = time.perf_counter()
+        try:
+            fused.sample_actions(inputs, gens(), "asyncvla")  # compiles, and captures on CUDA
+            sync()
+            r["fast_fused_compile_s"] = time.perf_counter() - t
+            compiled["fast_fused_ms"] = lambda: fused.sample_actions(inputs, gens(), "asyncvla")
+        except Exception as e:  # an optional row: say why it is missing, keep the others
+            r["fast_fused_error"] = f"{type(e).__name__}: {e}"[:300]
+    if args.compile_chunk:
+        info, sample = compile_chunk(samplers["fast_no_graphs"], inputs, gens)
+        r.update(info)
+        if sample:
+            compiled["compiled_chunk_ms"] = sample
+    return compiled
 
 
 def fast_stages(sampler: FastSampler, inputs, gens, run) -> dict:
