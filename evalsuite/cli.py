@@ -33,7 +33,6 @@ from evalsuite.store import RunStore
 from evalsuite.suites import registry
 
 log = logging.getLogger("asyncvla-eval")
-EXIT_EPISODE_ERRORS = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 
@@ -48,7 +47,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     summary = evaluate_args(args, argv, show_progress=not args.quiet)
     print(summary.markdown)
     print(f"run directory: {summary.run_dir}")
-    errors = sum(1 for r in summary.records if r.success is None)
+    errors = summary.errors
     if errors:
         print(
             f"asyncvla-eval: {errors} of {len(summary.records)} episodes are recorded as errors (they "
@@ -57,7 +56,7 @@ def cmd_evaluate(argv: list[str]) -> int:
             "run them again.",
             file=sys.stderr,
         )
-        return EXIT_EPISODE_ERRORS
+        return summary.exit_code
     return 0
 
 

@@ -14,11 +14,14 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import time
+import uuid
 from pathlib import Path
 
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.evaluate import EvalConfig, RunSummary, evaluate
-from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.policy import PolicyObject, PolicySpec, build_policy
 from evalsuite.run.runner_base import IN_WORKER_POLICIES, RunOptions
 from evalsuite.store import check_run_dir
 from evalsuite.suites import registry
@@ -274,7 +277,7 @@ def config_from_args(
     argv: list[str],
     check_ckpt: bool = True,
     out_is_run: bool = True,
-    policy_object=None,
+    policy_object: PolicyObject | None = None,
 ) -> EvalConfig:
     """The run's configuration, every argument checked (and the checkpoint, unless `check_ckpt` is
     False: the nightly job checks each checkpoint itself, to report a broken one and go on; and
@@ -295,11 +298,7 @@ def config_from_args(
         suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
     replan_steps = _checked_replan_steps(args, preset, policy, chunk_length, suites)
     seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
-    )
+    out = _run_dir(args, policy, seed, policy_object)
     tasks = _parse_tasks(args.tasks)
     if out_is_run:
         check_run_dir(out)
@@ -316,10 +315,37 @@ def config_from_args(
     )
 
 
-def _choose_policy(args, suites: list[SuiteSpec], check_ckpt: bool, policy_object):
+def _run_dir(args, policy: PolicySpec, seed: int, policy_object: PolicyObject | None) -> Path:
+    """--out, or the default: one directory per experiment for a checkpoint or a named policy (a
+    second run resumes it), a fresh one for each call with a policy object (nothing tells two
+    objects apart: a training loop's step 2 must not get step 1's results)."""
+    if policy_object is not None:
+        if args.out is None:
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            label = "-".join(str(x) for x in (policy_object.name, policy_object.version) if x is not None)
+            label = re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+            return Path("runs") / f"{args.suite}-object-{label or 'unnamed'}-{stamp}"
+        if (Path(args.out) / "run.json").exists() and not policy_object.named:
+            raise UsageError(
+                f"out={args.out} holds a run, and a policy object has no content hash to tell whether it "
+                "is the policy that made it: pass policy_name= and policy_version= (e.g. the training "
+                "step) to resume a run made under the same ones, or choose another out"
+            )
+        return Path(args.out)
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
+
+
+def _choose_policy(args, suites: list[SuiteSpec], check_ckpt: bool, policy_object: PolicyObject | None):
     """Which policy the arguments name: (kind, checkpoint, chunk length where known before the run,
     the suites rendered at the checkpoint's image size)."""
     chunk_length = None
+    if policy_object is not None and (args.ckpt or args.policy):
+        given = f"--ckpt {args.ckpt}" if args.ckpt else f"--policy {args.policy}"
+        raise UsageError(
+            f"a policy object was given, and {given} too (in extra_args): give one policy, not both"
+        )
     if args.ckpt:
         kind, checkpoint = "asyncvla", resolve_checkpoint(args.ckpt)
         if check_ckpt:
@@ -329,7 +355,7 @@ def _choose_policy(args, suites: list[SuiteSpec], check_ckpt: bool, policy_objec
         kind, checkpoint = policy_kind(args.policy), None
     elif policy_object is not None:
         kind, checkpoint = "object", None
-        chunk_length = check_policy_object(policy_object, suites[0].action_dim)
+        chunk_length = check_policy_object(policy_object.instance, suites[0].action_dim)
     else:
         raise UsageError(
             "choose a policy: --ckpt PATH (or --ckpt demo) or --policy scripted|random|ws://HOST:PORT|module:Class"
@@ -378,7 +404,9 @@ def _policy_spec(
         url=args.policy if kind == "remote" else None,
         layout=args.remote_layout if kind == "remote" else None,
         timeout_s=args.remote_timeout,
-        instance=policy_object,
+        instance=policy_object.instance if policy_object else None,
+        object_name=policy_object.name if policy_object else None,
+        object_version=policy_object.version if policy_object else None,
     )
 
 
@@ -418,7 +446,9 @@ def _parse_tasks(tasks: str | None) -> list[str] | None:
     return names
 
 
-def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool = True) -> RunSummary:
+def evaluate_from_argv(
+    argv: list[str], policy_object: PolicyObject | None = None, show_progress: bool = True
+) -> RunSummary:
     """The one path of an evaluation, for the command and for `evalsuite.evaluate_suite`: the
     arguments checked, the run made (or resumed), the tables written, the run logged where
     `--track` says."""
@@ -426,7 +456,10 @@ def evaluate_from_argv(argv: list[str], policy_object=None, show_progress: bool 
 
 
 def evaluate_args(
-    args: argparse.Namespace, argv: list[str], policy_object=None, show_progress: bool = True
+    args: argparse.Namespace,
+    argv: list[str],
+    policy_object: PolicyObject | None = None,
+    show_progress: bool = True,
 ) -> RunSummary:
     """`evaluate_from_argv` for arguments already parsed from `argv`."""
     config = config_from_args(args, argv, policy_object=policy_object)

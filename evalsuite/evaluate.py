@@ -33,6 +33,8 @@ from evalsuite.tables import (
 
 log = logging.getLogger(__name__)
 
+EXIT_EPISODE_ERRORS = 3  # the run finished, but some episodes are recorded as errors
+
 
 @dataclass
 class EvalConfig:
@@ -54,6 +56,16 @@ class RunSummary:
     records: list[EpisodeRecord]  # every record of the plan, old and new
     tables: dict[str, pd.DataFrame]
     markdown: str
+
+    @property
+    def errors(self) -> int:
+        """Episodes recorded as errors (they crashed on every attempt; tables count them apart)."""
+        return sum(1 for r in self.records if r.success is None)
+
+    @property
+    def exit_code(self) -> int:
+        """What `asyncvla-eval` exits with for this run: 0, or 3 when some episodes are errors."""
+        return EXIT_EPISODE_ERRORS if self.errors else 0
 
 
 def protocol_values(suite: SuiteSpec, options: RunOptions) -> dict:

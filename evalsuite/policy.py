@@ -54,6 +54,21 @@ class RandomPolicy:
 
 # -- which policy a run uses -------------------------------------------------------------------
 @dataclass(frozen=True)
+class PolicyObject:
+    """A policy object handed to `evalsuite.evaluate_suite`, with what its caller says it is. An
+    object has no content hash, so its name and version (a training step, a commit) stand for its
+    weights in the run's identity: a run directory resumes only for the same name and version."""
+
+    instance: Any
+    name: str | None = None
+    version: str | None = None
+
+    @property
+    def named(self) -> bool:
+        return self.name is not None and self.version is not None
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """How to build the run's policy; shipped to the policy server, which builds it there."""
 
@@ -73,11 +88,16 @@ class PolicySpec:
     layout: str | None = None  # remote: --remote-layout JSON (evalsuite.serving.remote.WireLayout)
     timeout_s: float = 120.0  # remote: seconds a request may wait for its answer
     # object: the policy itself (pickled to the policy server under Ray); run.json names its class
+    # and what the caller says it is (`PolicyObject`): an object has no content hash
     instance: Any = field(default=None, compare=False, repr=False)
+    object_name: str | None = None
+    object_version: str | None = None
 
     def describe(self) -> dict:
-        """The spec as run.json records it: an object policy by its class, not its contents."""
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "instance"}
+        """The spec as run.json records it: an object policy by its class and the name and version
+        its caller gave (part of the run's identity), not its contents."""
+        skip = {"instance", *(() if self.kind == "object" else ("object_name", "object_version"))}
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         if self.kind == "object":
             values["factory"] = f"{type(self.instance).__module__}:{type(self.instance).__qualname__}"
         return {**values, "name": self.name}

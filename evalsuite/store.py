@@ -36,7 +36,12 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 # disagrees on any of them would mix two experiments in one table. The checkpoint is identified by
 # its sha256, not its path, and the device is not part of what is measured: a moved checkpoint, or
 # a resume on another host, continues the same run (likewise a remote policy's address and timeout).
-IDENTITY_KEYS = ("suites", "policy", "protocol", "checkpoint_sha256", "seed", "replan_steps")
+# SETTING_KEYS: the part of it that is not which policy ran; two runs compared as two policies
+# (`asyncvla-eval compare`, the nightly job) must agree on these (`setting_differences`).
+SETTING_KEYS = ("protocol", "seed", "replan_steps")
+IDENTITY_KEYS = ("suites", "policy", "checkpoint_sha256", *SETTING_KEYS)
+# the policy's own settings that change what a policy computes, as opposed to which policy it is
+POLICY_SETTING_KEYS = ("mode", "threshold")
 # eager: the reference and the fast inference path compute the same chunks (tests/test_fast.py)
 NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s", "eager")
 # Env options that change how fast a simulator runs, not what it computes: LIBERO's gated
@@ -67,6 +72,26 @@ def identity(manifest: dict[str, Any], key: str) -> Any:
             for suite, values in value.items()
         }
     return value
+
+
+def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Where two runs' manifests disagree on what is measured, apart from which policy ran: the
+    protocol of each suite both ran, the seed, the replanning, and (for two AsyncVLA checkpoints)
+    the inference mode and threshold. One line per key, naming the fields and both values."""
+    found = []
+    for key in SETTING_KEYS:
+        va, vb = identity(a, key), identity(b, key)
+        if key == "protocol" and isinstance(va, dict) and isinstance(vb, dict):
+            shared = sorted(set(va) & set(vb))
+            va, vb = {k: va[k] for k in shared}, {k: vb[k] for k in shared}
+        if va != vb:
+            found.append(differences(va, vb, key))
+    pa, pb = a.get("policy") or {}, b.get("policy") or {}
+    if pa.get("kind") == pb.get("kind") == "asyncvla":
+        for key in POLICY_SETTING_KEYS:
+            if pa.get(key) != pb.get(key):
+                found.append(differences(pa.get(key), pb.get(key), f"policy.{key}"))
+    return found
 
 
 def check_run_dir(path: Path) -> None:

@@ -4,7 +4,8 @@ TensorBoard because every training stack the field uses can show it (and W&B and
 logs); it writes local event files, needs no server and no network. What is logged, at the
 given step (the training step, or 0):
 - scalars `success/<suite>/<task>` with `ci_low/...` and `ci_high/...` (95 % Wilson), the same per
-  suite under `success/<suite>` and the run's mean under `success/mean`;
+  suite under `success/<suite>` and the run's mean under `success/mean` (none for a task whose
+  episodes all ended in errors: no NaN), and `errors`, the number of episodes recorded as errors;
 - text `tables` (the run's Markdown tables) and `run.json` (the manifest);
 - an animated image per task, `video/<suite>/<task>`, from the first recorded video of the task
   (TensorBoard shows videos as animated GIFs).
@@ -33,8 +34,10 @@ def log_run(summary: RunSummary, log_dir: str | Path, step: int = 0) -> Path:
             _rate(writer, f"{row.suite}/{row.task}", row, step)
         for row in summary.tables["per_suite"].itertuples():
             _rate(writer, str(row.suite), row, step)
-        rates = summary.tables["per_suite"]["success_rate"]
-        writer.add_scalar("success/mean", float(rates.mean()), step)
+        rates = summary.tables["per_suite"]["success_rate"].dropna()
+        if len(rates):
+            writer.add_scalar("success/mean", float(rates.mean()), step)
+        writer.add_scalar("errors", float(summary.errors), step)
         writer.add_text("tables", summary.markdown, step)
         manifest = (summary.run_dir / "run.json").read_text()
         writer.add_text("run.json", "```\n" + json.dumps(json.loads(manifest), indent=1) + "\n```", step)
@@ -46,6 +49,8 @@ def log_run(summary: RunSummary, log_dir: str | Path, step: int = 0) -> Path:
 
 
 def _rate(writer, name: str, row, step: int) -> None:
+    if row.success_rate != row.success_rate:  # NaN: every episode an error, nothing measured
+        return
     writer.add_scalar(f"success/{name}", float(row.success_rate), step)
     writer.add_scalar(f"ci_low/{name}", float(row.ci_low), step)
     writer.add_scalar(f"ci_high/{name}", float(row.ci_high), step)

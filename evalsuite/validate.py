@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from evalsuite.errors import UsageError
@@ -146,6 +147,11 @@ def check_replan_steps(replan_steps: int | None, chunk_length: int | None, who: 
         )
 
 
+# a timer's limit: the OS timers take seconds as a C double converted to a time value, and 1e300
+# overflows it (OverflowError inside every episode); no episode, step or request runs a week
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
 def check_numbers(args: argparse.Namespace) -> None:
     for flag, attr, low, meaning in NUMERIC_LIMITS:
         value = getattr(args, attr, None)
@@ -156,12 +162,19 @@ def check_numbers(args: argparse.Namespace) -> None:
             f"--policy-servers {args.policy_servers} exceeds --workers {args.workers}: a server without "
             "env workers would hold its GPU for nothing"
         )
-    if args.episode_timeout is not None and not args.episode_timeout > 0:
-        raise UsageError(f"--episode-timeout {args.episode_timeout}: must be a positive number of seconds")
-    if getattr(args, "step_timeout", None) is not None and not args.step_timeout > 0:
-        raise UsageError(f"--step-timeout {args.step_timeout}: must be a positive number of seconds")
-    if args.remote_timeout is not None and not args.remote_timeout > 0:
-        raise UsageError(f"--remote-timeout {args.remote_timeout}: must be a positive number of seconds")
+    for flag, value in (
+        ("--episode-timeout", args.episode_timeout),
+        ("--step-timeout", getattr(args, "step_timeout", None)),
+        ("--remote-timeout", args.remote_timeout),
+    ):
+        if value is not None and not 0 < value <= MAX_TIMEOUT_S:
+            raise UsageError(
+                f"{flag} {value}: must be a positive number of seconds, at most {MAX_TIMEOUT_S:g} "
+                "(a week); leave it out for no limit"
+            )
+    track = getattr(args, "track", None)
+    if track is not None and Path(track).exists() and not Path(track).is_dir():
+        raise UsageError(f"--track {track} is a file; give a directory for the TensorBoard event files")
     if not 0 < args.threshold < 1:
         raise UsageError(
             f"--threshold {args.threshold}: the rater's threshold T lies strictly between 0 and 1"

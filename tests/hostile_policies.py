@@ -60,3 +60,32 @@ class SixDimPolicy(_Base):
     """Says, as a class attribute, that it predicts 6-D actions."""
 
     action_dim = 6
+
+
+class StubbornPolicy(_Base):
+    """Catches Exception and retries a slow call, as a policy with a retry loop around a flaky
+    server does: a time limit raised into it as an ordinary exception would be swallowed."""
+
+    def act(self, observations, keys):
+        for _ in range(60):
+            try:
+                time.sleep(0.5)
+            except Exception:
+                continue
+        return self.chunks(len(observations))
+
+
+class ShortChunkPolicy(_Base):
+    """Declares chunks of 6 actions and returns 4."""
+
+    chunk_length = 6
+
+    def act(self, observations, keys):
+        return np.zeros((len(observations), 4, self.action_dim), np.float32)
+
+
+class EmptyChunkPolicy(_Base):
+    """Returns chunks of no actions, [B, 0, 7]."""
+
+    def act(self, observations, keys):
+        return np.zeros((len(observations), 0, self.action_dim), np.float32)

@@ -2,6 +2,7 @@
 back with TensorBoard's own reader."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from evalsuite import evaluate_suite
 from evalsuite.cli import main
 from evalsuite.errors import UsageError
 from evalsuite.policy import RandomPolicy
+from evalsuite.store import RunDirError
 
 
 class CountingPolicy(RandomPolicy):
@@ -24,19 +26,45 @@ class CountingPolicy(RandomPolicy):
         return super().act(observations, keys)
 
 
-def test_a_policy_object_is_evaluated_in_this_process_and_a_second_call_resumes(tmp_path):
+def test_a_policy_object_is_evaluated_in_this_process_and_resumes_only_under_its_name(tmp_path):
     policy = CountingPolicy()
     common = dict(tasks=[0, "green_on_white_plate"], episodes_per_task=1, max_steps=8, out=tmp_path / "run")
-    summary = evaluate_suite("tabletop", policy=policy, **common)
+    named = dict(policy_name="counting", policy_version=1000)
+    summary = evaluate_suite("tabletop", policy=policy, **common, **named)
     assert policy.calls == 4  # 2 episodes x 8 steps / 4 actions a chunk: the caller's own object ran
     assert len(summary.records) == 2 and set(summary.tables) >= {"per_task", "per_suite"}
+    assert summary.errors == 0 and summary.exit_code == 0
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["policy"]["kind"] == "object"
     assert manifest["policy"]["factory"] == f"{__name__}:CountingPolicy"
-    again = evaluate_suite("tabletop", policy=policy, **common)  # resumes: nothing left to run
+    assert (manifest["policy"]["object_name"], manifest["policy"]["object_version"]) == ("counting", "1000")
+    again = evaluate_suite("tabletop", policy=policy, **common, **named)  # resumes: nothing left to run
     assert policy.calls == 4 and [r.episode_id for r in again.records] == [
         r.episode_id for r in summary.records
     ]
+
+
+def test_another_policy_object_never_gets_an_earlier_ones_results(tmp_path, monkeypatch):
+    """Issue 34, item 1: a second object of the same class into the same `out` returned the first
+    one's records and was never called; without `out` every object call shared one directory."""
+    common = dict(tasks=[0], episodes_per_task=1, max_steps=8)
+    first, second = CountingPolicy(), CountingPolicy()
+    evaluate_suite(
+        "tabletop", policy=first, out=tmp_path / "run", policy_name="p", policy_version=1, **common
+    )
+    with pytest.raises(UsageError, match="policy_name= and policy_version="):
+        evaluate_suite("tabletop", policy=second, out=tmp_path / "run", **common)
+    with pytest.raises(RunDirError, match="object_version"):
+        evaluate_suite(
+            "tabletop", policy=second, out=tmp_path / "run", policy_name="p", policy_version=2, **common
+        )
+    assert second.calls == 0
+    # without out: a fresh directory per call, so that step 2 of a training loop is evaluated anew
+    monkeypatch.chdir(tmp_path)
+    a = evaluate_suite("tabletop", policy=first, policy_name="p", policy_version=1, **common)
+    b = evaluate_suite("tabletop", policy=second, policy_name="p", policy_version=2, **common)
+    assert a.run_dir != b.run_dir and second.calls == 2
+    assert a.run_dir.parent == b.run_dir.parent == Path("runs")
 
 
 def test_a_policy_object_runs_through_the_ray_runner(tmp_path):

@@ -297,3 +297,24 @@ def test_the_policy_answers_a_batch_exactly_as_each_observation_alone(tiny):
     assert sorted(calls) == [2, 3]  # one call per instruction
     for i in range(len(obs)):
         assert np.array_equal(batched[i], policy.act([obs[i]], [keys[i]])[0]), i
+
+
+def test_the_fast_path_follows_weights_changed_after_it_was_built():
+    """A training loop evaluates its model between steps: an optimiser step (in place), a loaded
+    state dict (in place) or a replaced parameter must reach the fast path's fused copies of q/k/v
+    and gate/up; before, the copies kept the old values while o/down followed (issue 34, item 15)."""
+    cfg = ModelConfig.named("tiny")
+    tok = build_tiny_tokenizer(cfg.text.vocab_size)
+    torch.manual_seed(0)
+    model = AsyncVLA(cfg, tok).eval()
+    fast = FastSampler(model)
+    inputs = _inputs(cfg, tok, 2)
+    before = fast.sample_actions(inputs, _gens(2), "sfm").actions
+    attn, mlp = model.lm.layers[0].self_attn, model.lm.layers[-1].mlp
+    with torch.no_grad():
+        attn.q_proj.weight.add_(0.05)  # as an optimiser step does
+    model.load_state_dict({k: v + 0.01 if "up_proj" in k else v for k, v in model.state_dict().items()})
+    mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight.detach() * 1.1)
+    quick = fast.sample_actions(inputs, _gens(2), "sfm").actions
+    assert torch.equal(quick, model.sample_actions(inputs, _gens(2), "sfm").actions)
+    assert not torch.equal(quick, before)

@@ -78,8 +78,7 @@ class FastSampler:
         self.cfg = model.cfg
         self.rater = model.rater
         lm = model.lm
-        self.layers = [LayerWeights.of(layer) for layer in lm.layers]
-        self.norm = lm.norm.weight
+        self._load_weights()
         self.eps = lm.norm.variance_epsilon
         self.heads = lm.config.num_attention_heads
         self.head_dim = lm.config.hidden_size // self.heads
@@ -100,6 +99,29 @@ class FastSampler:
         self._graphs: dict[tuple, CapturedCall | None] = {}
         self._plans: dict[tuple, VisionPlan] = {}
         self._positions: dict[tuple, torch.Tensor] = {}
+
+    # -- the decoder's weights, as `layers` takes them ------------------------------------------
+    def _load_weights(self) -> None:
+        lm = self.model.lm
+        self.layers = [LayerWeights.of(layer) for layer in lm.layers]
+        self.norm = lm.norm.weight
+        self._weights_seen = self._weights_signature()
+
+    def _weights_signature(self) -> tuple:
+        """Which tensors the decoder's weights are and how often each was modified in place (every
+        in-place operation bumps `_version`: an optimiser step, `load_state_dict`, `p.add_`)."""
+        lm = self.model.lm
+        return tuple((p.data_ptr(), p._version) for p in (*lm.layers.parameters(), lm.norm.weight))
+
+    def _refresh_weights(self) -> None:
+        """`LayerWeights` holds copies (q/k/v and gate/up concatenated): when the model's weights
+        changed since they were made (a training loop's model, evaluated between steps), make them
+        again, and drop the CUDA graphs that captured the old ones. A write through `.data` bypasses
+        `_version` and is not seen: build a new sampler after one."""
+        if self._weights_signature() != self._weights_seen:
+            log.info("the model's weights changed since the fast path copied them; copying them again")
+            self._load_weights()
+            self._graphs.clear()
 
     # -- ChunkPath: the prefix's one pass, and Euler steps against it ---------------------------
     def run_layers(self, x, keys, values, cos, sin, mask) -> torch.Tensor:
@@ -235,6 +257,7 @@ class FastSampler:
         threshold: float | None = None,
     ) -> ChunkResult:
         check_mode(mode)
+        self._refresh_weights()
         threshold = self.cfg.threshold if threshold is None else threshold
         noise = self.model._draw_noise(generators)
         if not self.graphs_enabled:
@@ -292,6 +315,7 @@ class FastSampler:
     def sample_actions_recompute(self, inputs, generators: list[torch.Generator]) -> torch.Tensor:
         """Paper-style SFM: the prefix, vision included, recomputed at every Euler step (each step
         one CUDA graph on CUDA, as the chunk is in `sample_actions`)."""
+        self._refresh_weights()
         n_sfm, _, _ = self.model._draw_noise(generators)
         host = self.host_prefix(inputs)
         a, ones = n_sfm, torch.ones(n_sfm.shape[:2], device=n_sfm.device)

@@ -51,7 +51,16 @@ def _grasp_yaw(block_yaw: float, hand_yaw: float) -> float:
 
 
 class TabletopExpert:
-    """Scripted policy for every tabletop task; `chunk_length` actions per call."""
+    """Scripted policy for every tabletop task; `chunk_length` actions per call.
+
+    Every `chunk_length` steps of an episode it reads the phase off the simulator state and plans
+    open loop: waypoints, and the actions that reach them (holding some, for the fingers to move).
+    A call between two plans (the harness replanning every k < chunk_length steps: the key's step
+    says where the episode is) continues the current plan instead of planning anew, so that the
+    expert executes the same actions whatever the replanning: a plan made at every call would
+    restart its holds at every call and never finish one (with --replan-steps 1 it closed on a
+    block forever). The plan is rolled out two chunks long, so that a continuation always has a
+    whole chunk to return."""
 
     action_dim = 7
 
@@ -59,20 +68,27 @@ class TabletopExpert:
         if chunk_length < 1:
             raise ValueError(f"chunk_length={chunk_length}: expected at least 1")
         self.chunk_length = chunk_length
+        self._plans: dict[str, tuple[int, np.ndarray]] = {}  # episode -> (step planned at, actions)
 
     def reset(self, episode_key: str) -> None:
-        pass  # stateless: the phase is read off the simulator state at every call
+        self._plans.clear()  # one episode at a time per expert (it runs in each env worker)
 
     def act(self, observations: list[Observation], keys: list[str]) -> np.ndarray:
         chunks = []
-        for obs in observations:
+        for obs, key in zip(observations, keys):
             p = obs.privileged
             if "target_pos" not in p:
                 raise ValueError(
                     "the tabletop expert reads Observation.privileged of the tabletop env; this "
                     "observation has none (use --policy scripted only with the tabletop suite)"
                 )
-            chunks.append(self._rollout(p, self._plan(p)))
+            episode, _, step_text = key.rpartition("@")
+            step = int(step_text) if step_text.isdigit() else 0
+            planned_at, actions = self._plans.get(episode, (None, None))
+            if planned_at is None or not planned_at < step < planned_at + self.chunk_length:
+                planned_at, actions = step, self._rollout(p, self._plan(p), 2 * self.chunk_length)
+                self._plans[episode] = (planned_at, actions)
+            chunks.append(actions[step - planned_at :][: self.chunk_length])
         return np.stack(chunks).astype(np.float32)
 
     # -- what to do next -------------------------------------------------------------------------
@@ -149,14 +165,14 @@ class TabletopExpert:
         return path + [Waypoint(grasp, grasp_yaw, -1.0)] + close
 
     # -- how to get there ---------------------------------------------------------------------------
-    def _rollout(self, p: dict, waypoints: list[Waypoint]) -> np.ndarray:
+    def _rollout(self, p: dict, waypoints: list[Waypoint], steps: int) -> np.ndarray:
         """Integrate the mocap target through the waypoints, exactly as the env does."""
         pos = np.asarray(p["target_pos"], dtype=np.float64).copy()
         quat = np.asarray(p["target_quat"], dtype=np.float64).copy()
-        actions = np.zeros((self.chunk_length, 7))
+        actions = np.zeros((steps, 7))
         index, held_for = 0, 0
         grip = waypoints[0].grip if waypoints else -1.0
-        for t in range(self.chunk_length):
+        for t in range(steps):
             while index < len(waypoints):
                 wp = waypoints[index]
                 grip = wp.grip

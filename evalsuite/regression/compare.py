@@ -27,7 +27,7 @@ from statsmodels.stats.multitest import multipletests
 
 from evalsuite.errors import EvalError
 from evalsuite.records import EpisodeRecord
-from evalsuite.store import RunStore
+from evalsuite.store import RunStore, setting_differences
 from evalsuite.tables import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,11 @@ def compare_runs(baseline_dir: str | Path, candidate_dir: str | Path, alpha: flo
         rec_a, rec_b, run_label(baseline_dir, man_a), run_label(candidate_dir, man_b), alpha
     )
     result.baseline_dir, result.candidate_dir = Path(baseline_dir), Path(candidate_dir)
-    for suite in sorted(set(man_a.get("protocol", {})) & set(man_b.get("protocol", {}))):
-        if man_a["protocol"][suite] != man_b["protocol"][suite]:
-            result.warnings.append(
-                f"suite {suite} was run under different protocol values in the two runs "
-                "(see run.json 'protocol'); the difference may not come from the checkpoint"
-            )
+    for difference in setting_differences(man_a, man_b):
+        result.warnings.append(
+            f"the two runs measured under different settings ({difference}); the difference may not "
+            "come from the checkpoint: re-run one of them with the other's settings"
+        )
     for w in result.warnings:
         log.warning(w)
     return result

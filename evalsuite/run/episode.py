@@ -91,7 +91,7 @@ def run_episode(
     while not run.ended:
         if not queue:
             asked = time.perf_counter()
-            chunk = _checked_chunk(act([run.obs], [f"{spec.draw_key}@{run.steps}"])[0], suite)
+            chunk = _checked_chunk(act([run.obs], [f"{spec.draw_key}@{run.steps}"])[0], suite, replan_steps)
             policy_calls += 1
             for _ in range(latency_steps(suite, time.perf_counter() - asked)):
                 if run.ended:
@@ -128,12 +128,21 @@ def run_episode(
     return EpisodeResult(record, video)
 
 
-def _checked_chunk(chunk, suite: SuiteSpec) -> np.ndarray:
+def _checked_chunk(chunk, suite: SuiteSpec, replan_steps: int | None) -> np.ndarray:
+    """Every chunk holds at least one action of the suite's size, and at least the `replan_steps`
+    the run promises (run.json) to execute of each: a shorter one would be executed whole, and the
+    run would measure another replanning than it says."""
     chunk = np.asarray(chunk, dtype=np.float32)
-    if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim:
+    if chunk.ndim != 2 or chunk.shape[1] != suite.action_dim or chunk.shape[0] == 0:
         raise InvalidAction(
             f"policy returned a chunk of shape {chunk.shape}; suite {suite.name!r} needs "
-            f"[L, {suite.action_dim}] actions"
+            f"[L, {suite.action_dim}] actions with L >= 1"
+        )
+    if replan_steps and chunk.shape[0] < replan_steps:
+        raise InvalidAction(
+            f"policy returned a chunk of {chunk.shape[0]} actions, but the run executes "
+            f"{replan_steps} of each chunk (--replan-steps {replan_steps}); the policy must return "
+            f"chunks of at least {replan_steps} actions, or use --replan-steps {chunk.shape[0]}"
         )
     return chunk
 

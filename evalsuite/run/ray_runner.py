@@ -11,6 +11,7 @@ then records it as an error.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from evalsuite.run.runner_base import (
     error_record,
 )
 from evalsuite.run.scheduler import next_for
+from evalsuite.run.watchdog import TimeLimitExceeded
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ class EnvWorker:
         except Exception:
             self._close()  # the simulator may be in any state now; the retry gets a fresh one
             raise
+        except TimeLimitExceeded as e:  # a BaseException here; to Ray's task errors an Exception
+            self._close()
+            raise TimeoutError(str(e)) from None
 
     def ping(self) -> bool:
         return True
@@ -141,15 +146,17 @@ def run_ray(todo, suites, policy_spec, options, sink, videos, progress):
 
 
 def _start_ray(ray, options: RunOptions) -> bool:
-    """`ray.init()` unless this process already runs Ray: a local cluster, or the one at
-    `--address` / RAY_ADDRESS. Returns whether it was started here (and must be stopped here)."""
+    """`ray.init()` unless this process already runs Ray: the cluster at `--address` or
+    RAY_ADDRESS, else a new local one. Returns whether it was started here (and must be stopped
+    here). Never `address=None`: Ray's own rule then joins the latest cluster anyone started on
+    this machine with `ray start` (the address it records in its temp directory), so a "local" run
+    would land on another job's cluster and die with it."""
     if ray.is_initialized():
         return False
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-    ray.init(
-        address=options.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
-    )
+    address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     if sigterm is not None:  # ray.init installs one that exits mid-run (kills its processes
         signal.signal(signal.SIGTERM, sigterm)  # under the driver): the caller's handler again
     return True

@@ -26,7 +26,7 @@ from evalsuite.run.runner_base import (
     describe,
     error_record,
 )
-from evalsuite.run.watchdog import time_limit
+from evalsuite.run.watchdog import EpisodeTimeout, TimeLimitExceeded, time_limit
 from evalsuite.suites.spec import SuiteSpec, import_object
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ def run_plan(
     if options.workers == 0:
         return _run_inline(todo, suites, policy, options, sink, videos, progress)
     return run_ray(todo, suites, policy, options, sink, videos, progress)
-
-
-class EpisodeTimeout(Exception):
-    """An inline episode outlived --episode-timeout (raised into it by SIGALRM, `time_limit`); it
-    is then retried on a fresh simulator like a crashed one (on Ray the worker is killed instead)."""
 
 
 def _run_inline(todo, suites, policy_spec, options, sink, videos, progress):
@@ -95,7 +90,7 @@ def _attempt_inline(spec, suite, policy, envs, options, videos) -> EpisodeResult
             return result
         except FATAL_ERRORS as e:
             raise RunAborted(str(e)) from e
-        except Exception as e:  # a crashed or hung simulator: start a fresh one and retry
+        except (Exception, TimeLimitExceeded) as e:  # a crashed or hung simulator: a fresh one, retry
             log.warning("episode %s attempt %d crashed: %s", spec.id, attempt, e)
             close_quietly(envs.pop(spec.suite))
             reason = str(e) if isinstance(e, EpisodeTimeout) else describe(e)
