@@ -97,12 +97,26 @@ def build_manifest(config: EvalConfig) -> dict:
         "checkpoint": policy.checkpoint,
         "checkpoint_sha256": mf.checkpoint_sha256(policy.checkpoint) if policy.checkpoint else None,
         "replan_steps": config.options.replan_steps or "full chunk",
+        **latency_conditions(config),
         "protocol": {s.name: protocol_values(s, config.options) for s in config.suites},
         "options": dataclasses.asdict(config.options),
         "versions": mf.package_versions(),
         "git": mf.git_commit(),
         "host": mf.host_info(),
     }
+
+
+def latency_conditions(config: EvalConfig) -> dict:
+    """With `--latency measured`, what the policy's measured thinking time depends on besides the
+    policy: the device, the inference path and how calls are batched. Part of the run's identity
+    then (absent otherwise, so that other runs' identity does not change)."""
+    if not any(s.latency == "measured" for s in config.suites):
+        return {}
+    o, p = config.options, config.policy
+    conditions = {"device": p.device, "eager_inference": p.eager, "workers": o.workers}
+    if o.workers:
+        conditions.update(max_batch=o.max_batch, max_wait_ms=o.max_wait_ms, policy_servers=o.policy_servers)
+    return {"latency_conditions": conditions}
 
 
 def plan_for(config: EvalConfig) -> list[EpisodeSpec]:

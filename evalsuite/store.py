@@ -38,11 +38,13 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 # a resume on another host, continues the same run (likewise a remote policy's address and timeout).
 # SETTING_KEYS: the part of it that is not which policy ran; two runs compared as two policies
 # (`asyncvla-eval compare`, the nightly job) must agree on these (`setting_differences`).
-SETTING_KEYS = ("protocol", "seed", "replan_steps")
+SETTING_KEYS = ("protocol", "seed", "replan_steps", "latency_conditions")
 IDENTITY_KEYS = ("suites", "policy", "checkpoint_sha256", *SETTING_KEYS)
 # the policy's own settings that change what a policy computes, as opposed to which policy it is
 POLICY_SETTING_KEYS = ("mode", "threshold")
-# eager: the reference and the fast inference path compute the same chunks (tests/test_fast.py)
+# eager: the reference and the fast inference path compute the same chunks (tests/test_fast.py);
+# with `--latency measured` how fast they compute them changes results: the manifest's
+# `latency_conditions` (device, inference path, batching) is identity then
 NOT_IDENTITY_POLICY_KEYS = ("checkpoint", "device", "url", "timeout_s", "eager")
 # Env options that change how fast a simulator runs, not what it computes: LIBERO's gated
 # rendering and cheap reset give bit-identical states and images (scripts/bench_libero.py,

@@ -89,3 +89,16 @@ class EmptyChunkPolicy(_Base):
 
     def act(self, observations, keys):
         return np.zeros((len(observations), 0, self.action_dim), np.float32)
+
+
+class FirstCallSlowPolicy(_Base):
+    """Its first call costs a second (a compile, a CUDA graph capture), every later one nothing."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, observations, keys):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(1.0)
+        return self.chunks(len(observations))

@@ -219,3 +219,31 @@ def test_the_scripted_expert_executes_the_same_actions_under_short_replanning(tm
 
 def test_random_policy_chunks_are_unchanged():
     np.testing.assert_array_equal(RandomPolicy().act([None], ["k@0"]), RandomPolicy().act([None], ["k@0"]))
+
+
+# -- item 16: a measured latency is measured on a warm policy, under conditions that are identity --
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_measured_latency_run_warms_the_policy_up_before_its_first_episode(tmp_path, workers):
+    """A policy's first call (a compile, a graph capture) took a second inside the first episode:
+    at 20 Hz, 20 steps of standing still that a warm policy never pays."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "evalsuite.cli", "tabletop", "--policy", "hostile_policies:FirstCallSlowPolicy",
+         "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "12", "--latency", "measured",
+         "--workers", workers, "--video", "none", "-q", "--out", str(out)],
+        env=_hostile_env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = _records(out)
+    assert record["info"]["latency_steps"] <= record["info"]["policy_calls"]  # at most a step a call
+
+
+def test_a_measured_latency_run_does_not_resume_on_another_inference_path(tmp_path, capsys):
+    argv = ["tabletop", "--ckpt", "demo", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "4",
+            "--latency", "measured", "--workers", "0", "--video", "none", "-q", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--eager-inference"]) == 2
+    assert "latency_conditions.eager_inference is false there, true now" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert manifest["latency_conditions"] == {"device": "cpu", "eager_inference": False, "workers": 0}

@@ -30,6 +30,7 @@ from evalsuite.run.runner_base import (
     close_quietly,
     describe,
     error_record,
+    measures_latency,
 )
 from evalsuite.run.scheduler import next_for
 from evalsuite.run.watchdog import TimeLimitExceeded
@@ -47,16 +48,25 @@ class EnvWorker:
         self.env_suite: str | None = None
         self.policy = build_policy(local_policy) if local_policy is not None else None
 
+    def observe(self, spec: EpisodeSpec):
+        """The first observation of `spec`'s episode (what a warm-up call sends the policy)."""
+        self._env_for(spec.suite)
+        return self.env.reset(spec.task, spec.episode_index, spec.seed)
+
+    def _env_for(self, suite_name: str) -> None:
+        if self.env_suite != suite_name:
+            self._close()
+            suite = self.suites[suite_name]
+            self.env = import_object(suite.env_factory)(**suite.env_kwargs)
+            self.env_suite = suite_name
+
     def run(
         self, spec: EpisodeSpec, server, replan_steps, max_steps, record_video, step_timeout_s=None
     ) -> EpisodeResult:
         import ray
 
         suite = self.suites[spec.suite]
-        if self.env_suite != spec.suite:
-            self._close()
-            self.env = import_object(suite.env_factory)(**suite.env_kwargs)
-            self.env_suite = spec.suite
+        self._env_for(spec.suite)
 
         def act(observations, keys):
             return np.stack(ray.get([server.act.remote(o, k) for o, k in zip(observations, keys)]))
@@ -127,6 +137,8 @@ def run_ray(todo, suites, policy_spec, options, sink, videos, progress):
         workers = [
             worker_cls.remote(suites, policy_spec if in_worker else None) for _ in range(options.workers)
         ]
+        if servers and measures_latency(suites):
+            _warm_up(ray, workers[0], servers, todo[0], options)
         pool = _EpisodePool(ray, workers, servers, todo, options, videos)
         while pool.busy():
             pool.dispatch()
@@ -182,6 +194,19 @@ def _check_cluster_resources(ray, policy_spec: PolicySpec, options: RunOptions, 
             f"Ray cluster has {gpus:g}; use --device cpu, fewer --policy-servers, or add nodes with GPUs "
             "(ray start --num-gpus=1 ...)"
         )
+
+
+def _warm_up(ray, worker, servers: list, spec: EpisodeSpec, options: RunOptions) -> None:
+    """Before a run that measures the policy's latency, one call of every batch size each server can
+    form, with the first episode's observation: a compile or a CUDA graph capture (once per batch
+    size) is paid here instead of inside an episode, where it would be counted as thinking time."""
+    observation = ray.get(worker.observe.remote(spec))
+    replicas = len(servers)
+    for i, server in enumerate(servers):
+        clients = len(range(i, options.workers, replicas))
+        for size in range(1, min(options.max_batch, clients) + 1):
+            ray.get([server.act.remote(observation, f"warm-up/{size}/{j}@0") for j in range(size)])
+    log.info("warmed the policy up at batch sizes up to %d", min(options.max_batch, options.workers))
 
 
 def _start_policy_servers(ray, policy_spec: PolicySpec, options: RunOptions) -> list:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from envs.base import InvalidAction, SetupError
 from evalsuite.errors import EvalError, FatalPolicyError
 from evalsuite.records import EpisodeRecord, EpisodeSpec
+from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ FATAL_ERRORS = (SetupError, InvalidAction, FatalPolicyError, FloatingPointError)
 IN_WORKER_POLICIES = ("scripted", "random", "remote")
 
 RecordSink = Callable[[EpisodeRecord, bytes | None], EpisodeRecord]
+
+
+def measures_latency(suites: dict[str, SuiteSpec]) -> bool:
+    """Whether the run times the policy's calls (`--latency measured`): what a call costs then
+    changes the outcome, so the first call of each batch size must not pay for a compile."""
+    return any(s.latency == "measured" for s in suites.values())
 
 
 class RunAborted(EvalError):
