@@ -47,3 +47,39 @@ class HangsOnRequest:
 
     def reset(self, episode_key: str) -> None:
         pass
+
+
+class Gate:
+    """Answers 0.3 in x; an observation whose instruction is "block" holds its call until `gate` is
+    set (a slow or stuck model, released by the test). Counts the calls inside `act` at once
+    (`most_inside`) and records every key it is given (`keys`)."""
+
+    action_dim = 7
+    chunk_length = 4
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.entered = threading.Event()  # set once a blocking call is inside
+        self.keys: list[str] = []
+        self.inside = 0
+        self.most_inside = 0
+        self._lock = threading.Lock()
+
+    def act(self, observations, keys):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.keys.extend(keys)
+        try:
+            if any(obs.instruction == "block" for obs in observations):
+                self.entered.set()
+                self.gate.wait(60)
+            actions = np.zeros((len(observations), self.chunk_length, self.action_dim), np.float32)
+            actions[..., 0] = 0.3
+            return actions
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+    def reset(self, episode_key: str) -> None:
+        pass

@@ -1,6 +1,7 @@
 """The batching policy server (used as a Ray actor; its logic is plain asyncio, tested directly)."""
 
 import asyncio
+import re
 import threading
 import time
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from envs.base import Observation
 from evalsuite.policy import PolicySpec, RandomPolicy
-from evalsuite.serving.policy_server import BatchingPolicyServer, PolicyTimeout
+from evalsuite.serving.policy_server import BatchingPolicyServer, PolicyStuck, PolicyTimeout
 
 OBS = Observation({"cam": np.zeros((4, 4, 3), np.uint8)}, np.zeros(2, np.float32), "x")
 
@@ -93,7 +94,7 @@ def test_a_batch_that_fails_is_run_again_one_request_at_a_time():
     np.testing.assert_array_equal(np.stack([a, c]), RandomPolicy().act([OBS] * 2, ["a@0", "c@8"]))
 
 
-def test_a_policy_call_past_its_limit_fails_its_requests_and_the_next_call_is_answered():
+def test_a_policy_call_past_its_limit_fails_requests_until_it_returns_then_the_next_is_answered():
     server = BatchingPolicyServer(PolicySpec(kind="random"), max_wait_ms=1, act_timeout_s=0.5)
     random_act = server.policy.act
     release = threading.Event()
@@ -107,19 +108,57 @@ def test_a_policy_call_past_its_limit_fails_its_requests_and_the_next_call_is_an
 
     async def go():
         hung = await asyncio.gather(server.act(OBS, "hang@0"), return_exceptions=True)
-        stuck = server.stuck_calls()
+        stuck = server.stuck_s()
+        refused = await asyncio.gather(server.act(OBS, "next@0"), return_exceptions=True)
+        release.set()  # the stuck call returns: nothing is stuck any more
+        deadline = time.monotonic() + 20
+        while server.stuck_s() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         chunk, seconds = await asyncio.wait_for(server.act_timed(OBS, "next@0"), timeout=20)
-        return hung[0], stuck, chunk, seconds
+        return hung[0], stuck, refused[0], chunk, seconds
 
-    hung, stuck, chunk, seconds = asyncio.run(go())
+    hung, stuck, refused, chunk, seconds = asyncio.run(go())
     assert isinstance(hung, PolicyTimeout) and str(hung) == (
         "the policy did not answer within 0.5 s (the server's limit)"
     )
-    assert len(stuck) == 1 and stuck[0] >= 0.5
+    assert stuck is not None and stuck >= 0.5
+    assert isinstance(refused, PolicyStuck) and re.fullmatch(
+        r"the policy is still in a call that outlived the server's 0\.5 s limit \(running for 0\.\d s\); "
+        "requests fail until it returns, so that the model is never entered twice at once",
+        str(refused),
+    ), refused
+    assert server.stuck_s() is None
     np.testing.assert_array_equal(chunk, RandomPolicy().act([OBS], ["next@0"])[0])
     assert 0 <= seconds < 0.5
-    release.set()  # the stuck call returns: nothing is stuck any more
-    deadline = time.monotonic() + 20
-    while server.stuck_calls() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.stuck_calls() == []
+
+
+def test_a_request_cancelled_while_queued_leaves_the_queue_and_is_never_computed():
+    """The Ray actor's and the websocket server's callers alike: a caller that gives up (a client
+    gone, a deadline past) while a call is in progress takes its request out of the queue."""
+    server = BatchingPolicyServer(PolicySpec(kind="random"), max_wait_ms=1)
+    random_act = server.policy.act
+    inside, release, calls = threading.Event(), threading.Event(), []
+
+    def act(observations, keys):
+        calls.append(list(keys))
+        if keys == ["slow@0"]:
+            inside.set()
+            release.wait(20)
+        return random_act(observations, keys)
+
+    server.policy.act = act
+
+    async def go():
+        slow = asyncio.ensure_future(server.act(OBS, "slow@0"))
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
+        leaving = asyncio.ensure_future(server.act(OBS, "leaving@0"))
+        await asyncio.sleep(0.05)  # its flush is due, and waits for the call in progress
+        leaving.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(slow, timeout=20)
+        return await asyncio.wait_for(server.act(OBS, "after@0"), timeout=20)
+
+    asyncio.run(go())
+    assert calls == [["slow@0"], ["after@0"]]

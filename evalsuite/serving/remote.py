@@ -125,9 +125,16 @@ class WireLayout:
                 f"the message has keys {sorted(map(str, message))}"
             )
         try:
-            state = np.asarray(state, np.float32)
+            sent = np.asarray(state, np.float64)  # the client's numbers, before float32 can overflow them
         except (TypeError, ValueError) as e:
             raise WireError(f"the state under {self.state!r} is not numbers ({e})") from e
+        bad = np.flatnonzero(~(np.abs(sent) <= np.finfo(np.float32).max))  # NaN, Inf, beyond float32
+        if bad.size:
+            raise WireError(
+                f"the state under {self.state!r} has {sent.flat[bad[0]]:g} at index {bad[0]}; a state is "
+                "finite float32 numbers"
+            )
+        state = sent.astype(np.float32)
         key = message.get(self.key) if self.key else None
         return Observation(images, state, prompt), key if isinstance(key, str) else None
 

@@ -4,15 +4,19 @@ websocket protocol, batching the requests of all connected clients.
     asyncvla-eval serve --ckpt CKPT [--mode asyncvla] [--host 127.0.0.1] [--port 8000]
 
 On connect a client receives the metadata map (action_dim, chunk_length, state_dim, image_size, the
-image, state, prompt and action keys the server reads and writes); then each binary frame is an
-observation map and the answer is {"actions": float32 [L, A], "server_timing": {...}}. A request
-that cannot be served (not msgpack, a missing key, an array of the wrong type or size, the policy
-failing on it) is answered with a text frame holding the error, openpi's convention, and the
-connection stays open; a frame larger than `--max-message-mb` closes that connection (websockets'
-1009). Other clients are never affected: a request is checked before it joins a batch, a failed
-batch is run again one request at a time, and a policy call past `--policy-timeout` fails only its
-own batch (`evalsuite.serving.policy_server`). Concurrent requests are batched by the same
-`BatchingPolicyServer` the Ray runner uses.
+image, state, prompt and action keys the server reads and writes, the request limits); then each
+binary frame is an observation map and the answer is {"actions": float32 [L, A], "server_timing":
+{...}}. A request that cannot be served (not msgpack, a missing key, an array of the wrong type or
+size, a prompt longer than `--max-prompt-tokens`, an image larger than `--max-image-px`, a state
+that is not finite or lies absurdly far from the training data, the policy failing on it) is
+answered with a text frame holding the error, openpi's convention, and the connection stays open;
+a frame larger than `--max-message-mb` closes that connection (websockets' 1009). Other clients
+are never affected: a request is checked before it joins a batch, a failed batch is run again one
+request at a time, and a policy call past `--policy-timeout` fails only its own batch
+(`evalsuite.serving.policy_server`). Concurrent requests are batched by the same
+`BatchingPolicyServer` the Ray runner uses; its calls run one at a time, so a request is answered
+within `--request-timeout` or with an error, and one whose client leaves before its batch runs is
+never computed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import http
 import itertools
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -31,12 +36,18 @@ from envs.base import Observation
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.eval_args import resolve_checkpoint
 from evalsuite.policy import PolicySpec
+from evalsuite.serving.limits import MAX_IMAGE_PX, MAX_PROMPT_TOKENS, RequestLimits
 from evalsuite.serving.policy_server import BatchingPolicyServer, PolicyTimeout
 from evalsuite.serving.remote import MAX_MESSAGE_BYTES, WireLayout
 from evalsuite.serving.wire import WireError, packb, unpackb
 from evalsuite.validate import check_checkpoint_for, resolve_device
 
 log = logging.getLogger(__name__)
+REQUEST_TIMEOUT_S = 90.0  # past one call's default limit, before the harness's client gives up (120 s)
+
+
+class RequestTimeout(RuntimeError):
+    """A request was not answered within the server's `--request-timeout`."""
 
 
 class PolicyWebsocketServer:
@@ -48,6 +59,9 @@ class PolicyWebsocketServer:
         max_wait_ms: float = 5.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         act_timeout_s: float | None = 60.0,
+        request_timeout_s: float | None = REQUEST_TIMEOUT_S,
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+        max_image_px: int = MAX_IMAGE_PX,
     ):
         self.batcher = BatchingPolicyServer(
             spec, max_batch, max_wait_ms, clients=1, act_timeout_s=act_timeout_s
@@ -57,6 +71,8 @@ class PolicyWebsocketServer:
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.act_timeout_s = act_timeout_s
+        self.request_timeout_s = request_timeout_s  # None: a request may wait as long as the calls ahead
+        self.limits = RequestLimits.for_policy(self.policy, max_prompt_tokens, max_image_px)
         model = getattr(self.policy, "model", None)  # an AsyncVLA policy: what it reads is in its config
         cfg = getattr(model, "cfg", None)
         # None: a policy that names no cameras gets every image of a request (WireLayout.from_wire)
@@ -86,6 +102,9 @@ class PolicyWebsocketServer:
             "prompt_key": self.layout.prompt,
             "actions_key": self.layout.actions,
             "request_key": self.layout.key,
+            "max_prompt_tokens": max_prompt_tokens,
+            "max_image_px": max_image_px,
+            "request_timeout_s": request_timeout_s,
         }
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
@@ -99,6 +118,7 @@ class PolicyWebsocketServer:
                 port,
                 compression=None,
                 max_size=self.max_message_bytes,
+                max_queue=2,  # frames read ahead per connection: an openpi client sends one and waits
                 process_request=self._health_check,
             )
         except OSError as e:  # busy port, unknown host, a port below 1024 without the right
@@ -138,7 +158,7 @@ class PolicyWebsocketServer:
                 try:
                     answered = await self._act(websocket, obs, key)
                 except Exception as e:  # the policy failed on this request (or on its own, alone)
-                    if not isinstance(e, PolicyTimeout):
+                    if not isinstance(e, (PolicyTimeout, RequestTimeout)):
                         log.exception("policy error for %s", peer)
                     await websocket.send(f"policy error: {_text(e)}")
                     continue
@@ -164,43 +184,54 @@ class PolicyWebsocketServer:
     def _request(self, frame: Any) -> tuple[Observation, str]:
         """The observation and key of one request, or a `WireError` saying what is wrong with it."""
         message = unpackb(frame)  # WireError for a text frame or anything not msgpack
-        obs, key = self.layout.from_wire(message, self.cameras)
-        if self.state_dim is not None:
-            if obs.state.size != self.state_dim:
-                raise WireError(
-                    f"the state under {self.layout.state!r} has {obs.state.size} numbers; this policy takes "
-                    f"{self.state_dim} (the metadata's state_dim)"
-                )
-            if not np.isfinite(obs.state).all():
-                raise WireError(f"the state under {self.layout.state!r} holds NaN or Inf")
+        obs, key = self.layout.from_wire(message, self.cameras)  # a finite float32 state
+        if self.state_dim is not None and obs.state.size != self.state_dim:
+            raise WireError(
+                f"the state under {self.layout.state!r} has {obs.state.size} numbers; this policy takes "
+                f"{self.state_dim} (the metadata's state_dim)"
+            )
+        self.limits.check(obs, self.layout, self.cameras)
         if key is None:  # an openpi client sends no key: draws then depend on the request order
             key = f"request-{next(self.requests)}@0"
         return obs, key
 
     async def _act(self, websocket, obs: Observation, key: str) -> tuple[np.ndarray, float] | None:
         """The request's chunk and its policy call's seconds; None when the connection closes first
-        (the server stopping, or the client gone): nobody waits on a policy call that hangs."""
+        (the server stopping, or the client gone): nobody waits on a policy call that hangs. A
+        request given up (its client gone, `request_timeout_s` past) leaves the batcher's queue if
+        it has not reached the policy yet: it is never computed."""
         act = asyncio.ensure_future(self.batcher.act_timed(obs, key))
         closed = asyncio.ensure_future(websocket.wait_closed())
         try:
-            await asyncio.wait({act, closed}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {act, closed}, timeout=self.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             closed.cancel()
             if not act.done():
                 act.cancel()
-        return act.result() if act.done() and not act.cancelled() else None
+        if act in done:
+            return act.result()
+        if closed in done:
+            return None
+        raise RequestTimeout(
+            f"the request was not answered within {self.request_timeout_s:g} s (the server's "
+            "--request-timeout): policy calls run one at a time, and those ahead of it or its own took "
+            "longer"
+        )
 
     def _health_check(self, connection, request):
         """GET /healthz: 200, or 503 while a policy call that outlived its limit has not returned
-        (openpi's servers answer the same path), for load balancers and scripts."""
+        (every request fails meanwhile; openpi's servers answer the same path), for load balancers
+        and scripts."""
         if request.path != "/healthz":
             return None
-        stuck = self.batcher.stuck_calls()
-        if stuck:
+        stuck = self.batcher.stuck_s()
+        if stuck is not None:
             return connection.respond(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
-                f"policy stuck: {len(stuck)} call(s) past the {self.act_timeout_s:g} s limit, the oldest "
-                f"running for {max(stuck):.0f} s\n",
+                f"policy stuck: a call past the {self.act_timeout_s:g} s limit has been running for "
+                f"{stuck:.0f} s; requests fail until it returns\n",
             )
         return connection.respond(http.HTTPStatus.OK, "OK\n")
 
@@ -210,7 +241,7 @@ def _positive_int(value: Any) -> int | None:
 
 
 def _text(e: BaseException) -> str:
-    return str(e) if isinstance(e, PolicyTimeout) else f"{type(e).__name__}: {e}"
+    return str(e) if isinstance(e, (PolicyTimeout, RequestTimeout)) else f"{type(e).__name__}: {e}"
 
 
 def serve_parser() -> ArgumentParser:
@@ -233,7 +264,27 @@ def serve_parser() -> ArgumentParser:
         "--policy-timeout",
         type=float,
         default=60.0,
-        help="seconds a policy call may take; its requests then fail and the server goes on (default 60)",
+        help="seconds a policy call may take; its requests then fail, and so does every request until the "
+        "call returns (default 60)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT_S,
+        help="seconds a request may wait in the server, the calls ahead of it included (calls run one at a "
+        f"time); it is then answered with an error (default {REQUEST_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=MAX_PROMPT_TOKENS,
+        help=f"longest prompt accepted, in the checkpoint's tokens (default {MAX_PROMPT_TOKENS})",
+    )
+    p.add_argument(
+        "--max-image-px",
+        type=int,
+        default=MAX_IMAGE_PX,
+        help=f"largest image side accepted, in pixels (default {MAX_IMAGE_PX})",
     )
     p.add_argument("--remote-layout", help="JSON: the wire keys (evalsuite.serving.remote.WireLayout)")
     return p
@@ -262,10 +313,14 @@ def cmd_serve(argv: list[str]) -> int:
         not 0 < args.port < 65536
         or args.max_batch < 1
         or not args.max_message_mb > 0
-        or not args.policy_timeout > 0
+        or not 0 < args.policy_timeout < math.inf
+        or not 0 < args.request_timeout < math.inf
+        or args.max_prompt_tokens < 1
+        or args.max_image_px < 1
     ):
         raise UsageError(
-            "--port must be 1-65535, --max-batch at least 1, --max-message-mb and --policy-timeout positive"
+            "--port must be 1-65535, --max-batch, --max-prompt-tokens and --max-image-px at least 1, "
+            "--max-message-mb, --policy-timeout and --request-timeout positive (and finite)"
         )
     if args.policy and not re.fullmatch(r"[\w.]+:[\w.]+", args.policy):
         raise UsageError(
@@ -299,6 +354,9 @@ def cmd_serve(argv: list[str]) -> int:
         args.max_wait_ms,
         int(args.max_message_mb * 2**20),
         act_timeout_s=args.policy_timeout,
+        request_timeout_s=args.request_timeout,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_image_px=args.max_image_px,
     )
     try:
         asyncio.run(server.serve(args.host, args.port))  # logs "serving ... on ws://..." once it listens
