@@ -52,7 +52,7 @@ class ChunkResult:
     """One call's chunks (normalised action space). `mask` is AFM's m (1 = regenerated)."""
 
     actions: torch.Tensor  # (B, L, A): what the policy executes
-    sfm: torch.Tensor  # (B, L, A): the first-round SFM actions
+    sfm: torch.Tensor | None  # (B, L, A): the first-round SFM actions (None: an inpainted chunk has none)
     confidence: torch.Tensor | None  # (B, L): rater's p_l (asyncvla mode only)
     mask: torch.Tensor  # (B, L)
 
@@ -100,6 +100,29 @@ def sample_chunk(
         return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
     afm = path.integrate(encoded, flow.afm_start(sfm, n_afm, m), m)
     return ChunkResult(actions=afm, sfm=sfm, confidence=confidence, mask=m)
+
+
+def inpaint_chunk(
+    path: ChunkPath,
+    prefix: Prefix,
+    noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    committed: torch.Tensor,
+    keep: torch.Tensor,
+) -> ChunkResult:
+    """AFM alone, from tokens fixed by the caller (asynchronous execution's `afm-inpaint` join).
+
+    The tokens with `keep` = 1 are the actions a robot has already committed to (they execute while
+    this chunk is computed): they enter AFM as its unmasked tokens do in Alg. 1, clean (tau * m = 0)
+    and never moved, and the others (m = 1) are regenerated from AFM's noise over the full ten
+    Euler steps, attending to the committed ones. Alg. 2 trains on exactly such inputs (a random
+    mask m ~ Bernoulli(y) with the unmasked tokens clean), so a committed prefix is in the training
+    distribution; no SFM round or rater is needed, since the caller says which tokens are known.
+    `committed` (B, L, A) in normalised units (ignored where keep = 0), `keep` (B, L) of 0 / 1."""
+    _, n_afm, _ = noise
+    encoded = path.encode_prefix(prefix)
+    m = 1.0 - keep.float()
+    actions = path.integrate(encoded, flow.afm_start(committed, n_afm, m), m)
+    return ChunkResult(actions=actions, sfm=None, confidence=None, mask=m)
 
 
 def check_mode(mode: str) -> None:
@@ -312,11 +335,19 @@ class AsyncVLA(nn.Module):
         generators: list[torch.Generator],
         mode: str = "asyncvla",
         threshold: float | None = None,
+        committed: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> ChunkResult:
-        """Alg. 1 on the reference path (`sample_chunk` with this model as its `ChunkPath`)."""
+        """Alg. 1 on the reference path (`sample_chunk` with this model as its `ChunkPath`); with
+        `committed` and `keep`, the chunk is inpainted around the committed tokens instead
+        (`inpaint_chunk`)."""
         check_mode(mode)
         threshold = self.cfg.threshold if threshold is None else threshold
         noise = self._draw_noise(generators)
+        if committed is not None:
+            return inpaint_chunk(
+                self, self.embed_prefix(inputs), noise, committed.to(self.device), keep.to(self.device)
+            )
         return sample_chunk(self, self.embed_prefix(inputs), noise, mode, threshold)
 
     @torch.inference_mode()

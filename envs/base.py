@@ -24,12 +24,16 @@ class Observation:
     CPU step, and a chunked policy only looks at one step in L).
     `privileged` carries simulator ground truth (object poses, ...) for scripted experts; a
     learned policy must never read it.
+    `committed` is set by the harness, never by an env: under asynchronous execution with the
+    `afm-inpaint` join, the actions (n, action_dim) the robot executes while the chunk asked for
+    with this observation is computed, which that chunk must begin with.
     """
 
     images: dict[str, np.ndarray]
     state: np.ndarray
     instruction: str
     privileged: dict[str, Any] = field(default_factory=dict)
+    committed: np.ndarray | None = None
 
 
 class Env(Protocol):

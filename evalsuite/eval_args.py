@@ -22,11 +22,13 @@ from pathlib import Path
 from evalsuite.errors import ArgumentParser, UsageError
 from evalsuite.evaluate import EvalConfig, RunSummary, evaluate
 from evalsuite.policy import PolicyObject, PolicySpec, build_policy
+from evalsuite.run.asynchronous import JOINS
 from evalsuite.run.runner_base import IN_WORKER_POLICIES, RunOptions
 from evalsuite.store import check_run_dir
 from evalsuite.suites import registry
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.validate import (
+    check_async_join,
     check_checkpoint_for,
     check_external_policy,
     check_numbers,
@@ -230,6 +232,14 @@ def eval_parser() -> argparse.ArgumentParser:
         "(each call's measured wall time, or a fixed figure in ms; docs/latency.md)",
     )
     p.add_argument(
+        "--async-join",
+        choices=JOINS,
+        help="with --latency: how a chunk that arrives late is executed: naive (from its first action, the "
+        "default), skip (its first d actions dropped), afm-inpaint (AsyncVLA regenerates it around the "
+        "actions committed during the call), pause (asked for only after --replan-steps actions; "
+        "docs/latency.md)",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite env option"
     )
     p.add_argument(
@@ -287,8 +297,10 @@ def config_from_args(
     kind, checkpoint, chunk_length, suites = _choose_policy(args, suites, check_ckpt, policy_object)
     suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
     latency = parse_latency(args.latency, suites)
+    check_async_join(args.async_join, latency, kind)
     if latency is not None:
-        suites = [dataclasses.replace(s, latency=latency) for s in suites]
+        join = args.async_join or "naive"
+        suites = [dataclasses.replace(s, latency=latency, async_join=join) for s in suites]
     check_numbers(args)
     policy = _policy_spec(args, kind, checkpoint, suites, _device_for(args, kind), policy_object)
     chunk_length = check_external_policy(policy) or chunk_length

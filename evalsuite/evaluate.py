@@ -78,7 +78,9 @@ def protocol_values(suite: SuiteSpec, options: RunOptions) -> dict:
         else [options.max_steps],
         # only when set: a run directory from before latency-aware evaluation stays the same run
         **(
-            {"latency_ms": suite.latency, "control_hz": suite.control_hz} if suite.latency is not None else {}
+            {"latency_ms": suite.latency, "control_hz": suite.control_hz, "async_join": suite.async_join}
+            if suite.latency is not None
+            else {}
         ),
     }
     return values

@@ -96,6 +96,28 @@ def check_set_value(suite: SuiteSpec, key: str, raw: str, value: Any) -> None:
         )
 
 
+def check_async_join(join: str | None, latency, kind: str) -> None:
+    """--async-join joins a late chunk: it needs a latency, and `afm-inpaint` an AsyncVLA checkpoint
+    (it regenerates around committed actions with AFM) and a latency known before each call."""
+    if join is None:
+        return
+    if latency is None:
+        raise UsageError(
+            f"--async-join {join}: a join says how a late chunk is executed, so it needs --latency "
+            "(MS or measured); leave it out for the synchronous run"
+        )
+    if join == "afm-inpaint" and kind != "asyncvla":
+        raise UsageError(
+            "--async-join afm-inpaint regenerates a chunk around the committed actions with AsyncVLA's "
+            "asynchronous flow matching: it needs --ckpt; use naive or skip with other policies"
+        )
+    if join == "afm-inpaint" and latency == "measured":
+        raise UsageError(
+            "--async-join afm-inpaint commits the actions that run during the call, so it needs the "
+            "latency before the call: give --latency MS (a fixed latency), or use skip with measured"
+        )
+
+
 def parse_latency(raw: str | None, suites: list[SuiteSpec]) -> str | float | None:
     """--latency measured|MS: the policy's thinking time, as the environment sees it."""
     if raw is None:

@@ -6,6 +6,8 @@ batch and prefix padding) the results agree to bf16 precision; those tests skip 
 and run in scripts/gpu_check.sh.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -318,3 +320,36 @@ def test_the_fast_path_follows_weights_changed_after_it_was_built():
     quick = fast.sample_actions(inputs, _gens(2), "sfm").actions
     assert torch.equal(quick, model.sample_actions(inputs, _gens(2), "sfm").actions)
     assert not torch.equal(quick, before)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_afm_inpaint_keeps_the_committed_actions_and_regenerates_the_rest(tiny, fast):
+    """Asynchronous execution's afm-inpaint join: a request's committed actions come back unchanged,
+    the other tokens are regenerated around them, and without committed actions the chunk is the
+    asyncvla mode's; both inference paths compute the same inpainted chunk."""
+    from envs.base import Observation
+
+    model, tok, _ = tiny
+    cfg = model.cfg
+    policy = AsyncVLAPolicy(model, tok, NormStats.identity(cfg.state_dim, cfg.action_dim), fast=fast)
+    rng = np.random.default_rng(3)
+    images = {
+        c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras
+    }
+    obs = Observation(images, rng.normal(size=cfg.state_dim).astype(np.float32), INSTRUCTIONS[0])
+    committed = rng.uniform(-1, 1, (3, cfg.action_dim)).astype(np.float32)
+    free = policy.act([obs], ["e@4"])[0]
+    inpainted = policy.act([dataclasses.replace(obs, committed=committed)], ["e@4"])[0]
+    assert np.array_equal(inpainted[:3], committed)
+    assert not np.allclose(inpainted[3:], free[3:])
+    assert np.array_equal(policy.act([dataclasses.replace(obs, committed=committed[:0])], ["e@4"])[0], free)
+    # the model keeps the committed tokens bit for bit in its own (normalised) units
+    inputs = policy.preprocessor([images], [obs.instruction], obs.state[None])
+    keep = torch.zeros(1, cfg.chunk_length)
+    keep[0, :3] = 1
+    full = torch.zeros(1, cfg.chunk_length, cfg.action_dim)
+    full[0, :3] = torch.from_numpy(committed)
+    eager = model.sample_actions(inputs, _gens(1), committed=full, keep=keep)
+    quick = FastSampler(model).sample_actions(inputs, _gens(1), committed=full, keep=keep)
+    assert torch.equal(eager.actions[0, :3], full[0, :3]) and torch.equal(eager.actions, quick.actions)
+    assert eager.sfm is None and torch.equal(eager.mask[0], 1 - keep[0])

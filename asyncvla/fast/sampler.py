@@ -23,6 +23,7 @@ from asyncvla.model import (
     Prefix,
     additive_mask,
     check_mode,
+    inpaint_chunk,
     make_attention_mask,
     sample_chunk,
 )
@@ -255,11 +256,18 @@ class FastSampler:
         generators: list[torch.Generator],
         mode: str = "asyncvla",
         threshold: float | None = None,
+        committed: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> ChunkResult:
         check_mode(mode)
         self._refresh_weights()
         threshold = self.cfg.threshold if threshold is None else threshold
         noise = self.model._draw_noise(generators)
+        if committed is not None:  # op by op, also on CUDA: no graph is captured for inpainting
+            host = self.host_prefix(inputs)
+            prefix = self._prefix(host.plan, *host.tensors())
+            dev = self.model.device
+            return inpaint_chunk(self, prefix, noise, committed.to(dev), keep.to(dev))
         if not self.graphs_enabled:
             host = self.host_prefix(inputs)
             return self._chunk(host.plan, mode, True, *host.tensors(), *noise, threshold)

@@ -2,14 +2,9 @@
 
 Shared by the inline loop and the Ray env workers, so both produce identical records.
 
-Latency-aware evaluation (`SuiteSpec.latency`, `--latency`): the environment does not wait for the
-policy. A chunk asked for at step t arrives `ceil(latency x control rate)` steps later; meanwhile
-the episode executes what is left of the previous chunk (the actions past `replan_steps`) and then
-holds still: zero arm deltas, the gripper's last command kept (the meaning of "still" for the
-delta end-effector suites that declare a control rate). The new chunk is then executed from its
-first action, as a policy that does not compensate for its own latency (AsyncVLA, pi0, the
-paper-style pipeline) would on a robot: so the figures show what each millisecond of thinking
-costs such a policy. With a latency of 0 the episode is the synchronous one, step for step.
+With a latency (`SuiteSpec.latency`, `--latency`) the robot keeps moving while the policy thinks:
+`evalsuite.run.asynchronous` runs the episode (query ahead, the join of a late chunk, pause and
+stale steps). Without one, the robot waits for each chunk and executes its first `replan_steps`.
 Rendering is requested only on steps whose images are used: the step before the policy is asked
 for its next chunk, and every step of an episode whose video is being recorded (whose frames an
 env such as the tabletop's takes from the observation's images rather than rendering again).
@@ -17,7 +12,6 @@ env such as the tabletop's takes from the observation's images rather than rende
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +20,7 @@ import numpy as np
 
 from envs.base import Env, InvalidAction, Observation
 from evalsuite.records import EpisodeRecord, EpisodeSpec
+from evalsuite.run.asynchronous import run_asynchronous
 from evalsuite.run.watchdog import step_limit
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.videos import caption_frames, encode_mp4
@@ -85,38 +80,27 @@ def run_episode(
     obs = env.reset(spec.task, spec.episode_index, spec.seed)
     reset_s = time.perf_counter() - start
     run = _Rollout(env, suite, obs, max_steps or task.max_steps, record_video, step_timeout_s)
-    queue: list[np.ndarray] = []  # the current chunk's actions up to the next request
-    leftover: list[np.ndarray] = []  # its actions past that: executed while the next chunk is computed
-    policy_calls, waited = 0, 0
-    while not run.ended:
-        if not queue:
-            asked = time.perf_counter()
-            chunk = _checked_chunk(act([run.obs], [f"{spec.draw_key}@{run.steps}"])[0], suite, replan_steps)
-            policy_calls += 1
-            for _ in range(latency_steps(suite, time.perf_counter() - asked)):
-                if run.ended:
-                    break
-                run.step(leftover.pop(0) if leftover else hold_still(run.last, suite.action_dim), False)
-                waited += 1
-            if run.ended:
-                break
-            n = replan_steps or len(chunk)
-            queue, leftover = list(chunk[:n]), list(chunk[n:])
-        # the step before the queue runs dry renders: the next step asks the policy again
-        run.step(queue.pop(0), need_images=not queue and run.steps + 1 < run.budget)
+
+    def ask(observation: Observation) -> np.ndarray:
+        return _checked_chunk(act([observation], [f"{spec.draw_key}@{run.steps}"])[0], suite, replan_steps)
+
+    if suite.latency is None:
+        measured = {"policy_calls": _run_synchronous(run, ask, replan_steps)}
+    else:
+        measured = run_asynchronous(run, ask, suite, replan_steps)
     record = EpisodeRecord.for_spec(
         spec,
         success=bool(run.success),
         steps=run.steps,
         wall_time_s=time.perf_counter() - start,
         info={
-            "policy_calls": policy_calls,
+            "policy_calls": measured.pop("policy_calls"),
             "env_done": bool(run.done),
             # a fingerprint of the trajectory: two runs of an episode that agree here took the same path
             "final_state": [round(float(x), 6) for x in run.obs.state],
             "reset_s": round(reset_s, 3),
             **({"env_built": env.builds != builds} if builds is not None else {}),
-            **({"latency_steps": waited} if suite.latency is not None else {}),
+            **measured,
             **_scalars(run.info),
         },
     )
@@ -126,6 +110,22 @@ def run_episode(
         captioned = caption_frames(run.frames, run.obs.instruction or task.instruction, outcome)
         video = encode_mp4(captioned, fps=video_fps)
     return EpisodeResult(record, video)
+
+
+def _run_synchronous(
+    run: _Rollout, ask: Callable[[Observation], np.ndarray], replan_steps: int | None
+) -> int:
+    """The robot waits for each chunk and executes its first `replan_steps` actions; the calls made."""
+    queue: list[np.ndarray] = []  # the current chunk's actions up to the next request
+    calls = 0
+    while not run.ended:
+        if not queue:
+            chunk = ask(run.obs)
+            calls += 1
+            queue = list(chunk[: replan_steps or len(chunk)])
+        # the step before the queue runs dry renders: the next step asks the policy again
+        run.step(queue.pop(0), need_images=not queue and run.steps + 1 < run.budget)
+    return calls
 
 
 def _checked_chunk(chunk, suite: SuiteSpec, replan_steps: int | None) -> np.ndarray:
@@ -145,22 +145,6 @@ def _checked_chunk(chunk, suite: SuiteSpec, replan_steps: int | None) -> np.ndar
             f"chunks of at least {replan_steps} actions, or use --replan-steps {chunk.shape[0]}"
         )
     return chunk
-
-
-def latency_steps(suite: SuiteSpec, call_s: float) -> int:
-    """How many control steps the environment takes while a chunk is computed: none without a
-    latency; else the latency (the call's own wall time, or the fixed figure) at the control rate."""
-    if suite.latency is None:
-        return 0
-    seconds = call_s if suite.latency == "measured" else float(suite.latency) / 1000.0
-    return math.ceil(seconds * suite.control_hz - 1e-9)
-
-
-def hold_still(last: np.ndarray | None, action_dim: int) -> np.ndarray:
-    """Zero arm deltas; the gripper (the last dimension) keeps its last command (open if none)."""
-    action = np.zeros(action_dim, dtype=np.float32)
-    action[-1] = -1.0 if last is None else last[-1]
-    return action
 
 
 def _scalars(info: dict) -> dict:

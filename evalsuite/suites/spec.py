@@ -50,6 +50,8 @@ class SuiteSpec:
     # latency-aware evaluation (evalsuite/run/episode.py): None (the policy answers instantly),
     # "measured" (each call's own wall time) or a fixed figure in milliseconds
     latency: str | float | None = None
+    # with a latency, how a late chunk is joined (evalsuite/run/asynchronous.py JOINS)
+    async_join: str | None = None
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
