@@ -303,11 +303,10 @@ def config_from_args(
         suites = [dataclasses.replace(s, latency=latency, async_join=join) for s in suites]
     check_numbers(args)
     policy = _policy_spec(args, kind, checkpoint, suites, _device_for(args, kind), policy_object)
-    chunk_length = check_external_policy(policy) or chunk_length
+    external_chunk_length, served_size = check_external_policy(policy)
+    chunk_length = external_chunk_length or chunk_length
     if kind == "remote":  # the images the server's policy was trained at, as for --ckpt
-        from evalsuite.serving.remote import served_image_size
-
-        suites = [render_at_size(s, served_image_size(policy.url), args.set) for s in suites]
+        suites = [render_at_size(s, served_size, args.set) for s in suites]
     replan_steps = _checked_replan_steps(args, preset, policy, chunk_length, suites)
     seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
     out = _run_dir(args, policy, seed, policy_object)

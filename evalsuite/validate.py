@@ -254,10 +254,11 @@ def policy_kind(value: str) -> str:
     )
 
 
-def check_external_policy(policy: PolicySpec) -> int | None:
+def check_external_policy(policy: PolicySpec) -> tuple[int | None, int | None]:
     """A remote server answers and fits the suite; a user's class imports and keeps the contract:
     checked once here, before anything starts, instead of failing in every worker. Returns the
-    policy's chunk length where the server's metadata or the class says it.
+    policy's chunk length where the server's metadata or the class says it, and the image size a
+    server's metadata announces (`served_image_size`; None for a class or a server that does not say).
 
     A user's class is imported, not built (building may load a model, which the policy server
     builds again): its class attributes are checked here, and the instance's contract where it is
@@ -265,7 +266,7 @@ def check_external_policy(policy: PolicySpec) -> int | None:
     if policy.kind == "remote":
         from websockets.exceptions import WebSocketException
 
-        from evalsuite.serving.remote import WireLayout, probe
+        from evalsuite.serving.remote import WireLayout, probe, served_image_size
 
         try:
             WireLayout.parse(policy.layout)
@@ -279,7 +280,7 @@ def check_external_policy(policy: PolicySpec) -> int | None:
                 f"({type(e).__name__}: {e}); point --policy at a policy server (asyncvla-eval serve, openpi's)"
             ) from e
         length = metadata.get("chunk_length") if isinstance(metadata, dict) else None
-        return length if isinstance(length, int) else None
+        return (length if isinstance(length, int) else None), served_image_size(metadata)
     if policy.kind == "import":
         from evalsuite.policy import contract_error, contract_problems, import_policy_class
 
@@ -294,8 +295,8 @@ def check_external_policy(policy: PolicySpec) -> int | None:
                 f"--policy {policy.factory} returns {action_dim}-D actions but the suite takes "
                 f"{policy.action_dim}-D ones"
             )
-        return chunk_length if isinstance(chunk_length, int) else None
-    return None
+        return (chunk_length if isinstance(chunk_length, int) else None), None
+    return None, None
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0, source: str = "--address") -> None:

@@ -24,9 +24,10 @@ from asyncvla import demo_checkpoint
 from envs.base import Observation
 from evalsuite.cli import main
 from evalsuite.policy import PolicySpec, RandomPolicy
-from evalsuite.serving.remote import RemotePolicy, RemotePolicyError
+from evalsuite.serving.remote import RemotePolicy, RemotePolicyError, served_image_size
 from evalsuite.serving.server import serve_parser
 from evalsuite.serving.wire import packb, unpackb
+from evalsuite.validate import check_external_policy
 
 TESTS = Path(__file__).resolve().parent
 EPISODES = ["--tasks", "push_yellow_right,red_on_blue_plate", "--episodes-per-task", "1", "--max-steps", "16"]
@@ -75,6 +76,15 @@ def test_set_image_size_wins_over_the_size_the_server_announces(demo_server, tmp
     ]
     assert main([*args, "--out", str(out)]) == 0
     assert image_size(out) == 84
+
+
+def test_the_announced_image_size_is_passed_from_the_probe_not_kept_in_a_module_cache(demo_server):
+    """The driver's check returns the size the server's metadata announces (issue 34, item 14):
+    `served_image_size` reads the metadata it is given; nothing is filled as a side effect."""
+    spec = PolicySpec(kind="remote", url=demo_server, action_dim=7)
+    assert check_external_policy(spec) == (8, 56)
+    assert served_image_size({"action_dim": 7, "image_size": 84}) == 84
+    assert served_image_size({"action_dim": 7}) is None
 
 
 def image_size(run: Path) -> int:

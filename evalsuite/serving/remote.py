@@ -165,12 +165,12 @@ def check_metadata(url: str, metadata: Any, action_dim: int) -> None:
         raise FatalPolicyError(f"{url} announces image_size {size!r}; expected a positive integer (pixels)")
 
 
-def served_image_size(url: str) -> int | None:
-    """The square image size (pixels) the policy behind `url` was trained at, as its metadata said
-    when `probe` read it (None: it does not say). The suite renders at it where its protocol
-    allows, as for an in-process checkpoint, so that a remote run sees the images an in-process
-    run sees."""
-    return _probed.get(url, {}).get("image_size")
+def served_image_size(metadata: dict) -> int | None:
+    """The square image size (pixels) the policy behind a server was trained at, as the metadata it
+    sent (`probe`'s answer, checked by `check_metadata`) says (None: it does not say). The suite
+    renders at it where its protocol allows, as for an in-process checkpoint, so that a remote run
+    sees the images an in-process run sees."""
+    return metadata.get("image_size")
 
 
 class RemotePolicy:
@@ -306,12 +306,8 @@ def probe(url: str, action_dim: int, timeout_s: float = 10.0) -> dict:
     """Connect once from the driver, read the metadata, check it against the suite, disconnect."""
     client = RemotePolicy(url, action_dim, timeout_s=timeout_s)
     try:
-        _probed[url] = client.connect()
-        return _probed[url]
+        return client.connect()
     except (OSError, TimeoutError) as e:
         raise FatalPolicyError(f"no policy server answers at {url} ({type(e).__name__}: {e})") from e
     finally:
         client.close()
-
-
-_probed: dict[str, dict] = {}  # url -> the metadata the driver's probe read (served_image_size)
