@@ -30,7 +30,7 @@ from evalsuite.eval_args import config_from_args, eval_parser, evaluate_args, re
 from evalsuite.evaluate import dry_run, report
 from evalsuite.run.runner_base import RunAborted
 from evalsuite.store import RunStore
-from evalsuite.suites import registry
+from evalsuite.suites import registry, unavailable_suites
 
 log = logging.getLogger("asyncvla-eval")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -105,15 +105,17 @@ def cmd_compare(argv: list[str]) -> int:
 
 def cmd_list(argv: list[str]) -> int:
     """Every suite; with a suite or family name, its tasks with their indices (for --tasks)."""
+    refused = unavailable_suites()  # suites whose files are missing (LIBERO-PRO's), with why
     if argv:
         for suite in resolve_suites(argv[0], None):
-            print(f"{suite.name}:")
+            print(f"{suite.name}:" + (f"  {refused[suite.name]}" if suite.name in refused else ""))
             for index, task in enumerate(suite.tasks):
                 print(f"  {index:>3}  {task.name}  ({task.episodes} episodes)")
         return 0
     for name, suite in sorted(registry().items()):
         episodes = sum(t.episodes for t in suite.tasks)
-        print(f"{name:<24} family={suite.family or '-':<16} tasks={len(suite.tasks):<4} episodes={episodes}")
+        line = f"{name:<24} family={suite.family or '-':<16} tasks={len(suite.tasks):<4} episodes={episodes}"
+        print(f"{line:<72} {refused[name]}" if name in refused else line)
     return 0
 
 

@@ -130,12 +130,15 @@ def render_tables(tables: dict[str, pd.DataFrame], header: str, out_dir: Path | 
     parts = [header]
     for name, table in tables.items():
         shown = to_display(table)
-        markdown = shown.to_markdown(index=False, floatfmt=".1f")
+        # one decimal, except p-values (columns named "... p"): three significant digits
+        p_values = [str(c).endswith(" p") for c in shown.columns]
+        markdown = shown.to_markdown(index=False, floatfmt=[".3g" if p else ".1f" for p in p_values])
         if out_dir is not None:
             table.to_csv(out_dir / f"{name}.csv", index=False)
             (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
+            formatters = {c: "{:.3g}".format for c, p in zip(shown.columns, p_values) if p}
             (out_dir / f"{name}.tex").write_text(
-                shown.to_latex(index=False, na_rep="--", float_format="%.1f")
+                shown.to_latex(index=False, na_rep="--", float_format="%.1f", formatters=formatters)
             )
         parts.append(f"### {name}\n\n{markdown}")
     return "\n\n".join(parts) + "\n"

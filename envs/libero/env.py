@@ -38,6 +38,8 @@ stream (openpi seeds once per task, so episode k's draws follow from episodes 0.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ import numpy as np
 
 from envs.base import Observation, SetupError, check_action
 from envs.libero.package import LiberoModules, import_libero
+from envs.libero.pro import bddl_language, episode_instruction, pro_suites
 from envs.libero.tasks import SUITE_TASKS
 
 log = logging.getLogger(__name__)
@@ -89,8 +92,11 @@ class LiberoConfig:
     def __post_init__(self) -> None:
         if self.gripper not in ("continuous", "sign"):
             raise ValueError(f"gripper={self.gripper!r}: choose continuous or sign")
-        if self.suite not in SUITE_TASKS:
-            raise ValueError(f"unknown LIBERO suite {self.suite!r}; choose one of {', '.join(SUITE_TASKS)}")
+        if self.suite not in SUITE_TASKS and self.suite not in pro_suites():
+            raise ValueError(
+                f"unknown LIBERO suite {self.suite!r}; choose one of {', '.join(SUITE_TASKS)} or a "
+                "LIBERO-PRO suite (`asyncvla-eval list libero-pro`)"
+            )
         if self.resolution < 16:
             raise ValueError(f"resolution must be at least 16 pixels, got {self.resolution}")
         if self.settle_steps < 0:
@@ -146,6 +152,7 @@ class LiberoEnv:
         self.skip_unused_renders = config.skip_unused_renders
         self.builds = 0  # simulators built (one per task change): envs.base.Env
         self.cheap_resets = False  # this task's episodes reset cheaply (set when its env is built)
+        self._episode_info: dict = {}  # what each step's info carries into the record (`reset`)
 
     # -- episode -----------------------------------------------------------------------------
     def reset(self, task: str, episode_index: int, seed: int) -> Observation:
@@ -170,6 +177,7 @@ class LiberoEnv:
         self._render_now = False  # only the last settle step's images are seen
         self._reset_simulator()
         raw = self._env.set_init_state(self._init_states[episode_index])
+        self._episode_info = self._describe_episode(episode_index)
         for i in range(self.config.settle_steps):
             self._render_now = i == self.config.settle_steps - 1 or not self.skip_unused_renders
             raw, _, _, _ = self._env.step(list(NOOP_ACTION))
@@ -190,7 +198,12 @@ class LiberoEnv:
             self.skip_unused_renders = False
             raise RuntimeError("camera sample outside its control step; episode must be retried")
         success = bool(done)  # LIBERO sets done = _check_success() after every step
-        return self._observation(raw, render), success, success, {"reward": float(reward)}
+        return (
+            self._observation(raw, render),
+            success,
+            success,
+            {"reward": float(reward), **self._episode_info},
+        )
 
     def render_frame(self) -> np.ndarray:
         """Both cameras side by side as the policy sees them (explicit render if the step had none)."""
@@ -220,7 +233,43 @@ class LiberoEnv:
             and task not in HISTORY_DEPENDENT_TASKS
         )
         self._init_states = np.asarray(self.suite.get_task_init_states(task_id))
-        self._task, self._instruction = task, spec.language
+        self._init_file = os.path.join(spec.problem_folder, spec.init_states_file)
+        self._task, self._instruction = task, self._task_instruction(task, spec)
+
+    def _task_instruction(self, task: str, spec) -> str:
+        """The sentence LIBERO derives from the task's file name (what openpi and OFT send); on a
+        LIBERO-PRO suite the rewritten `(:language ...)` where the perturbation changed it
+        (envs/libero/pro.py)."""
+        pro = pro_suites().get(self.config.suite)
+        base_task = next((t["base_task"] for t in pro["tasks"] if t["name"] == task), None) if pro else None
+        if not base_task:
+            return spec.language
+        base_bddl = os.path.join(
+            self.lib.get_libero_path("bddl_files"), pro["base_suite"], f"{base_task}.bddl"
+        )
+        language = str(self._env.language_instruction)  # LIBERO's parse of this task file
+        return episode_instruction(spec.language, bddl_language(base_bddl), language)
+
+    def _describe_episode(self, episode_index: int) -> dict:
+        """What the episode started from, for its record (each step's info): the instruction, the
+        init state (file, index, a hash of its values) and the movable objects' positions in it."""
+        state = np.asarray(self._init_states[episode_index], dtype=np.float64)
+        domain = self._env.env  # LIBERO's problem env: its movable objects and their body ids
+        positions = {
+            name: [round(float(x), 4) for x in domain.sim.data.body_xpos[domain.obj_body_id[name]]]
+            for name in domain.objects_dict
+        }
+        info = {
+            "instruction": self._instruction,
+            "init_state": f"{self._init_file}[{episode_index}]",
+            "init_state_sha256": hashlib.sha256(state.tobytes()).hexdigest()[:16],
+            "init_objects": json.dumps(positions, sort_keys=True),
+        }
+        pro = pro_suites().get(self.config.suite)
+        if pro:
+            info["perturbation"] = pro["perturbation"]
+            info["base_suite"] = pro["base_suite"]
+        return info
 
     def _reset_simulator(self) -> None:
         """`env.reset()`, cheap (reuse the model, module docstring) or hard (rebuild it), with the

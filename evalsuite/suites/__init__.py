@@ -9,7 +9,7 @@ import os
 from evalsuite.errors import EvalError, UnknownName
 from evalsuite.suites.spec import SuiteSpec, TaskSpec, import_object
 
-_FAMILIES = ["tabletop", "libero", "simpler"]
+_FAMILIES = ["tabletop", "libero", "libero_pro", "simpler"]
 # Extra registry modules (comma-separated import paths, each exporting SUITES): a user's own
 # suites, or the toy suites of the test-suite, without editing this package (README, "Your own suites").
 EXTRA_MODULES_ENV = "ASYNCVLA_SUITE_MODULES"
@@ -56,6 +56,22 @@ def plugin_suites(module_name: str) -> list[SuiteSpec]:
     return list(suites)
 
 
+def unavailable_suites() -> dict[str, str]:
+    """suite -> why a run of it would be refused (missing files), from the families that can tell
+    without building a simulator (a module-level `unavailable()`); for `asyncvla-eval list`."""
+    out: dict[str, str] = {}
+    for family in _FAMILIES:
+        try:
+            module = importlib.import_module(f"evalsuite.suites.{family}")
+        except ModuleNotFoundError as e:
+            if e.name != f"evalsuite.suites.{family}":
+                raise
+            continue
+        if hasattr(module, "unavailable"):
+            out.update(module.unavailable())
+    return out
+
+
 def get_suite(name: str) -> SuiteSpec:
     suites = registry()
     if name not in suites:
@@ -63,4 +79,4 @@ def get_suite(name: str) -> SuiteSpec:
     return suites[name]
 
 
-__all__ = ["SuiteSpec", "TaskSpec", "registry", "get_suite", "import_object"]
+__all__ = ["SuiteSpec", "TaskSpec", "registry", "get_suite", "import_object", "unavailable_suites"]
