@@ -181,6 +181,12 @@ def eval_parser() -> argparse.ArgumentParser:
         "suite", help="suite or family name (e.g. tabletop, libero, libero_spatial, simpler-widowx)"
     )
     p.add_argument("--suites", help="comma-separated suites of the family to run")
+    p.add_argument(
+        "--robustness",
+        metavar="KINDS",
+        help="LIBERO: run each chosen paper suite with its LIBERO-PRO perturbations (e.g. swap,lan,object) "
+        "in one plan and write the paired robustness table (docs/libero.md)",
+    )
     who = p.add_mutually_exclusive_group()
     who.add_argument("--ckpt", help="AsyncVLA checkpoint directory, or 'demo' for the shipped tabletop model")
     who.add_argument(
@@ -293,7 +299,12 @@ def config_from_args(
     False: the nightly job checks each checkpoint itself, to report a broken one and go on; and
     --out as a run directory unless `out_is_run` is False: the ablations' holds one run per row)."""
     overrides = [*args.set, *([f"backend={args.backend}"] if args.backend else [])]
-    suites = [apply_overrides(s, overrides) for s in resolve_suites(args.suite, args.suites)]
+    chosen = resolve_suites(args.suite, args.suites)
+    if getattr(args, "robustness", None) is not None:  # a base suite and its perturbations, paired
+        from evalsuite.suites.libero_pro import with_perturbations
+
+        chosen = with_perturbations(chosen, args.robustness)
+    suites = [apply_overrides(s, overrides) for s in chosen]
     kind, checkpoint, chunk_length, suites = _choose_policy(args, suites, check_ckpt, policy_object)
     suites, preset = apply_client_preset(suites, {item.partition("=")[0] for item in args.set})
     latency = parse_latency(args.latency, suites)
@@ -345,7 +356,9 @@ def _run_dir(args, policy: PolicySpec, seed: int, policy_object: PolicyObject | 
         return Path(args.out)
     if args.out:
         return Path(args.out)
-    return Path("runs") / f"{args.suite}-{policy.name}-{policy.episode_mode}-seed{seed}"
+    robustness = getattr(args, "robustness", None)
+    name = f"{args.suite}-robustness-{robustness.replace(',', '-')}" if robustness else args.suite
+    return Path("runs") / f"{name}-{policy.name}-{policy.episode_mode}-seed{seed}"
 
 
 def _choose_policy(args, suites: list[SuiteSpec], check_ckpt: bool, policy_object: PolicyObject | None):

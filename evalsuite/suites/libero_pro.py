@@ -107,7 +107,12 @@ def with_perturbations(suites: list[SuiteSpec], kinds: str) -> list[SuiteSpec]:
     """`--robustness swap,lan,object`: each chosen base suite followed by its perturbations, in one plan."""
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
     known = {name: s for name, s in ((s.name, s) for s in SUITES)}
-    kinds_known = sorted({s.protocol["perturbation"] for s in SUITES if "base_task" in s.tasks[0].meta})
+    # the perturbations every paper suite has, each keeping the base suite's tasks
+    kinds_known = sorted(
+        {s.protocol["perturbation"] for s in SUITES}
+        - {s.protocol["perturbation"] for s in SUITES if not all("base_task" in t.meta for t in s.tasks)}
+    )
+    kinds_known = [k for k in kinds_known if all(f"{b}_{k}" in known for b in BASE_SUITES)]
     if not wanted:
         raise UsageError(
             f"--robustness is empty; give perturbations, e.g. swap,lan,object (known: {', '.join(kinds_known)})"
@@ -123,8 +128,9 @@ def with_perturbations(suites: list[SuiteSpec], kinds: str) -> list[SuiteSpec]:
         raise UsageError(f"--robustness names a perturbation more than once: {kinds}")
     not_base = [s.name for s in suites if s.name not in BASE_SUITES]
     if not_base:
+        named = ", ".join(not_base[:3]) + (f" and {len(not_base) - 3} more" if len(not_base) > 3 else "")
         raise UsageError(
-            f"--robustness pairs a paper suite with its perturbations; {', '.join(not_base)} is not one of "
+            f"--robustness pairs a paper suite with its perturbations; {named} is not one of "
             f"{', '.join(BASE_SUITES)}: e.g. `asyncvla-eval libero --robustness {','.join(wanted)}` or "
             f"`asyncvla-eval libero_spatial --robustness {','.join(wanted)}`"
         )
