@@ -296,6 +296,9 @@ def test_a_server_for_another_action_size_is_refused(tmp_path, capsys):
         (["--ckpt", "/no/such/ckpt"], "checkpoint '/no/such/ckpt' does not exist"),
         (["--ckpt", "demo", "--port", "0"], "--port must be 1-65535"),
         (["--ckpt", "demo", "--remote-layout", "{bad"], "--remote-layout is not JSON"),
+        (["--ckpt", "demo", "--max-prompt-tokens", "0"], "--max-prompt-tokens and --max-image-px at least 1"),
+        (["--ckpt", "demo", "--max-image-px", "-5"], "--max-prompt-tokens and --max-image-px at least 1"),
+        (["--ckpt", "demo", "--request-timeout", "inf"], "--request-timeout positive (and finite)"),
         (["--policy", "user_policy:NotAPolicy"], "does not implement the Policy contract"),
     ],
 )
