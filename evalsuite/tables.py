@@ -35,13 +35,40 @@ def records_frame(records: list[EpisodeRecord], suites: list[SuiteSpec]) -> pd.D
     rows = []
     for r in records:
         row = r.to_json_dict()
-        row.pop("info", None)
+        info = row.pop("info", None) or {}
+        row.update({key: info[key] for key in EXECUTION_INFO if key in info})
         for key, value in meta.get((r.suite, r.task), {}).items():
             row.setdefault(key, value)
         rows.append(row)
     columns = list(EpisodeRecord.__dataclass_fields__)
     columns.remove("info")
     return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+# what asynchronous execution measures per episode (evalsuite/run/asynchronous.py)
+EXECUTION_INFO = ("latency_steps", "pause_steps", "stale_ratio", "jerk")
+
+
+def execution_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per suite and task, how the episodes were executed under a latency: mean steps during calls
+    and paused, the share of stale steps, the steps to success (completion time, successes only)
+    and the jerk of the executed arm deltas."""
+    rows = []
+    for (suite, task), g in records.groupby(["suite", "task"], sort=False):
+        done = g[g["success"] == True]  # noqa: E712 (None marks an error)
+        rows.append(
+            {
+                "suite": suite,
+                "task": task,
+                "episodes": len(g),
+                "latency_steps": g["latency_steps"].mean(),
+                "pause_steps": g["pause_steps"].mean(),
+                "stale %": 100 * g["stale_ratio"].mean(),
+                "steps to success": done["steps"].mean() if len(done) else float("nan"),
+                "jerk": g["jerk"].mean(),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def rate_row(success: pd.Series) -> dict:
@@ -92,6 +119,8 @@ def per_task_layout(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str,
 
 def build_tables(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, pd.DataFrame]:
     tables = per_task_layout(records, suites)
+    if "stale_ratio" in records.columns and records["stale_ratio"].notna().any():
+        tables["execution"] = execution_table(records[records["stale_ratio"].notna()])
     for layout in dict.fromkeys(s.layout for s in suites):  # each layout once, in suite order
         if layout in ("per_task", ""):
             continue

@@ -1,159 +1,219 @@
-"""What each millisecond of thinking costs in success: the demo checkpoint on the tabletop suite,
-latency-aware (docs/latency.md), in the asyncvla and sfm modes at fixed latencies and at the 3B
-model's chunk latencies measured on one H200 (results/bench/model_latency_qwen2.5-vl-3b_cuda.json:
-the default fast path and the reference path; the paper-style pipeline computes SFM's chunks, so
-its rows are the sfm mode at its own latency).
+"""What a stale observation costs, and how each join of a late chunk pays for it: the demo checkpoint on
+the tabletop suite under asynchronous execution (docs/latency.md, evalsuite/run/asynchronous.py).
 
-    python scripts/latency_study.py                        # results/tabletop/latency.{csv,md,png}
-    python scripts/latency_study.py --episodes-per-task 2 --latencies 0 600   # a quick look
+    python scripts/latency_study.py                              # results/tabletop/latency.{csv,md,png}
+    python scripts/latency_study.py --episodes-per-task 2 --steps 0 2   # a quick look
 
-Each configuration is its own run directory under --work (resumable: an interrupted study picks
-up where it stopped). Success is over the same episodes in every configuration. Two latencies
-that make the same number of control steps give the same episodes step for step (the runs are
-deterministic), so such a configuration reuses the other's run and says so.
+Rows, all on the same episodes (10 tasks x --episodes-per-task, seed 0; paired by task and episode):
+- the synchronous run (the robot waits for every chunk; the whole chunk executed);
+- query ahead at d = 1, 2, 4, 6 control steps of latency, with the `naive`, `skip` and
+  `afm-inpaint` joins, the execution horizon H = max(1, L - d) so that the latency is hidden
+  wherever it can be (a request is made when H actions ran or d are left);
+- the 3B model's latencies measured on one H200 for the asyncvla, sfm and paper-style pipelines
+  (results/bench/model_latency_qwen2.5-vl-3b_cuda.json, batch 1, the benchmark's default row for
+  the asyncvla chunk), in their own mode, with each join;
+- the protocol of the first latency study, labelled `pause`: the whole chunk executed, then the next
+  one asked for while the arm holds still.
+d = 0 is the synchronous run for every join (tests/test_latency.py), so it is not run again.
+Each row: success with its Wilson interval, McNemar's exact p against the synchronous row, steps
+to success, pause steps, stale steps and jerk. Each configuration is its own run directory under
+--work (resumable); the table is rewritten after every row, so an interrupted study keeps what it
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from envs.tabletop.tasks import CONTROL_HZ
 from evalsuite import evaluate_suite
+from evalsuite.ablations import mcnemar_exact
 
 BENCH = Path("results/bench/model_latency_qwen2.5-vl-3b_cuda.json")
+JOINS = ("naive", "skip", "afm-inpaint")
+CHUNK = 8  # the demo checkpoint's chunk length
 
 
 def measured_latencies() -> list[tuple[str, str, float]]:
-    """(mode, what, ms) at batch 1 from the H200 benchmark."""
+    """(mode, pipeline, ms) at batch 1 from the H200 benchmark: the default row for the chunk."""
     rows = json.loads(BENCH.read_text())["rows"]
     b1 = next(r for r in rows if r["batch"] == 1)
+    default = b1.get("default_row") or ("fast_fused_ms" if "fast_fused_ms" in b1 else "fast_ms")
     return [
-        ("asyncvla", "3B fast path", b1.get("fast_fused_ms", b1["fast_ms"])),
-        ("sfm", "3B fast path", b1["fast_sfm_ms"]),
-        ("sfm", "3B paper-style, fast path", b1["fast_paper_style_ms"]),
-        ("asyncvla", "3B reference path", b1["eager_ms"]),
-        ("sfm", "3B reference path", b1["eager_sfm_ms"]),
-        ("sfm", "3B paper-style, reference path", b1["eager_paper_style_ms"]),
+        ("asyncvla", "3B asyncvla chunk", b1[default]),
+        ("sfm", "3B sfm chunk", b1["fast_sfm_ms"]),
+        ("sfm", "3B paper-style SFM", b1["fast_paper_style_ms"]),
     ]
+
+
+def configurations(steps: list[int]) -> list[dict]:
+    configs = [dict(label="synchronous", mode="asyncvla", d=None, join=None, horizon=None)]
+    for d in steps:
+        if d == 0:
+            continue
+        for join in JOINS:
+            configs.append(dict(label=f"d={d}", mode="asyncvla", d=d, join=join, horizon=max(1, CHUNK - d)))
+    for mode, pipeline, ms in measured_latencies():
+        d = math.ceil(ms / 1000 * CONTROL_HZ - 1e-9)
+        for join in JOINS:
+            label = f"{pipeline}, {ms:.0f} ms"
+            configs.append(dict(label=label, mode=mode, d=d, join=join, horizon=max(1, CHUNK - d), ms=ms))
+    configs.append(
+        dict(label="pause (first study's protocol), d=4", mode="asyncvla", d=4, join="pause", horizon=None)
+    )
+    return configs
+
+
+def run_name(c: dict) -> str:
+    if c["d"] is None:
+        return f"{c['mode']}-sync"
+    return f"{c['mode']}-d{c['d']}-{c['join']}-h{c['horizon'] or 'L'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes-per-task", type=int, default=5)
-    p.add_argument("--latencies", type=float, nargs="+", default=[0, 200, 600])
+    p.add_argument("--episodes-per-task", type=int, default=20)
+    p.add_argument("--steps", type=int, nargs="+", default=[0, 1, 2, 4, 6], help="latencies d in steps")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--work", default="runs/latency")
+    p.add_argument("--work", default="runs/latency-async")
     p.add_argument("--out", default="results/tabletop")
     args = p.parse_args(argv)
-
-    configs = [(mode, "fixed", ms) for mode in ("asyncvla", "sfm") for ms in args.latencies]
-    configs += measured_latencies()
-    rows, done = [], {}
-    for mode, what, ms in configs:
-        steps = math.ceil(ms / 1000 * CONTROL_HZ - 1e-9)
-        if (mode, steps) in done:
-            rows.append({**done[(mode, steps)], "latency": what, "latency_ms": round(ms, 1)})
-            rows[-1]["note"] = f"the run of {done[(mode, steps)]['latency_ms']:.0f} ms: also {steps} steps"
-            continue
-        start = time.perf_counter()
-        run_dir = Path(args.work) / f"{mode}-{ms:.0f}ms"
-        summary = evaluate_suite(
-            "tabletop",
-            checkpoint="demo",
-            mode=mode,
-            episodes_per_task=args.episodes_per_task,
-            workers=args.workers,
-            latency=ms,
-            out=run_dir,
-        )
-        suite = summary.tables["per_suite"].iloc[0]
-        waited = [r.info.get("latency_steps", 0) for r in summary.records]
-        episode_steps = [r.steps for r in summary.records]
-        rows.append(
-            {
-                "mode": mode,
-                "latency": what,
-                "latency_ms": round(ms, 1),
-                "episodes": int(suite["episodes"]),
-                "successes": int(suite["successes"]),
-                "success_rate": float(suite["success_rate"]),
-                "ci_low": float(suite["ci_low"]),
-                "ci_high": float(suite["ci_high"]),
-                "steps_waiting_fraction": round(sum(waited) / max(1, sum(episode_steps)), 3),
-                "latency_steps": steps,
-                "run_dir": str(run_dir),
-                "note": "",
-            }
-        )
-        done[(mode, steps)] = rows[-1]
-        print(
-            f"{mode:9s} {ms:7.1f} ms  {rows[-1]['success_rate']:.2f}  ({time.perf_counter() - start:.0f} s)"
-        )
-    write(rows, Path(args.out), args, " ".join(["python", *sys.argv]))
+    command = " ".join(["python", *sys.argv])
+    configs = configurations(args.steps)
+    rows: dict[int, dict] = {}
+    outcomes: dict[str, list] = {}
+    first_row: dict[str, str] = {}
+    # the synchronous row first (every row is compared with it), then the fixed latencies at the
+    # demo's chunk, then the 3B's measured ones; the table keeps the list's order
+    order = sorted(range(len(configs)), key=lambda i: (configs[i]["d"] is not None, "ms" in configs[i], i))
+    for index in order:
+        c = configs[index]
+        name = run_name(c)
+        if name not in outcomes:
+            started = time.perf_counter()
+            summary = evaluate_suite(
+                "tabletop",
+                checkpoint="demo",
+                mode=c["mode"],
+                episodes_per_task=args.episodes_per_task,
+                workers=args.workers,
+                out=Path(args.work) / name,
+                replan_steps=c["horizon"],
+                latency=None if c["d"] is None else 1000.0 * c["d"] / CONTROL_HZ,
+                extra_args=[] if c["join"] is None else ["--async-join", c["join"]],
+            )
+            outcomes[name] = summary.records
+            print(f"{name:32s} {time.perf_counter() - started:6.0f} s", flush=True)
+        rows[index] = row(c, name, outcomes[name], outcomes[run_name(configs[0])])
+        rows[index]["note"] = f"the run of row {first_row[name]!r}" if name in first_row else ""
+        first_row.setdefault(name, f"{c['label']}, {c['join']}")
+        write([rows[i] for i in sorted(rows)], Path(args.out), command, args.episodes_per_task)
     return 0
 
 
-def write(rows: list[dict], out: Path, args, command: str) -> None:
+def row(c: dict, name: str, records, synchronous) -> dict:
+    from evalsuite.tables import wilson_interval
+
+    frame = pd.DataFrame(
+        [
+            {
+                "key": (r.task, r.episode_index),
+                "success": bool(r.success),
+                "steps": r.steps,
+                **{k: r.info.get(k, 0) for k in ("pause_steps", "stale_ratio", "jerk")},
+            }
+            for r in records
+        ]
+    )
+    base = {(r.task, r.episode_index): bool(r.success) for r in synchronous}
+    pairs = [(base[k], s) for k, s in zip(frame["key"], frame["success"]) if k in base]
+    only_here = sum(1 for b, s in pairs if s and not b)
+    only_sync = sum(1 for b, s in pairs if b and not s)
+    k, n = int(frame["success"].sum()), len(frame)
+    lo, hi = wilson_interval(k, n)
+    done = frame[frame["success"]]
+    return {
+        "row": c["label"],
+        "mode": c["mode"],
+        "d_steps": "" if c["d"] is None else c["d"],
+        "ms": round(c.get("ms", 0 if c["d"] is None else 1000 * c["d"] / CONTROL_HZ), 1),
+        "join": c["join"] or "",
+        "horizon": c["horizon"] or CHUNK,
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n,
+        "ci_low": lo,
+        "ci_high": hi,
+        "wins_vs_sync": only_here,
+        "losses_vs_sync": only_sync,
+        "mcnemar_p": mcnemar_exact(only_here, only_sync) if c["d"] is not None else float("nan"),
+        "steps_to_success": round(float(done["steps"].mean()), 1) if len(done) else float("nan"),
+        "pause_steps": round(float(frame["pause_steps"].mean()), 2),
+        "stale_ratio": round(float(frame["stale_ratio"].mean()), 3),
+        "jerk": round(float(frame["jerk"].mean()), 4),
+        "run": name,
+    }
+
+
+def write(rows: list[dict], out: Path, command: str, per_task: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "latency.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "latency.csv", index=False)
     lines = [
-        "# Success against the policy's latency (tabletop, demo checkpoint, latency-aware)",
+        "# Asynchronous execution on the tabletop suite: success and completion against the latency",
         "",
-        f"`{command}`; {rows[0]['episodes']} episodes per configuration (the same ones), 20 Hz control: a",
-        "latency becomes ceil(latency x 20) steps during which the rest of the previous chunk runs, then the",
-        "arm holds still (docs/latency.md). Measured latencies: the 3B model at batch 1 on one H200",
-        f"({BENCH}).",
+        f"`{command}`; demo checkpoint, {rows[0]['episodes']} episodes per row ({per_task} per task), the same",
+        "episodes in every row (McNemar's exact test against the synchronous row, paired by task and",
+        "episode). 20 Hz control: d steps = ceil(latency x 20). H: actions executed before the next request",
+        "at most (L = 8). Measured latencies: the 3B model at batch 1 on one H200, from",
+        f"{BENCH} (measured at an earlier commit: issue 38 re-measures them).",
+        "docs/latency.md says what each join executes.",
         "",
-        "| mode | latency | ms | steps per call | steps waited / episode steps | success | 95 % CI | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | mode | d | join | H | success | 95 % CI | vs sync (won/lost, p) | steps to success | pause steps | stale % | jerk | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        vs = (
+            "" if r["d_steps"] == "" else f"{r['wins_vs_sync']}/{r['losses_vs_sync']}, p={r['mcnemar_p']:.3f}"
+        )
         lines.append(
-            f"| {r['mode']} | {r['latency']} | {r['latency_ms']:.0f} | {r['latency_steps']} | "
-            f"{r['steps_waiting_fraction']:.2f} | {100 * r['success_rate']:.0f} % ({r['successes']}/{r['episodes']}) | "
-            f"{100 * r['ci_low']:.0f}-{100 * r['ci_high']:.0f} | {r['note']} |"
+            f"| {r['row']} | {r['mode']} | {r['d_steps']} | {r['join']} | {r['horizon']} | "
+            f"{100 * r['success_rate']:.1f} % ({r['successes']}/{r['episodes']}) | "
+            f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} | {vs} | {r['steps_to_success']} | "
+            f"{r['pause_steps']} | {100 * r['stale_ratio']:.1f} | {r['jerk']} | {r['note']} |"
         )
     (out / "latency.md").write_text("\n".join(lines) + "\n")
+    plot(table, out / "latency.png")
 
+
+def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for mode, colour in (("asyncvla", "C0"), ("sfm", "C1")):
-        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["latency_ms"])
-        ax.errorbar(
-            [r["latency_ms"] for r in mine],
-            [100 * r["success_rate"] for r in mine],
-            yerr=[
-                [100 * (r["success_rate"] - r["ci_low"]) for r in mine],
-                [100 * (r["ci_high"] - r["success_rate"]) for r in mine],
-            ],
-            marker="o",
-            capsize=3,
-            color=colour,
-            label=mode,
-        )
-        for r in mine:
-            if r["latency"] != "fixed":
-                ax.annotate(r["latency"], (r["latency_ms"], 100 * r["success_rate"]), fontsize=6, rotation=30)
-    ax.set_xscale("symlog", linthresh=50)
-    ax.set_xlabel("policy latency (ms)")
-    ax.set_ylabel("success (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
+    fixed = table[table["row"].str.startswith("d=") & (table["mode"] == "asyncvla")]
+    sync = table[table["row"] == "synchronous"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, join in enumerate(JOINS):
+        mine = fixed[fixed["join"] == join].sort_values("d_steps")
+        d = [0, *mine["d_steps"]]
+        rate = [*(100 * sync["success_rate"]), *(100 * mine["success_rate"])]
+        steps = [*sync["steps_to_success"], *mine["steps_to_success"]]
+        left.plot(d, rate, marker="o", color=f"C{i}", label=join)
+        right.plot(d, steps, marker="o", color=f"C{i}", label=join)
+    left.set(xlabel="latency d (control steps)", ylabel="success %", title="success")
+    right.set(xlabel="latency d (control steps)", ylabel="steps", title="steps to success")
+    left.legend()
     fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

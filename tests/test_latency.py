@@ -193,3 +193,23 @@ def test_latency_is_refused_for_a_suite_without_a_control_rate_and_for_garbage(t
     assert main(["tabletop", "--policy", "random", "--latency", "soon", "--out", str(tmp_path / "a")]) == 2
     assert "--latency soon" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.libero
+@pytest.mark.parametrize("join", ["naive", "skip"])
+def test_query_ahead_on_the_real_libero_simulator(join):
+    """The same execution on LIBERO (its 20 Hz control rate and delta end-effector actions): the
+    documented action sequence, pause steps and stale ratio, a few steps of one task."""
+    pytest.importorskip("libero.libero")
+    suite = dataclasses.replace(get_suite("libero_spatial"), latency=100.0, async_join=join)  # d = 2
+    env = import_object(suite.env_factory)(**suite.env_kwargs)
+    try:
+        suite = dataclasses.replace(suite, tasks=suite.tasks[:1])
+        record, executed = _run(suite, env, NumberedChunks(), max_steps=10)
+    finally:
+        env.close()
+    expected = EXECUTED[(join, 2)].split()[:10]
+    assert [decode(a) for a in executed] == expected
+    assert record.info["pause_steps"] == expected.count("h") == 2
+    stale = 0 if join == "skip" else 10 - 2
+    assert record.info["stale_ratio"] == pytest.approx(stale / 10, abs=1e-4)

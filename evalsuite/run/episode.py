@@ -20,7 +20,7 @@ import numpy as np
 
 from envs.base import Env, InvalidAction, Observation
 from evalsuite.records import EpisodeRecord, EpisodeSpec
-from evalsuite.run.asynchronous import run_asynchronous
+from evalsuite.run.asynchronous import jerk, run_asynchronous
 from evalsuite.run.watchdog import step_limit
 from evalsuite.suites.spec import SuiteSpec
 from evalsuite.videos import caption_frames, encode_mp4
@@ -85,7 +85,7 @@ def run_episode(
         return _checked_chunk(act([observation], [f"{spec.draw_key}@{run.steps}"])[0], suite, replan_steps)
 
     if suite.latency is None:
-        measured = {"policy_calls": _run_synchronous(run, ask, replan_steps)}
+        measured = _run_synchronous(run, ask, replan_steps)
     else:
         measured = run_asynchronous(run, ask, suite, replan_steps)
     record = EpisodeRecord.for_spec(
@@ -114,18 +114,20 @@ def run_episode(
 
 def _run_synchronous(
     run: _Rollout, ask: Callable[[Observation], np.ndarray], replan_steps: int | None
-) -> int:
-    """The robot waits for each chunk and executes its first `replan_steps` actions; the calls made."""
+) -> dict:
+    """The robot waits for each chunk and executes its first `replan_steps` actions; the calls made
+    and the jerk of the executed actions (as asynchronous execution reports it)."""
     queue: list[np.ndarray] = []  # the current chunk's actions up to the next request
-    calls = 0
+    calls, executed = 0, []
     while not run.ended:
         if not queue:
             chunk = ask(run.obs)
             calls += 1
             queue = list(chunk[: replan_steps or len(chunk)])
+        executed.append(queue.pop(0))
         # the step before the queue runs dry renders: the next step asks the policy again
-        run.step(queue.pop(0), need_images=not queue and run.steps + 1 < run.budget)
-    return calls
+        run.step(executed[-1], need_images=not queue and run.steps + 1 < run.budget)
+    return {"policy_calls": calls, "jerk": round(jerk(np.array(executed)), 6)}
 
 
 def _checked_chunk(chunk, suite: SuiteSpec, replan_steps: int | None) -> np.ndarray:
