@@ -84,6 +84,9 @@ class AsyncVLAPolicy:
         self.action_dim = model.cfg.action_dim
         self.chunk_length = model.cfg.chunk_length
         self._sizes_checked = False
+        # request key -> {"regenerated": tokens AFM regenerated, "tokens": L}, for rollout videos;
+        # bounded: a long evaluation makes millions of calls
+        self.chunk_info: dict[str, dict] = {}
 
     def _check_image_sizes(self, images: dict[str, np.ndarray]) -> None:
         """Warn once when the environment's images differ from the training images' native size by
@@ -177,6 +180,10 @@ class AsyncVLAPolicy:
                 actions[rows] = self.act([observations[i] for i in rows], [keys[i] for i in rows])
             return actions
         result = self._run(observations, keys)
+        if len(self.chunk_info) > 10_000:
+            self.chunk_info.clear()
+        for key, mask in zip(keys, result.mask.sum(dim=1).tolist()):
+            self.chunk_info[key] = {"regenerated": int(mask), "tokens": self.chunk_length}
         actions = self.stats.unnormalize_action(result.actions.cpu().numpy())
         if result.sfm is None:  # inpainted: the committed actions come back exactly as they were given
             for i, obs in enumerate(observations):

@@ -28,6 +28,7 @@ from envs.base import SetupError
 from evalsuite.errors import ArgumentParser, EvalError, UsageError
 from evalsuite.eval_args import config_from_args, eval_parser, evaluate_args, resolve_suites
 from evalsuite.evaluate import dry_run, report
+from evalsuite.page import PAGE
 from evalsuite.run.runner_base import RunAborted
 from evalsuite.store import RunStore
 from evalsuite.suites import registry, unavailable_suites
@@ -61,15 +62,19 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    p = ArgumentParser(prog="asyncvla-eval report", description="Rebuild the tables of a run directory.")
+    p = ArgumentParser(
+        prog="asyncvla-eval report", description="Rebuild the tables (and the page) of a run directory."
+    )
     p.add_argument("run_dir")
+    p.add_argument("--html", action="store_true", help="print the path of the run's page, RUN_DIR/index.html")
     args = p.parse_args(argv)
     manifest = RunStore(args.run_dir).read_manifest()
     suites = registry()
     missing = [n for n in manifest["suites"] if n not in suites]
     if missing:
         raise UsageError(f"run uses suites this installation does not know: {', '.join(missing)}")
-    print(report(Path(args.run_dir), [suites[n] for n in manifest["suites"]]).markdown)
+    summary = report(Path(args.run_dir), [suites[n] for n in manifest["suites"]])
+    print(summary.run_dir / PAGE if args.html else summary.markdown)
     return 0
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from envs.base import SetupError
 from evalsuite import manifest as mf
+from evalsuite.page import write_run_page
 from evalsuite.plan import describe_plan, plan_episodes
 from evalsuite.policy import PolicySpec
 from evalsuite.records import EpisodeRecord, EpisodeSpec
@@ -217,6 +218,7 @@ def report(run_dir: Path, suites: list[SuiteSpec], plan: list[EpisodeSpec] | Non
     header = protocol_header(manifest)
     try:
         markdown = write_tables(tables, Path(run_dir) / "tables", header)
+        write_run_page(Path(run_dir), header, tables, records)
     except OSError as e:  # a read-only or full file system: the tables are still printed
         log.warning("tables not written to %s: %s", Path(run_dir) / "tables", e)
         markdown = render_tables(tables, header)

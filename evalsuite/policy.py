@@ -137,6 +137,12 @@ class BatchChecked:
         return actions
 
 
+def chunk_info_of(policy, key: str) -> dict | None:
+    """What `policy` said of the chunk it made for request `key`: a policy may keep a
+    `chunk_info` mapping (AsyncVLA: {"regenerated": tokens AFM regenerated, "tokens": L})."""
+    return getattr(policy, "chunk_info", {}).get(key)
+
+
 def check_batch(actions, observations: int) -> None:
     """`actions` holds one chunk per observation, or a `FatalPolicyError` (it would repeat on every call)."""
     from evalsuite.errors import FatalPolicyError

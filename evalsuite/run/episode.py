@@ -23,7 +23,7 @@ from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.run.asynchronous import jerk, run_asynchronous
 from evalsuite.run.watchdog import step_limit
 from evalsuite.suites.spec import SuiteSpec
-from evalsuite.videos import caption_frames, encode_mp4
+from evalsuite.videos import PolicyCall, encode_mp4, video_frames
 
 # act(observations, keys) -> [B, L, action_dim]; local policy or a call into the policy server
 ActFn = Callable[[list[Observation], list[str]], np.ndarray]
@@ -73,7 +73,10 @@ def run_episode(
     record_video: bool = False,
     video_fps: int = 20,
     step_timeout_s: float | None = None,
+    chunk_info: Callable[[str], dict | None] | None = None,
 ) -> EpisodeResult:
+    """One episode. `chunk_info(key)`, where the policy has it, says what the policy did for the
+    request `key` (AsyncVLA: how many tokens AFM regenerated); asked only for a recorded video."""
     task = suite.task(spec.task)
     start = time.perf_counter()
     builds = getattr(env, "builds", None)
@@ -81,8 +84,15 @@ def run_episode(
     reset_s = time.perf_counter() - start
     run = _Rollout(env, suite, obs, max_steps or task.max_steps, record_video, step_timeout_s)
 
+    calls: list[PolicyCall] = []
+
     def ask(observation: Observation) -> np.ndarray:
-        return _checked_chunk(act([observation], [f"{spec.draw_key}@{run.steps}"])[0], suite, replan_steps)
+        key = f"{spec.draw_key}@{run.steps}"
+        chunk = _checked_chunk(act([observation], [key])[0], suite, replan_steps)
+        if record_video:
+            info = (chunk_info(key) if chunk_info else None) or {}
+            calls.append(PolicyCall(run.steps, info.get("regenerated"), info.get("tokens")))
+        return chunk
 
     if suite.latency is None:
         measured = _run_synchronous(run, ask, replan_steps)
@@ -107,8 +117,9 @@ def run_episode(
     video = None
     if record_video and run.frames:
         outcome = f"{'success' if run.success else 'failure'} after {run.steps} steps"
-        captioned = caption_frames(run.frames, run.obs.instruction or task.instruction, outcome)
-        video = encode_mp4(captioned, fps=video_fps)
+        cameras = max(1, len(run.obs.images) or len(getattr(env, "cameras", ())) or 1)
+        frames, _ = video_frames(run.frames, cameras, run.obs.instruction or task.instruction, outcome, calls)
+        video = encode_mp4(frames, fps=video_fps)
     return EpisodeResult(record, video)
 
 

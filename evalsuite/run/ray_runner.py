@@ -10,6 +10,7 @@ then records it as an error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from collections import Counter, deque
 
 import numpy as np
 
-from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.policy import PolicySpec, build_policy, chunk_info_of
 from evalsuite.records import EpisodeSpec
 from evalsuite.run.episode import EpisodeResult, run_episode
 from evalsuite.run.runner_base import (
@@ -71,9 +72,13 @@ class EnvWorker:
         def act(observations, keys):
             return np.stack(ray.get([server.act.remote(o, k) for o, k in zip(observations, keys)]))
 
+        def chunk_info(key):
+            return ray.get(server.chunk_info.remote(key))
+
         if self.policy is not None:
             self.policy.reset(spec.id)
             act = self.policy.act
+            chunk_info = functools.partial(chunk_info_of, self.policy)
 
         try:
             return run_episode(
@@ -85,6 +90,7 @@ class EnvWorker:
                 max_steps,
                 record_video=record_video,
                 step_timeout_s=step_timeout_s,
+                chunk_info=chunk_info,
             )
         except Exception:
             self._close()  # the simulator may be in any state now; the retry gets a fresh one

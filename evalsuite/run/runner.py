@@ -9,9 +9,10 @@ in the run directory. `sink` stores each record (and its video) as it finishes.
 
 from __future__ import annotations
 
+import functools
 import logging
 
-from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.policy import PolicySpec, build_policy, chunk_info_of
 from evalsuite.records import EpisodeRecord, EpisodeSpec
 from evalsuite.run.episode import EpisodeResult, run_episode
 from evalsuite.run.ray_runner import run_ray
@@ -92,6 +93,7 @@ def _attempt_inline(spec, suite, policy, envs, options, videos) -> EpisodeResult
                     options.max_steps,
                     record_video=videos.wanted(spec),
                     step_timeout_s=options.step_timeout_s,
+                    chunk_info=functools.partial(chunk_info_of, policy),
                 )
             result.record.attempts = attempt
             return result

@@ -33,7 +33,7 @@ import numpy as np
 import ray
 
 from envs.base import Observation
-from evalsuite.policy import PolicySpec, build_policy
+from evalsuite.policy import PolicySpec, build_policy, chunk_info_of
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class BatchingPolicyServer:
 
     def info(self) -> dict:
         return {"action_dim": self.policy.action_dim, "chunk_length": self.policy.chunk_length}
+
+    def chunk_info(self, key: str) -> dict | None:
+        """What the policy said of the chunk it made for request `key` (AsyncVLA: how many tokens
+        AFM regenerated), for a rollout video; None where the policy says nothing."""
+        return chunk_info_of(self.policy, key)
 
     async def act(self, observation: Observation, key: str) -> np.ndarray:
         chunk, _ = await self.act_timed(observation, key)
