@@ -4,6 +4,8 @@ the tabletop suite under asynchronous execution (docs/latency.md, evalsuite/run/
     python scripts/latency_study.py                              # results/tabletop/latency.{csv,md,png}
     python scripts/latency_study.py --episodes-per-task 2 --steps 0 2   # a quick look
 
+The latencies run in the order given (--steps), the table is ordered by d.
+
 Rows, all on the same episodes (10 tasks x --episodes-per-task, seed 0; paired by task and episode):
 - the synchronous run (the robot waits for every chunk; the whole chunk executed);
 - query ahead at d = 1, 2, 4, 6 control steps of latency, with the `naive`, `skip` and
@@ -114,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         rows[index] = row(c, name, outcomes[name], outcomes[run_name(configs[0])])
         rows[index]["note"] = f"the run of row {first_row[name]!r}" if name in first_row else ""
         first_row.setdefault(name, f"{c['label']}, {c['join']}")
-        write([rows[i] for i in sorted(rows)], Path(args.out), command, args.episodes_per_task)
+        write(sorted(rows.values(), key=table_order), Path(args.out), command, args.episodes_per_task)
     return 0
+
+
+def table_order(r: dict) -> tuple:
+    """Synchronous, then the fixed latencies by d, the measured ones, the pause protocol; joins in order."""
+    kind = 3 if r["join"] == "pause" else 0 if r["d_steps"] == "" else 2 if "ms" in r["row"] else 1
+    return kind, r["d_steps"] or 0, r["row"], (*JOINS, "pause", "").index(r["join"])
 
 
 def row(c: dict, name: str, records, synchronous) -> dict:
