@@ -45,9 +45,13 @@ def write_run_page(
         f"<pre>{e(header.replace('> ', ''))}</pre>",
     ]
     for name, table in tables.items():
+        shown = to_display(table)
+        p_values = {c: "{:.3g}".format for c in shown.columns if str(c).endswith(" p")}  # as in the .md
         parts += [
             f"<h2>{e(name)}</h2>",
-            to_display(table).to_html(index=False, na_rep="--", float_format="%.1f"),
+            # a callable: pandas' to_html calls float_format on the floats of an object column
+            # (libero_table1's, beside its interval strings), which a format string is not
+            shown.to_html(index=False, na_rep="--", float_format="{:.1f}".format, formatters=p_values),
         ]
     parts.append("<h2>videos</h2>")
     by_task: dict[tuple[str, str], list[EpisodeRecord]] = {}
