@@ -45,7 +45,8 @@ def pair_episodes(records: pd.DataFrame) -> pd.DataFrame:
     columns = [*KEYS, "perturbation", "original", "perturbed"]
     if records.empty or "base_task" not in records.columns:
         return pd.DataFrame(columns=columns)
-    perturbed = records[records["base_task"].notna()]
+    # perturbed episodes whose base suite is in the run (a run of perturbed suites alone pairs nothing)
+    perturbed = records[records["base_task"].notna() & records["base_suite"].isin(set(records["suite"]))]
     perturbed = perturbed[
         ["base_suite", "perturbation", "base_task", "episode_index", "seed", "mode", "success"]
     ]
