@@ -6,6 +6,10 @@ Layout:
     rater.safetensors    the confidence rater
     norm_stats.json      state/action mean and std (asyncvla.normalize)
     tokenizer.json, tokenizer_config.json, ...   tokenizer files (save_pretrained)
+
+Every file is written under a temporary name in the same directory, flushed to disk and renamed
+over the old one (`atomic_write`), config.json last: a save killed part-way leaves each file
+either whole and old or whole and new, never torn.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import logging
 import math
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,25 +52,66 @@ def _split_state(model: AsyncVLA) -> tuple[dict[str, torch.Tensor], dict[str, to
     return main, rater
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` to a temporary name beside `path`, flushed to disk, then renamed over `path`:
+    readers (and a later resume) see the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
 def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats) -> Path:
-    """Write the checkpoint; config.json carries `model.training` (how it was trained: see
-    `asyncvla.training.train.training_record`) when the model has one."""
+    """Write the checkpoint, each file atomically (`atomic_write`); config.json carries
+    `model.training` (how it was trained: see `asyncvla.training.train.training_record`) when the
+    model has one."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     main, rater = _split_state(model)
     cfg = model.cfg.to_dict()
     cfg["backbone_dir"] = None  # the weights are all here now; never reload the base model
     meta = {"format": FORMAT, "version": VERSION}
-    save_file(main, str(path / "model.safetensors"), metadata={k: str(v) for k, v in meta.items()})
-    save_file(rater, str(path / "rater.safetensors"), metadata={k: str(v) for k, v in meta.items()})
-    stats.save(path / "norm_stats.json")
-    tokenizer.save_pretrained(str(path))
+    tags = {k: str(v) for k, v in meta.items()}
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(main, str(tmp), metadata=tags))
+    atomic_write(path / "rater.safetensors", lambda tmp: save_file(rater, str(tmp), metadata=tags))
+    atomic_write(path / "norm_stats.json", stats.save)
+    _save_tokenizer(path, tokenizer)
     config = {**meta, "model": cfg}
     if isinstance(model.training_record, dict):
         config["training"] = model.training_record
-    (path / "config.json").write_text(json.dumps(config, indent=1))  # last: marks the checkpoint complete
+    text = json.dumps(config, indent=1)
+    atomic_write(path / "config.json", lambda tmp: tmp.write_text(text))  # last: marks it complete
     log.info("saved checkpoint to %s", path)
     return path
+
+
+def _save_tokenizer(path: Path, tokenizer) -> None:
+    """`save_pretrained` into a temporary directory beside the checkpoint's files, then each file
+    moved into place atomically."""
+    staging = path / f".tokenizer.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tokenizer.save_pretrained(str(staging))
+        for f in sorted(staging.iterdir()):
+            atomic_write(path / f.name, lambda tmp, f=f: os.replace(f, tmp))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_training_record(path: str | Path) -> dict | None:

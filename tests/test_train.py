@@ -47,7 +47,7 @@ def test_tiny_model_overfits_small_dataset(tmp_path, objective):
     )
     run(TrainConfig(**cfg, steps=1, lr=1e-12, vision_lr=1e-12))  # an untrained checkpoint, same init
     before = _eval_loss(tmp_path / "ckpt", data, objective)
-    run(TrainConfig(**cfg, steps=500, lr=3e-3, vision_lr=3e-3, warmup_steps=20))
+    run(TrainConfig(**cfg, steps=500, lr=3e-3, vision_lr=3e-3, warmup_steps=20, overwrite=True))
     after = _eval_loss(tmp_path / "ckpt", data, objective)
     assert before > 1.0 and after < before / 10, (before, after)
     rows = list(csv.DictReader(open(tmp_path / "ckpt" / "loss_policy.csv")))
@@ -105,9 +105,13 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "neither an asyncvla-episodes directory" in capsys.readouterr().err
     data = write_asyncvla_episodes(tmp_path / "data", [_deterministic(0)], fps=10, source="test")
     assert main([str(data), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
-    assert "--steps / --epochs must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(data), "--out", str(tmp_path / "o"), "--objective", "afm"])
+    assert "--steps 0: must be at least 1" in capsys.readouterr().err
+    assert main([str(data), "--out", str(tmp_path / "o"), "--objective", "afm"]) == 2  # one line, no usage
+    assert capsys.readouterr().err.splitlines() == [
+        "asyncvla-train: error: argument --objective: invalid choice: 'afm' (choose from 'unified', 'sfm') "
+        "(see asyncvla-train --help)"
+    ]
+    assert not (tmp_path / "o").exists()  # nothing was written
 
 
 @pytest.mark.parametrize(
@@ -210,5 +214,5 @@ def test_the_checkpoint_records_how_it_was_trained_and_refuses_an_untrained_rate
     assert rater["pause_threshold"] == 0 and rater["pause_fraction"] == 0
     assert "data_sha256" not in record and "pause_threshold" not in record  # only per stage
     asyncvla.load(str(ckpt), mode="asyncvla")
-    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=1))  # a new policy: rater stale
+    run(TrainConfig(dataset=str(data), out=str(ckpt), batch_size=4, steps=1, overwrite=True))  # rater stale
     assert list(read_training_record(ckpt)["stages"]) == ["policy"]

@@ -13,6 +13,11 @@ A pause is a step whose action does not move the arm (the norm of everything but
 `pause_threshold`) and keeps the previous step's gripper command: the no-op rule OpenVLA applied
 to regenerate LIBERO (threshold 1e-4). It reads the actions, which for every suite here are
 end-effector deltas; for absolute actions set the threshold to 0 (nothing is a pause).
+
+Both readers refuse, naming the file (and episode, field and step), what cannot be trained on: an
+unreadable or truncated file, a missing array, arrays of different lengths or of the wrong size,
+a NaN, an infinity or a value beyond +-MAX_ABS in a state or action, an empty instruction
+(`check_episode`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 
 from asyncvla.normalize import NormStats
+from asyncvla.training.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,53 @@ class Sample:
 
 
 PAUSE_THRESHOLD = 1e-4  # OpenVLA's LIBERO no-op threshold
+# a state or action value beyond this is a recording or units error (robot states and actions are
+# metres, radians and gripper commands); it would also overflow the float32 statistics
+MAX_ABS = 1e6
+
+
+def check_episode(
+    name: str, ep: Episode, cameras: list[str], state_dim: int | None, action_dim: int | None
+) -> None:
+    """Refuse an episode that cannot be trained on, naming it (`name`: its file, and episode index
+    where a file holds several), the field and, for a bad value, the step and dimension."""
+    T = len(ep.action)
+    if T == 0:
+        raise DatasetError(f"{name}: the episode has no steps")
+    for field, array, size, what in (
+        ("state", ep.state, state_dim, "state_dim"),
+        ("action", ep.action, action_dim, "action_dim"),
+    ):
+        if array.ndim != 2:
+            raise DatasetError(f"{name}: {field} has shape {array.shape}, expected (steps, {what})")
+        if size is not None and array.shape[1] != size:
+            raise DatasetError(
+                f"{name}: {field} has {array.shape[1]} values per step, the dataset's {what} is {size}"
+            )
+        bad = ~np.isfinite(array) | (np.abs(np.nan_to_num(array)) > MAX_ABS)
+        if bad.any():
+            t, d = (int(i) for i in np.argwhere(bad)[0])
+            raise DatasetError(
+                f"{name}: {field}[{t}, {d}] is {array[t, d]} ({int(bad.sum())} value(s) of {field} are "
+                f"NaN, infinite or beyond +-{MAX_ABS:g}); fix or remove this episode"
+            )
+    for cam in cameras:
+        frames = ep.images.get(cam)
+        if frames is None:
+            raise DatasetError(f"{name}: no images of camera {cam!r}")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise DatasetError(
+                f"{name}: image.{cam} is {frames.dtype} {frames.shape}, expected uint8 (steps, H, W, 3)"
+            )
+        if len(frames) != T:
+            raise DatasetError(f"{name}: {len(frames)} image.{cam} frames for {T} actions")
+    if len(ep.state) != T:
+        raise DatasetError(f"{name}: {len(ep.state)} states for {T} actions")
+    if not ep.instruction.strip():
+        raise DatasetError(
+            f"{name}: the instruction is empty; the policy is language-conditioned, so every episode "
+            "needs the instruction it was recorded for"
+        )
 
 
 def pause_steps(action: np.ndarray, threshold: float = PAUSE_THRESHOLD) -> np.ndarray:
@@ -65,6 +120,16 @@ def pause_steps(action: np.ndarray, threshold: float = PAUSE_THRESHOLD) -> np.nd
     return still & same_gripper
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
 def read_asyncvla_episodes(path: str | Path) -> tuple[list[Episode], dict]:
     path = Path(path)
     info_path = path / "info.json"
@@ -72,7 +137,7 @@ def read_asyncvla_episodes(path: str | Path) -> tuple[list[Episode], dict]:
         raise FileNotFoundError(
             f"{info_path} is missing: not an asyncvla-episodes directory (docs/CONTRACTS.md)"
         )
-    info = json.loads(info_path.read_text())
+    info = _read_json(info_path)
     if info.get("format") != "asyncvla-episodes" or info.get("version") != 1:
         raise ValueError(
             f"{info_path}: format {info.get('format')!r} v{info.get('version')}, expected asyncvla-episodes v1"
@@ -80,28 +145,57 @@ def read_asyncvla_episodes(path: str | Path) -> tuple[list[Episode], dict]:
     files = sorted((path / "episodes").glob("*.npz"))
     if not files:
         raise FileNotFoundError(f"{path / 'episodes'} holds no .npz episodes")
+    cameras = list(info.get("cameras") or [])
+    if not cameras:
+        raise DatasetError(f"{info_path}: lists no cameras")
     episodes = []
     for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            missing = [
-                k
-                for k in [f"image.{c}" for c in info["cameras"]] + ["state", "action", "instruction"]
-                if k not in z
-            ]
-            if missing:
-                raise ValueError(
-                    f"{f}: missing arrays {missing} (docs/CONTRACTS.md lists the episode arrays)"
-                )
-            ep = Episode(
-                images={c: z[f"image.{c}"] for c in info["cameras"]},
-                state=z["state"].astype(np.float32),
-                action=z["action"].astype(np.float32),
-                instruction=str(z["instruction"]),
+        ep = _read_episode_file(f, cameras)
+        check_episode(str(f), ep, cameras, info.get("state_dim"), info.get("action_dim"))
+        if episodes and ep.state.shape[1] != episodes[0].state.shape[1]:
+            raise DatasetError(
+                f"{f}: state has {ep.state.shape[1]} values per step, {files[0].name} has "
+                f"{episodes[0].state.shape[1]}"
             )
-        if not len(ep.state) == len(ep.action) == len(next(iter(ep.images.values()))):
-            raise ValueError(f"{f}: images, state and action have different lengths")
+        if episodes and ep.action.shape[1] != episodes[0].action.shape[1]:
+            raise DatasetError(
+                f"{f}: action has {ep.action.shape[1]} values per step, {files[0].name} has "
+                f"{episodes[0].action.shape[1]}"
+            )
         episodes.append(ep)
     return episodes, info
+
+
+def _read_episode_file(f: Path, cameras: list[str]) -> Episode:
+    """One episode file, or a DatasetError naming it and what is wrong with it."""
+    try:
+        z = np.load(f, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DatasetError(f"{f}: unreadable or truncated episode file ({e}); re-record or remove it") from e
+    except ValueError as e:  # neither a zip archive nor a NumPy array file: np.load takes it for a pickle
+        raise DatasetError(f"{f}: not an episode archive (an .npz of arrays); re-record or remove it") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{f}: holds a single array, not an episode archive (an .npz of arrays)")
+    with z:
+        names = [f"image.{c}" for c in cameras] + ["state", "action", "instruction"]
+        missing = [k for k in names if k not in z]
+        if missing:
+            raise DatasetError(f"{f}: missing arrays {missing} (docs/CONTRACTS.md lists the episode arrays)")
+        try:
+            arrays = {k: z[k] for k in names}
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+            raise DatasetError(
+                f"{f}: unreadable or truncated episode file ({e}); re-record or remove it"
+            ) from e
+    for key in ("state", "action"):
+        if not np.issubdtype(arrays[key].dtype, np.number):
+            raise DatasetError(f"{f}: {key} holds {arrays[key].dtype} values, expected numbers")
+    return Episode(
+        images={c: arrays[f"image.{c}"] for c in cameras},
+        state=arrays["state"].astype(np.float32),
+        action=arrays["action"].astype(np.float32),
+        instruction=str(arrays["instruction"]),
+    )
 
 
 def _decode_image(cell) -> np.ndarray:
@@ -113,51 +207,116 @@ def _decode_image(cell) -> np.ndarray:
 
 def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tuple[list[Episode], dict]:
     """LeRobot layout. `cameras` maps model camera name -> feature key; default: every
-    `observation.images.<name>` feature becomes camera `<name>`."""
+    `observation.images.<name>` feature becomes camera `<name>`. Every episode's instruction is
+    its task (`task_index` in the data, its text in meta/tasks.jsonl or meta/tasks.parquet): a
+    dataset without them is refused, never trained on empty instructions."""
     import pandas as pd
 
     path = Path(path)
     info_path = path / "meta" / "info.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path} is missing: not a LeRobot dataset directory")
-    info = json.loads(info_path.read_text())
+    info = _read_json(info_path)
     features = info.get("features", {})
     if cameras is None:
         cameras = {k.split(".", 2)[2]: k for k in features if k.startswith("observation.images.")}
+    if not cameras:
+        raise DatasetError(f"{info_path}: no image features (observation.images.<camera>) among its features")
     for cam, key in cameras.items():
         if features.get(key, {}).get("dtype") == "video":
-            raise ValueError(
+            raise DatasetError(
                 f"{info_path}: camera {cam!r} ({key}) is stored as video; this reader needs image features in "
                 "parquet (re-export the dataset with images, or decode the videos to frames first)"
             )
-    tasks = {}
-    if (path / "meta" / "tasks.jsonl").is_file():  # LeRobot v2.x
-        for line in (path / "meta" / "tasks.jsonl").read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                tasks[int(row["task_index"])] = row["task"]
-    elif (path / "meta" / "tasks.parquet").is_file():  # LeRobot v3: task string is the index
-        df = pd.read_parquet(path / "meta" / "tasks.parquet")
-        tasks = {int(i): str(t) for t, i in zip(df.index, df["task_index"])}
+    tasks = _lerobot_tasks(path)
     files = sorted((path / "data").rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{path / 'data'} holds no parquet files")
-    frames = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    for col in ["episode_index", "frame_index", "observation.state", "action", *cameras.values()]:
+    parts = []
+    for f in files:
+        try:
+            parts.append(pd.read_parquet(f).assign(_file=f.name))
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DatasetError(f"{f}: not a readable parquet file ({e})") from e
+    frames = pd.concat(parts, ignore_index=True)
+    for col in [
+        "episode_index",
+        "frame_index",
+        "task_index",
+        "observation.state",
+        "action",
+        *cameras.values(),
+    ]:
         if col not in frames:
-            raise ValueError(f"{path}: parquet data has no column {col!r} (columns: {list(frames.columns)})")
+            hint = (
+                ": without it the episodes have no instruction (meta/tasks.jsonl maps task_index to the text)"
+                if col == "task_index"
+                else ""
+            )
+            raise DatasetError(
+                f"{path}: parquet data has no column {col!r}{hint} (columns: {list(frames.columns)[:12]})"
+            )
     episodes = []
-    for _, ep in frames.sort_values(["episode_index", "frame_index"]).groupby("episode_index", sort=True):
-        task_index = int(ep["task_index"].iloc[0]) if "task_index" in ep else -1
-        episodes.append(
-            Episode(
+    for index, ep in frames.sort_values(["episode_index", "frame_index"]).groupby("episode_index", sort=True):
+        name = f"{path} episode {index} ({', '.join(sorted(set(ep['_file'])))})"
+        task_index = int(ep["task_index"].iloc[0])
+        if task_index not in tasks:
+            raise DatasetError(
+                f"{name}: task_index {task_index} is not in the dataset's tasks ({sorted(tasks)[:10]}), so "
+                "the episode has no instruction"
+            )
+        try:
+            episode = Episode(
                 images={cam: np.stack([_decode_image(c) for c in ep[key]]) for cam, key in cameras.items()},
                 state=np.stack(ep["observation.state"].to_numpy()).astype(np.float32),
                 action=np.stack(ep["action"].to_numpy()).astype(np.float32),
-                instruction=tasks.get(task_index, ""),
+                instruction=tasks[task_index],
             )
-        )
+        except (OSError, ValueError, TypeError, KeyError) as e:  # undecodable image, ragged rows
+            raise DatasetError(f"{name}: unreadable images, states or actions ({e})") from e
+        check_episode(name, episode, list(cameras), None, None)
+        if episodes and episode.state.shape[1] != episodes[0].state.shape[1]:
+            raise DatasetError(
+                f"{name}: state has {episode.state.shape[1]} values per step, episode 0 has {episodes[0].state.shape[1]}"
+            )
+        if episodes and episode.action.shape[1] != episodes[0].action.shape[1]:
+            raise DatasetError(
+                f"{name}: action has {episode.action.shape[1]} values per step, episode 0 has {episodes[0].action.shape[1]}"
+            )
+        episodes.append(episode)
     return episodes, {"cameras": list(cameras), "fps": info.get("fps"), "source": str(path)}
+
+
+def _lerobot_tasks(path: Path) -> dict[int, str]:
+    """task_index -> instruction, from meta/tasks.jsonl (LeRobot v2.x) or meta/tasks.parquet (v3)."""
+    import pandas as pd
+
+    jsonl, table = path / "meta" / "tasks.jsonl", path / "meta" / "tasks.parquet"
+    tasks = {}
+    if jsonl.is_file():
+        for number, line in enumerate(jsonl.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    tasks[int(row["task_index"])] = str(row["task"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DatasetError(
+                        f'{jsonl}:{number}: expected {{"task_index": N, "task": TEXT}} ({e!r})'
+                    ) from e
+    elif table.is_file():  # the task string is the index
+        try:
+            df = pd.read_parquet(table)
+            tasks = {int(i): str(t) for t, i in zip(df.index, df["task_index"])}
+        except (OSError, ValueError, KeyError) as e:
+            raise DatasetError(f"{table}: unreadable task table ({e!r})") from e
+    else:
+        raise DatasetError(
+            f"{path / 'meta'} has neither tasks.jsonl nor tasks.parquet, so the episodes have no "
+            'instruction; add the task texts (LeRobot\'s meta/tasks.jsonl: one {"task_index", "task"} per line)'
+        )
+    if not tasks:
+        raise DatasetError(f"{jsonl if jsonl.is_file() else table}: lists no tasks")
+    return tasks
 
 
 def dataset_sha256(path: str | Path) -> str:

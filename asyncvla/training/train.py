@@ -2,24 +2,36 @@
 
     asyncvla-train DATASET --out ckpt/ --stage policy --objective unified --steps 2000
     asyncvla-train DATASET --out ckpt/ --stage rater --steps 500        # after the policy, backbone frozen
+    asyncvla-train DATASET --out ckpt/ --steps 2000 --resume            # continue after a stop
     asyncvla-train DATASET --out ckpt/ --steps 2000 --num-workers 2     # torch DDP (gloo on CPU, nccl on GPU)
 
 `--out` is a checkpoint directory (asyncvla.load reads it) that also holds the loss log
 (`loss_<stage>.csv`) and the resume state (`train_state_<stage>.pt`, tensors only, loaded with
-weights_only=True). Under `torchrun` the process group comes from the environment, so the same
-command scales to several machines.
+weights_only=True). A save is whole or absent (asyncvla/training/saves.py); a fresh training
+refuses an --out that holds another training (--resume continues it, --overwrite replaces it), and
+a resume refuses a state saved with other settings (asyncvla/training/provenance.py). Flags are
+checked before anything is read (flags.py), the data before the model is built (datasets.py): a
+bad value is one line and exit 2. A non-finite loss or weight stops the training, the last good
+save kept. Ctrl-C / SIGTERM stop it with exit 130 / 143, the evaluation subprocess and the workers
+stopped, and a line that says how to resume. Under `torchrun` the process group comes from the
+environment, so the same command scales to several machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import itertools
 import logging
 import math
 import os
+import shlex
+import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +45,20 @@ from asyncvla.checkpoint import load_checkpoint, save_checkpoint
 from asyncvla.config import OBJECTIVES, ModelConfig
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
+from asyncvla.training import flags, saves
 from asyncvla.training.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
+from asyncvla.training.errors import Diverged, TrainError
+from asyncvla.training.provenance import (
+    changed_phase,
+    check_resume,
+    phase_settings,
+    run_settings,
+    training_record,
+)
+from asyncvla.training.stopping import EXIT_SIGINT, EXIT_SIGTERM, SIGNALS, die_with_parent
 
 log = logging.getLogger(__name__)
+WORKER_STOP_S = 60.0  # how long spawned workers get to stop (and stop their evaluation) before SIGKILL
 
 
 @dataclass
@@ -55,6 +78,7 @@ class TrainConfig:
     backbone_dir: str | None = None  # local Qwen2.5-VL directory (qwen2.5-vl-3b)
     init: str | None = None  # rater stage: the policy checkpoint (default: --out)
     resume: bool = False
+    overwrite: bool = False  # replace the training --out holds (a fresh training refuses it otherwise)
     num_workers: int = 1
     save_every: int = 500
     device: str = "cpu"
@@ -66,44 +90,8 @@ class TrainConfig:
     eval_episodes: int = 1  # per task
     eval_track: str | None = None  # TensorBoard directory (asyncvla-eval --track)
     eval_args: str = ""  # any other asyncvla-eval options, e.g. "--tasks 0,1 --workers 2"
-
-
-def training_record(
-    previous: dict | None,
-    cfg: TrainConfig,
-    steps: int,
-    dataset: ChunkDataset,
-    data_sha256: str,
-    image_size: int,
-    data_info: dict | None = None,
-) -> dict:
-    """What config.json says of how the checkpoint was trained: the objective, the image size the
-    model reads, and per stage its step count and data (hash, native image size, the renderer's
-    settings where the dataset names them, pauses), so a rater trained on other data never
-    replaces what the policy was trained on. The top-level `data_image_size` and `data_render` are
-    the policy stage's (what the policy saw: the harness compares the env's images with them).
-    The policy stage starts a record (a policy retrained from scratch drops the rater's); the rater
-    stage adds itself to the policy's."""
-    record = dict(previous or {}) if (cfg.stage == "rater" or cfg.resume) else {}
-    for key in ("data_sha256", "pause_threshold", "pause_fraction"):  # records before per-stage data
-        record.pop(key, None)
-    stages = dict(record.get("stages", {}))
-    frames = next(iter(dataset.episodes[0].images.values()))
-    data = {
-        "data_sha256": data_sha256,
-        "data_image_size": list(frames.shape[1:3]),
-        "data_render": (data_info or {}).get("render"),
-        "pause_threshold": cfg.pause_threshold,
-        "pause_fraction": round(dataset.pause_fraction(), 4),
-    }
-    if cfg.stage == "policy":
-        stages.pop("rater", None)  # the rater was trained on another policy's SFM actions
-        record.update(
-            objective=cfg.objective, data_image_size=data["data_image_size"], data_render=data["data_render"]
-        )
-    stages[cfg.stage] = {"steps": steps, **data}
-    record.update(stages=stages, image_size=image_size)
-    return record
+    eval_keep_checkpoints: bool = False  # keep each evaluated checkpoint copy (deleted once evaluated)
+    collective_timeout_s: float = 1800.0  # how long a worker waits for the others (torch's default)
 
 
 def collate(
@@ -175,10 +163,15 @@ def _cosine(total: int, warmup: int):
     return factor
 
 
-def _build(cfg: TrainConfig, dataset: ChunkDataset, info: dict, device) -> tuple[AsyncVLA, object, NormStats]:
+def _build(
+    cfg: TrainConfig, dataset: ChunkDataset, info: dict, device, resuming: bool | None = None
+) -> tuple[AsyncVLA, object, NormStats]:
+    """The model to train: loaded from --out when resuming a save (`resuming`, default cfg.resume),
+    from --init or --out for the rater stage, else built new from the data's sizes."""
     out = Path(cfg.out)
-    if cfg.resume or cfg.stage == "rater":
-        src = Path(cfg.out if cfg.resume or not cfg.init else cfg.init)
+    resuming = cfg.resume if resuming is None else resuming
+    if resuming or cfg.stage == "rater":
+        src = Path(cfg.out if resuming or not cfg.init else cfg.init)
         return load_checkpoint(src, device=device)
     sample = dataset[0]
     model_cfg = ModelConfig.named(
@@ -205,80 +198,223 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     steps, logging the loss and saving the checkpoint and the resume state every `save_every`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rank, world, device = _join_workers(rank, world, cfg)
-    episodes, info = read_dataset(cfg.dataset)
-    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device)
+    try:
+        _train(rank, world, device, cfg)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(rank: int, world: int, device: torch.device, cfg: TrainConfig) -> None:
+    out = Path(cfg.out)
+    episodes, info = read_dataset(cfg.dataset)  # refuses what cannot be trained on, naming the file
+    with saves.claimed(out) if rank == 0 else contextlib.nullcontext() as started:
+        plan = saves.plan(cfg) if rank == 0 else None  # again, now that an interrupted save is recovered
+        if world > 1:
+            plan = _broadcast(plan)  # the others wait here for rank 0's --out
+        _train_in(rank, world, device, cfg, episodes, info, plan, started)
+
+
+def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves.Plan, started) -> None:
+    out = Path(cfg.out)
+    state_file = saves.state_path(out, cfg.stage)
+    resuming = plan.resume
+    model, tokenizer, stats = _build(cfg, ChunkDataset(episodes, 8), info, device, resuming)
     dataset = ChunkDataset(episodes, model.cfg.chunk_length, cfg.pause_threshold)
     data_sha256 = dataset_sha256(cfg.dataset)
     previous_record = model.training_record
-    log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
     pre = Preprocessor(model.cfg, tokenizer)
-    steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
+    sampler, loader = _data_loader(dataset, cfg, rank, world)
+    steps_per_epoch = len(loader)
     total = cfg.steps if cfg.steps else (cfg.epochs or 1) * steps_per_epoch
+    if cfg.warmup_steps > total:
+        raise TrainError(
+            f"--warmup-steps {cfg.warmup_steps} is more than the {total} steps of the training: the learning "
+            "rate would never reach --lr"
+        )
     optim, sched = _optimizer(model, cfg, total)
+    settings = run_settings(cfg, data_sha256, world, device.type, previous_record)
+    phases = [{"from_step": 0, **phase_settings(cfg, total)}]
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    step = 0
+    if resuming:
+        step, phases = _resume(out, cfg, optim, sched, generator, rank, settings, previous_record, total)
+    _check_data_fits(model, dataset, info, cfg)
+    if rank == 0:
+        log.info("training config: %s", asdict(cfg))
+        log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
     if device.type == "cuda":
         model.vlm.gradient_checkpointing_enable()
     model.train()
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    out, state_path = Path(cfg.out), Path(cfg.out) / f"train_state_{cfg.stage}.pt"
-    step = _restore(state_path, optim, sched, generator, rank, cfg) if cfg.resume else 0
     net = _stage_net(model, cfg, world)
-    sampler, loader = _data_loader(dataset, cfg, rank, world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    evaluator = _evaluator(cfg) if rank == 0 else None
+    saved = step if resuming else None
+
+    def write_checkpoint(directory: Path, step: int) -> None:
+        model.training_record = training_record(
+            previous_record,
+            cfg,
+            step,
+            dataset,
+            data_sha256,
+            model.cfg.image_size,
+            info,
+            settings,
+            phases,
+            resuming,
+        )
+        save_checkpoint(directory, model, tokenizer, stats)
 
     def save(step: int, generators: list[torch.Tensor]) -> None:
-        model.training_record = training_record(
-            previous_record, cfg, step, dataset, data_sha256, model.cfg.image_size, info
-        )
-        save_checkpoint(out, model, tokenizer, stats)
         state = {"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
-        torch.save({**state, "generator": generators}, state_path)
+        state |= {"generator": generators, "settings": settings, "phases": phases}
 
-    with _LossLog(out / f"loss_{cfg.stage}.csv", cfg, total, step, rank) as loss_log:
-        epoch = step // steps_per_epoch
-        while step < total:
-            sampler.set_epoch(epoch)
-            for samples in loader:
-                if step >= total:
-                    break
-                inputs, actions, ignore = collate(samples, pre, stats, device)
-                with autocast:
-                    loss = net(inputs, actions, ignore, generator)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sched.step()
-                step += 1
-                loss_log.write(step, epoch, _mean_over_workers(loss.detach(), world), sched.get_last_lr()[-1])
-                generators = _gather_generators(generator, world)  # every rank takes part
-                evaluate = evaluator is not None and (step % evaluator.every == 0 or step == total)
-                if (step % cfg.save_every == 0 or step == total or evaluate) and rank == 0:
-                    save(step, generators)
-                    if evaluate:
-                        evaluator.after_save(step)
-            epoch += 1
-    if evaluator is not None:
-        evaluator.close()  # the last evaluations finish before the command returns
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        def write(staging: Path) -> None:
+            write_checkpoint(staging, step)
+            torch.save(state, staging / state_file.name)
+
+        with SIGNALS.deferred():  # a Ctrl-C waits for the save to be whole
+            saves.commit(out, write)
+
+    evaluator = _evaluator(cfg) if rank == 0 else None
+    try:
+        if evaluator is not None:
+            evaluator.preflight(lambda directory: write_checkpoint(directory, step))
+        if rank == 0:
+            started()  # from here on --out is this training's
+            saves.apply(out, plan)
+        if evaluator is not None and resuming:
+            evaluator.resume_lost(step)
+        if step >= total:
+            log.info(
+                "the %s stage is already trained to step %d of %d: nothing to train", cfg.stage, step, total
+            )
+        with _LossLog(saves.loss_path(out, cfg.stage), total, step, rank, resuming) as loss_log:
+            epoch, skip = divmod(step, steps_per_epoch)
+            while step < total:
+                sampler.set_epoch(epoch)
+                # a resumed epoch goes on with the batch after the last one trained on
+                for samples in itertools.islice(loader, skip, None):
+                    if step >= total:
+                        break
+                    inputs, actions, ignore = collate(samples, pre, stats, device)
+                    with autocast:
+                        loss = net(inputs, actions, ignore, generator)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    value = _mean_over_workers(loss.detach().float(), world).item()
+                    if not math.isfinite(value):
+                        raise Diverged(
+                            f"the loss is {value} at step {step + 1}: training stopped, {_kept(out, saved)}; "
+                            "lower --lr / --vision-lr (a --resume may change them) or check the data"
+                        )
+                    optim.step()
+                    sched.step()
+                    step += 1
+                    loss_log.write(step, epoch, value, sched.get_last_lr()[-1])
+                    generators = _gather_generators(generator, world)  # every rank takes part
+                    evaluate = cfg.eval_every is not None and (step % cfg.eval_every == 0 or step == total)
+                    if step % cfg.save_every == 0 or step == total or evaluate:
+                        _check_finite_weights(model, step, out, saved)  # on every rank: they stop together
+                        if rank == 0:
+                            save(step, generators)
+                            if evaluate:
+                                evaluator.after_save(step)
+                        saved = step
+                    elif evaluator is not None:
+                        evaluator.poll()
+                skip = 0
+                epoch += 1
+        if world > 1:  # every worker is done; rank 0 evaluates alone, no collective waits for it
+            dist.barrier()
+            dist.destroy_process_group()
+        if evaluator is not None:
+            evaluator.close()  # the last evaluations finish before the command returns
+    except BaseException:
+        if evaluator is not None:
+            evaluator.stop()
+        raise
+
+
+def _kept(out: Path, saved: int | None) -> str:
+    return f"{out} keeps the last good save (step {saved})" if saved else "nothing was saved"
+
+
+def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | None) -> None:
+    """Never save a non-finite weight: stop, keeping the last good save."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise Diverged(
+                f"weight {name} became non-finite at step {step}: training stopped without saving it, "
+                f"{_kept(out, saved)}; lower --lr / --vision-lr (a --resume may change them) or check the data"
+            )
+
+
+def _check_data_fits(model: AsyncVLA, dataset: ChunkDataset, info: dict, cfg: TrainConfig) -> None:
+    """A loaded model (rater stage, resume) reads the states, actions and cameras of this dataset."""
+    ep = dataset.episodes[0]
+    have = (ep.state.shape[1], ep.action.shape[1])
+    want = (model.cfg.state_dim, model.cfg.action_dim)
+    missing = [c for c in model.cfg.cameras if c not in info["cameras"]]
+    if have != want or missing:
+        raise TrainError(
+            f"{cfg.dataset}: states of {have[0]} and actions of {have[1]} values from cameras {list(info['cameras'])}, "
+            f"but the model in {cfg.init or cfg.out} reads states of {want[0]} and actions of {want[1]} from "
+            f"{list(model.cfg.cameras)}"
+        )
+
+
+def _resume(out, cfg, optim, sched, generator, rank, settings, record, total) -> tuple[int, list[dict]]:
+    """--resume: the optimizer, schedule and this rank's generator as saved, once the state is
+    checked to be this training's; changed learning rates or step count apply from here, recorded
+    as a new phase. Returns (the step to go on from, the phases)."""
+    state_file = saves.state_path(out, cfg.stage)
+    state = saves.read_state(out, cfg.stage)
+    check_resume(state, settings, state_file, record, cfg.stage)
+    optim.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"][rank % len(state["generator"])])
+    step = int(state["step"])
+    phases = [dict(p) for p in state["phases"]]
+    phase = phase_settings(cfg, total)
+    change = changed_phase(phases, phase)
+    if change:
+        if total < step:
+            raise TrainError(f"--steps {total}: the {cfg.stage} stage was already trained to step {step}")
+        log.warning(
+            "resuming the %s stage at step %d with %s: applied from here, recorded as phase %d in config.json",
+            cfg.stage,
+            step,
+            change,
+            len(phases) + 1,
+        )
+        phases.append({"from_step": step, **phase})
+        lrs = [cfg.lr] if cfg.stage == "rater" else [cfg.vision_lr, cfg.lr]
+        factor = _cosine(total, cfg.warmup_steps)
+        sched.base_lrs = list(lrs)
+        for group, base in zip(optim.param_groups, lrs, strict=True):
+            group["initial_lr"], group["lr"] = base, base * factor(step)
+        sched._last_lr = [group["lr"] for group in optim.param_groups]
+    log.info("resuming %s training at step %d", cfg.stage, step)
+    return step, phases
 
 
 def _evaluator(cfg: TrainConfig):
     if not cfg.eval_every:
         return None
-    import shlex
-
     from asyncvla.training.periodic_eval import PeriodicEvaluator
 
+    args = flags.eval_args(cfg)
     return PeriodicEvaluator(
         Path(cfg.out),
         cfg.eval_suite,
         every=cfg.eval_every,
         episodes_per_task=cfg.eval_episodes,
-        mode="sfm" if cfg.stage == "policy" else "asyncvla",
+        mode=flags.eval_mode(cfg.stage, args),
         track=cfg.eval_track,
-        extra_args=shlex.split(cfg.eval_args),
+        extra_args=args,
+        stage=cfg.stage,
+        keep_checkpoints=cfg.eval_keep_checkpoints,
     )
 
 
@@ -291,7 +427,8 @@ def _join_workers(rank: int, world: int, cfg: TrainConfig) -> tuple[int, int, to
     if world > 1:
         if "RANK" not in os.environ:  # spawned by us on one machine
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=cfg.collective_timeout_s)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
         if device.type == "cuda":
@@ -313,20 +450,6 @@ def _stage_net(model: AsyncVLA, cfg: TrainConfig, world: int) -> nn.Module:
         return net
     tied = model.vlm.config.get_text_config().tie_word_embeddings
     return nn.parallel.DistributedDataParallel(net, find_unused_parameters=not tied)
-
-
-def _restore(state_path: Path, optim, sched, generator: torch.Generator, rank: int, cfg: TrainConfig) -> int:
-    """--resume: the optimizer, schedule and this rank's generator as saved; the step to go on from
-    (0 when nothing was saved yet)."""
-    if not state_path.is_file():
-        return 0
-    state = torch.load(state_path, weights_only=True)  # tensors and numbers only, never arbitrary pickles
-    optim.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"][rank % len(state["generator"])])
-    step = int(state["step"])
-    log.info("resuming %s training at step %d", cfg.stage, step)
-    return step
 
 
 def _data_loader(dataset: ChunkDataset, cfg: TrainConfig, rank: int, world: int):
@@ -352,26 +475,28 @@ def _mean_over_workers(value: torch.Tensor, world: int) -> torch.Tensor:
 
 
 class _LossLog:
-    """The loss per step: `loss_<stage>.csv` (appended to on --resume) and the progress bar, both
-    kept by rank 0 only."""
+    """The loss per step: `loss_<stage>.csv` and the progress bar, both kept by rank 0 only. A
+    resumed training keeps the rows up to its save and appends from there."""
 
-    def __init__(self, path: Path, cfg: TrainConfig, total: int, step: int, rank: int):
+    def __init__(self, path: Path, total: int, step: int, rank: int, resuming: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=step, desc=f"{cfg.stage}", disable=rank != 0, dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=step, desc=path.stem[5:], disable=rank != 0, dynamic_ncols=True)
         self.file = None
         if rank == 0:
-            new = not (cfg.resume and path.is_file())
+            if resuming:
+                saves.truncate_log(path, step)
+            new = not (resuming and path.is_file())
             self.file = open(path, "w" if new else "a", newline="")  # noqa: SIM115 (kept open for the loop)
             self.writer = csv.writer(self.file)
             if new:
                 self.writer.writerow(["step", "epoch", "loss", "lr"])
 
-    def write(self, step: int, epoch: int, loss: torch.Tensor, lr: float) -> None:
+    def write(self, step: int, epoch: int, loss: float, lr: float) -> None:
         if self.file is not None:
-            self.writer.writerow([step, epoch, f"{loss.item():.6g}", f"{lr:.3g}"])
+            self.writer.writerow([step, epoch, f"{loss:.6g}", f"{lr:.3g}"])
             self.file.flush()
-            self.bar.set_postfix(loss=f"{loss.item():.4f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}")
         self.bar.update(1)
 
     def __enter__(self) -> _LossLog:
@@ -400,33 +525,99 @@ def _free_port() -> int:
 
 
 def run(cfg: TrainConfig) -> Path:
-    """Train as configured; returns the checkpoint directory."""
-    if cfg.stage not in ("policy", "rater"):
-        raise ValueError(f"unknown stage {cfg.stage!r}; expected policy or rater")
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}; expected one of {OBJECTIVES}")
-    if cfg.num_workers < 1:
-        raise ValueError("--num-workers must be >= 1")
-    if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs < 1:
-        raise ValueError("--steps / --epochs must be >= 1")
-    if cfg.eval_every is not None and (cfg.eval_every < 1 or cfg.eval_episodes < 1):
-        raise ValueError("--eval-every and --eval-episodes must be >= 1")
-    log.info("training config: %s", asdict(cfg))
+    """Train as configured; returns the checkpoint directory. A refusal raises TrainError (a
+    ValueError) before anything is written: the flags, then --out (`saves.plan`, read only), then
+    the data; rank 0 then locks --out and clears what the training replaces."""
+    flags.check_config(cfg)
+    saves.plan(cfg)
     if "WORLD_SIZE" in os.environ:  # launched by torchrun (one or several machines)
         train_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), cfg)
     elif cfg.num_workers == 1:
         train_worker(0, 1, cfg)
     else:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        torch.multiprocessing.spawn(
-            train_worker, args=(cfg.num_workers, cfg), nprocs=cfg.num_workers, join=True
-        )
+        _spawn(cfg)
     return Path(cfg.out)
 
 
+def _broadcast(value):
+    """Rank 0's `value` on every rank (the others pass anything)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _spawn(cfg: TrainConfig) -> None:
+    """`num_workers` DDP processes on this machine. A worker's error is printed by this process
+    (one line, the first worker's to fail); a stop (Ctrl-C, SIGTERM) is passed on to the workers,
+    which stop their evaluation; a worker still running after WORKER_STOP_S is killed."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    errors = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    context = torch.multiprocessing.start_processes(
+        _spawned_worker,
+        args=(cfg.num_workers, cfg, os.getpid(), errors),
+        nprocs=cfg.num_workers,
+        join=False,
+        start_method="spawn",
+    )
+    try:
+        while not context.join(grace_period=WORKER_STOP_S):
+            pass
+    except KeyboardInterrupt:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, SIGNALS.received or signal.SIGTERM)
+        for process in context.processes:
+            process.join(WORKER_STOP_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        raise
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
+            SIGNALS.received = SIGNALS.received or (
+                signal.SIGTERM if e.exit_code == EXIT_SIGTERM else signal.SIGINT
+            )
+            raise KeyboardInterrupt(f"worker {e.error_index} was stopped") from None
+        message = (
+            errors.get() if not errors.empty() else f"worker {e.error_index} exited with code {e.exit_code}"
+        )
+        raise TrainError(message) from None
+
+
+def _spawned_worker(rank: int, world: int, cfg: TrainConfig, parent: int, errors) -> None:
+    die_with_parent(parent)  # and a kill -9 of the command stops the workers too
+    SIGNALS.install()
+    try:
+        train_worker(rank, world, cfg)
+    except KeyboardInterrupt:
+        sys.exit(SIGNALS.exit_code())
+    except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError) and the file system's
+        errors.put(_one_line(e))
+        sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (a missing or malformed argument) are one line and exit 2."""
+
+    def error(self, message: str):
+        raise TrainError(f"{message} (see asyncvla-train --help)")
+
+
+# options that do nothing in some configuration: refused there, so they are never silently ignored
+EVAL_OPTIONS = {"eval_suite": "tabletop", "eval_episodes": 1, "eval_track": None, "eval_args": ""}
+EVAL_OPTIONS |= {"eval_keep_checkpoints": False}
+POLICY_OPTIONS = {"objective": "unified", "vision_lr": 2e-5, "size": "tiny", "backbone_dir": None}
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyncvla-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
@@ -434,19 +625,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
     p.add_argument("--stage", choices=["policy", "rater"], default="policy")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default="unified")
+    p.add_argument("--objective", choices=list(OBJECTIVES))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int)
     g.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--vision-lr", type=float, default=2e-5)
+    p.add_argument("--vision-lr", type=float)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["tiny", "qwen2.5-vl-3b"], default="tiny")
+    p.add_argument("--size", choices=["tiny", "qwen2.5-vl-3b"])
     p.add_argument("--backbone-dir", help="local Qwen2.5-VL-3B-Instruct directory (weights + tokenizer)")
     p.add_argument("--init", help="rater stage: policy checkpoint to start from (default: --out)")
-    p.add_argument("--resume", action="store_true", help="continue from --out's training state")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true", help="continue the training --out holds (same settings)")
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace the training --out holds (refused without it)"
+    )
     p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (torch DDP)")
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument(
@@ -462,25 +657,61 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e = p.add_argument_group("evaluate while training (docs/tracking.md)")
     e.add_argument("--eval-every", type=int, help="evaluate the checkpoint every N steps and at the end")
-    e.add_argument("--eval-suite", default="tabletop", help="asyncvla-eval suite or family")
-    e.add_argument("--eval-episodes", type=int, default=1, help="episodes per task")
+    e.add_argument("--eval-suite", help="asyncvla-eval suite or family (default tabletop)")
+    e.add_argument("--eval-episodes", type=int, help="episodes per task (default 1)")
     e.add_argument("--eval-track", help="log each evaluation to this TensorBoard directory")
+    e.add_argument("--eval-args", help='other asyncvla-eval options, e.g. "--tasks 0,1 --workers 2"')
     e.add_argument(
-        "--eval-args", default="", help='other asyncvla-eval options, e.g. "--tasks 0,1 --workers 2"'
+        "--eval-keep-checkpoints",
+        action="store_true",
+        default=None,
+        help="keep each evaluated checkpoint copy (deleted once evaluated)",
     )
-    a = p.parse_args(argv)
-    return TrainConfig(**{k: v for k, v in vars(a).items()})
+    a = vars(p.parse_args(argv))
+    given = {k for k, v in a.items() if v is not None}
+    if a["eval_every"] is None and given & set(EVAL_OPTIONS):
+        flag = "--" + sorted(given & set(EVAL_OPTIONS))[0].replace("_", "-")
+        raise TrainError(f"{flag} does nothing without --eval-every N (evaluate every N steps)")
+    if a["stage"] == "rater" and given & set(POLICY_OPTIONS):
+        flag = "--" + sorted(given & set(POLICY_OPTIONS))[0].replace("_", "-")
+        raise TrainError(
+            f"{flag}: the rater stage trains only the rater, on the policy checkpoint as it is; leave it out"
+        )
+    if a["resume"] and a["backbone_dir"] is not None:
+        raise TrainError(
+            "--backbone-dir with --resume: the weights come from --out's checkpoint; leave it out"
+        )
+    for defaults in (EVAL_OPTIONS, POLICY_OPTIONS):
+        a |= {k: v for k, v in defaults.items() if a[k] is None}
+    return TrainConfig(**a)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    signals = SIGNALS.install()
+    cfg = None
     try:
         cfg = parse_args(argv)
         run(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"asyncvla-train: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"asyncvla-train: interrupted; {_how_to_resume(cfg, argv)}", file=sys.stderr)
+        return signals.exit_code()
+    except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError, a missing dataset) and the disk's
+        print(f"asyncvla-train: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        signals.restore()
     return 0
+
+
+def _how_to_resume(cfg: TrainConfig | None, argv: list[str]) -> str:
+    if cfg is None:
+        return "nothing was started"
+    steps = saves.inspect(Path(cfg.out)).stage_steps(cfg.stage)
+    saved = f"the last save is of step {steps}" if steps else "nothing was saved yet"
+    args = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    return f"{saved}; resume with: asyncvla-train {shlex.join(args)}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""What `asyncvla-train` accepts: one range table for its numeric flags, and the checks between
+flags, all run before anything is read or written (each failure a `TrainError`: one line, exit 2).
+
+The evaluator keeps its own table (evalsuite/validate.py); this package does not import the harness
+(docs/CONTRACTS.md), so the checks of the `--eval-*` options that need the harness run it as a
+command (`asyncvla.training.periodic_eval.PeriodicEvaluator.preflight`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncvla.training.errors import TrainError
+
+
+@dataclass(frozen=True)
+class Range:
+    """A flag's allowed values: from `low` (excluded when `open_low`) to `high`; floats must be finite."""
+
+    flag: str
+    low: float
+    high: float | None = None
+    open_low: bool = False
+    meaning: str = ""
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        too_low = value <= self.low if self.open_low else value < self.low
+        if too_low or (self.high is not None and value > self.high):
+            low = f"above {self.low:g}" if self.open_low else f"at least {self.low:g}"
+            return f"must be {low}" + (f" and at most {self.high:g}" if self.high is not None else "")
+        return None
+
+
+# TrainConfig field -> its flag's range; None values (a flag left out) are not checked
+RANGES = {
+    "steps": Range("--steps", 1, meaning="optimizer steps in all"),
+    "epochs": Range("--epochs", 1, meaning="passes over the data"),
+    "batch_size": Range("--batch-size", 1, meaning="samples per worker and step"),
+    "lr": Range("--lr", 0, 1, open_low=True, meaning="AdamW's peak learning rate"),
+    "vision_lr": Range("--vision-lr", 0, 1, meaning="the vision tower's; 0 keeps it as initialised"),
+    "warmup_steps": Range("--warmup-steps", 0, meaning="linear warm-up steps; 0 for none"),
+    "seed": Range("--seed", 0, 2**32 - 1),
+    "num_workers": Range("--num-workers", 1, 1024, meaning="data-parallel processes"),
+    "save_every": Range("--save-every", 1, meaning="steps between saves"),
+    "threads": Range("--threads", 1, 1024, meaning="torch CPU threads per worker"),
+    "pause_threshold": Range("--pause-threshold", 0, 1e3, meaning="0 marks no step as a pause"),
+    "eval_every": Range("--eval-every", 1, meaning="steps between evaluations"),
+    "eval_episodes": Range("--eval-episodes", 1, meaning="episodes per task"),
+}
+
+# asyncvla-eval options the trainer sets itself for each evaluation: refused in --eval-args
+EVAL_OPTIONS_SET_HERE = {
+    "--ckpt": "the trainer evaluates its own checkpoint",
+    "--policy": "the trainer evaluates its own checkpoint",
+    "--out": "each evaluation's run directory is OUT/evals/<stage>-<mode>/step-N/run",
+    "--track": "use --eval-track",
+    "--track-step": "the training step is passed on",
+    "--episodes-per-task": "use --eval-episodes",
+    "--dry-run": "the trainer runs one itself before step 1",
+}
+
+
+def check_numbers(cfg) -> None:
+    for attr, limits in RANGES.items():
+        value = getattr(cfg, attr)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TrainError(f"{limits.flag} {value!r}: expected a number")
+        problem = limits.problem(value)
+        if problem:
+            meaning = f" ({limits.meaning})" if limits.meaning else ""
+            raise TrainError(f"{limits.flag} {value}: {problem}{meaning}")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise TrainError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {device}: this machine has no usable GPU; use --device cpu")
+
+
+def check_paths(cfg) -> None:
+    """--out is a directory that can be written, not inside the dataset (its files would change
+    the dataset's hash); --init and --backbone-dir exist; --eval-track is a directory."""
+    out, data = Path(cfg.out).resolve(), Path(cfg.dataset).resolve()
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {cfg.out} is a file; give a directory (new, or a training to resume)")
+    if out == data or data in out.parents:
+        raise TrainError(
+            f"--out {cfg.out} is inside the dataset {cfg.dataset}; write the checkpoint elsewhere"
+        )
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainError(
+            f"--out {cfg.out}: {existing} is not writable (permissions or a read-only file system)"
+        )
+    for flag, value in (("--init", cfg.init), ("--backbone-dir", cfg.backbone_dir)):
+        if value is not None and not Path(value).is_dir():
+            raise TrainError(f"{flag} {value}: no such directory")
+    if cfg.eval_track is not None and Path(cfg.eval_track).exists() and not Path(cfg.eval_track).is_dir():
+        raise TrainError(
+            f"--eval-track {cfg.eval_track} is a file; TensorBoard writes a directory of event files"
+        )
+
+
+def eval_args(cfg) -> list[str]:
+    """--eval-args split as a shell would, refusing the options the trainer sets itself."""
+    try:
+        args = shlex.split(cfg.eval_args)
+    except ValueError as e:
+        raise TrainError(f"--eval-args {cfg.eval_args!r}: {e} (quote it as one shell string)") from e
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        if option in EVAL_OPTIONS_SET_HERE:
+            raise TrainError(
+                f"--eval-args: {option} is set by asyncvla-train ({EVAL_OPTIONS_SET_HERE[option]})"
+            )
+    return args
+
+
+def eval_mode(stage: str, args: list[str]) -> str:
+    """The evaluations' inference mode: sfm for the policy stage (its checkpoints have no trained
+    rater yet), asyncvla for the rater stage, unless --eval-args gives --mode (its last value)."""
+    mode = "sfm" if stage == "policy" else "asyncvla"
+    for i, arg in enumerate(args):
+        if arg == "--mode" and i + 1 < len(args):
+            mode = args[i + 1]
+        elif arg.startswith("--mode="):
+            mode = arg.split("=", 1)[1]
+    return mode
+
+
+def check_combinations(cfg) -> None:
+    """Flags that would do nothing, or contradict each other, in this configuration."""
+    if cfg.resume and cfg.overwrite:
+        raise TrainError(
+            "--resume and --overwrite contradict each other: continue the training, or replace it"
+        )
+    if cfg.init is not None and cfg.stage != "rater":
+        raise TrainError("--init: only the rater stage starts from another checkpoint (--stage rater)")
+    if cfg.init is not None and cfg.resume:
+        raise TrainError("--init with --resume: a resume continues from --out's own state; leave out --init")
+    if cfg.init is not None and Path(cfg.init).resolve() == Path(cfg.out).resolve():
+        raise TrainError("--init is --out: leave out --init (the rater stage reads --out by default)")
+
+
+def check_config(cfg) -> None:
+    """Every check that needs neither the dataset nor the model."""
+    if cfg.stage not in ("policy", "rater"):
+        raise TrainError(f"--stage {cfg.stage!r}: expected policy or rater")
+    from asyncvla.config import OBJECTIVES
+
+    if cfg.objective not in OBJECTIVES:
+        raise TrainError(f"--objective {cfg.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    check_numbers(cfg)
+    check_combinations(cfg)
+    check_device(cfg.device)
+    check_paths(cfg)
+    if cfg.eval_every is not None:
+        eval_args(cfg)
