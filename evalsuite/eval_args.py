@@ -192,6 +192,7 @@ def eval_parser() -> argparse.ArgumentParser:
     who.add_argument(
         "--policy",
         help="scripted | random | ws://HOST:PORT (a websocket policy server, openpi's protocol) | "
+        "vla-eval+ws://HOST:PORT[?OPTION=VALUE...] (a vla-eval model server, docs/remote.md) | "
         "package.module:Class (your Policy, run in the batching policy server)",
     )
     p.add_argument(
@@ -320,6 +321,10 @@ def config_from_args(
         suites = [render_at_size(s, served_size, args.set) for s in suites]
     replan_steps = _checked_replan_steps(args, preset, policy, chunk_length, suites)
     seed = args.seed if args.seed is not None else int(preset.get("seed", suites[0].protocol.get("seed", 0)))
+    if kind == "remote" and policy.url.startswith("vla-eval+"):  # its HELLO and options go into run.json
+        from evalsuite.serving.vla_eval_client import check_vla_eval_server
+
+        policy = check_vla_eval_server(policy, suites, seed, args.max_steps, latency)
     out = _run_dir(args, policy, seed, policy_object)
     tasks = _parse_tasks(args.tasks)
     if out_is_run:

@@ -84,7 +84,7 @@ class PolicySpec:
     action_dim: int = 7
     device: str = "cpu"
     factory: str | None = None  # import: "package.module:Class"
-    url: str | None = None  # remote: ws://HOST:PORT
+    url: str | None = None  # remote: ws://HOST:PORT (openpi's protocol) or vla-eval+ws://HOST:PORT
     layout: str | None = None  # remote: --remote-layout JSON (evalsuite.serving.remote.WireLayout)
     timeout_s: float = 120.0  # remote: seconds a request may wait for its answer
     # object: the policy itself (pickled to the policy server under Ray); run.json names its class
@@ -92,11 +92,16 @@ class PolicySpec:
     instance: Any = field(default=None, compare=False, repr=False)
     object_name: str | None = None
     object_version: str | None = None
+    # remote over vla-eval's protocol (--policy vla-eval+ws://): the server's HELLO and the benchmark
+    # options the observations follow (evalsuite.serving.vla_eval_client.check_vla_eval_server)
+    vla_eval: dict | None = field(default=None, compare=False)
 
     def describe(self) -> dict:
         """The spec as run.json records it: an object policy by its class and the name and version
         its caller gave (part of the run's identity), not its contents."""
         skip = {"instance", *(() if self.kind == "object" else ("object_name", "object_version"))}
+        if self.vla_eval is None:  # absent, so that the identity of every other run stays as it was
+            skip.add("vla_eval")
         values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         if self.kind == "object":
             values["factory"] = f"{type(self.instance).__module__}:{type(self.instance).__qualname__}"
@@ -171,6 +176,10 @@ def _build(spec: PolicySpec) -> Policy:
         return asyncvla.load(
             spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device, fast=not spec.eager
         )
+    if spec.kind == "remote" and spec.url and spec.url.startswith("vla-eval+"):
+        from evalsuite.serving.vla_eval_client import VlaEvalPolicy
+
+        return VlaEvalPolicy(spec.url, spec.action_dim, spec.vla_eval, spec.timeout_s)
     if spec.kind == "remote":
         from evalsuite.serving.remote import RemotePolicy, WireLayout
 

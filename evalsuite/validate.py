@@ -244,13 +244,14 @@ def policy_kind(value: str) -> str:
     """What --policy names: scripted, random, a websocket server, or a user's module:Class."""
     if value in ("scripted", "random"):
         return value
-    if value.startswith(("ws://", "wss://")):
-        return "remote"
+    if value.startswith(("ws://", "wss://", "vla-eval+ws://", "vla-eval+wss://")):
+        return "remote"  # openpi's protocol, or vla-eval's (evalsuite/serving/vla_eval_client.py)
     module, sep, attr = value.partition(":")
     if sep and module and attr.isidentifier():
         return "import"
     raise UsageError(
-        f"--policy {value!r}: use scripted, random, ws://HOST:PORT (a policy server) or package.module:Class"
+        f"--policy {value!r}: use scripted, random, ws://HOST:PORT (an openpi-protocol server), "
+        "vla-eval+ws://HOST:PORT (a vla-eval model server) or package.module:Class"
     )
 
 
@@ -263,6 +264,8 @@ def check_external_policy(policy: PolicySpec) -> tuple[int | None, int | None]:
     A user's class is imported, not built (building may load a model, which the policy server
     builds again): its class attributes are checked here, and the instance's contract where it is
     built (`evalsuite.policy.import_policy`)."""
+    if policy.kind == "remote" and policy.url.startswith("vla-eval+"):
+        return 1, None  # one action per observation; checked against the suites by check_vla_eval_server
     if policy.kind == "remote":
         from websockets.exceptions import WebSocketException
 
