@@ -6,7 +6,8 @@ the gripper closing below a height. The same function drives our harness (`Probe
 `--policy probe_policy:ProbePolicy` with this folder on PYTHONPATH) and vla-eval's model server
 (probe_server.py): where both harnesses give it the same observations, they execute the same
 actions, and where they give it different instructions the trajectories part.
-`ProbePolicy` appends the key, instruction and state of every call to $PROBE_INSTRUCTIONS when that
+With $PROBE_TARGET_TEXT set, the target comes from that text instead (a control run that ignores
+the instruction). `ProbePolicy` appends the key, instruction and state of every call to $PROBE_INSTRUCTIONS when that
 is set (tab-separated).
 """
 
@@ -24,7 +25,8 @@ CHUNK = 8
 def probe_chunk(position, instruction: str) -> np.ndarray:
     """(8, 7) float32: proportional steps towards the instruction's target; gripper +1 (close)
     below z = 0.95 m, else -1 (open): exactly +-1, so a client that binarises it changes nothing."""
-    crc = zlib.crc32(instruction.encode("utf-8"))
+    text = os.environ.get("PROBE_TARGET_TEXT") or instruction  # set: a control that ignores the instruction
+    crc = zlib.crc32(text.encode("utf-8"))
     target = np.array([-0.15 + 0.3 * ((crc & 0xFF) / 255), -0.15 + 0.3 * (((crc >> 8) & 0xFF) / 255), 0.9])
     # float32 first: our observations carry the state as float32, vla-eval's as float64
     position = np.asarray(position, dtype=np.float32)[:3].astype(np.float64)
