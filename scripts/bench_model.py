@@ -326,7 +326,7 @@ def compile_chunk(sampler: FastSampler, inputs, gens) -> tuple[dict, object]:
         return {"compiled_chunk_error": f"{type(e).__name__}: {e}"[:300]}, None
     info = {
         "compiled_chunk_compile_s": compile_s,
-        "compiled_chunk_max_abs_diff": (out[0] - reference.actions).abs().max().item(),
+        "compiled_chunk_max_abs_diff": (out.actions - reference.actions).abs().max().item(),
     }
     return info, sample
 
