@@ -1,7 +1,10 @@
 """`asyncvla-eval serve`: a policy (an AsyncVLA checkpoint or `module:Class`) behind openpi's
 websocket protocol, batching the requests of all connected clients.
 
-    asyncvla-eval serve --ckpt CKPT [--mode asyncvla] [--host 127.0.0.1] [--port 8000]
+    asyncvla-eval serve --ckpt CKPT [--mode asyncvla] [--host 127.0.0.1] [--port 8000] [--protocol openpi]
+
+(`--protocol vla-eval` serves the same policy, batching, checks and limits behind vla-eval's
+model-server protocol instead: `evalsuite.serving.vla_eval_server`.)
 
 On connect a client receives the metadata map (action_dim, chunk_length, state_dim, image_size, the
 image, state, prompt and action keys the server reads and writes, the request limits); then each
@@ -22,6 +25,7 @@ never computed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import itertools
 import logging
@@ -183,7 +187,11 @@ class PolicyWebsocketServer:
 
     def _request(self, frame: Any) -> tuple[Observation, str]:
         """The observation and key of one request, or a `WireError` saying what is wrong with it."""
-        message = unpackb(frame)  # WireError for a text frame or anything not msgpack
+        return self.checked(unpackb(frame))  # WireError for a text frame or anything not msgpack
+
+    def checked(self, message: Any) -> tuple[Observation, str]:
+        """A decoded request's observation and key, checked as every request is before it joins a
+        batch (a `WireError` otherwise): its images, its state's size and values, the limits."""
         obs, key = self.layout.from_wire(message, self.cameras)  # a finite float32 state
         if self.state_dim is not None and obs.state.size != self.state_dim:
             raise WireError(
@@ -287,7 +295,42 @@ def serve_parser() -> ArgumentParser:
         help=f"largest image side accepted, in pixels (default {MAX_IMAGE_PX})",
     )
     p.add_argument("--remote-layout", help="JSON: the wire keys (evalsuite.serving.remote.WireLayout)")
+    p.add_argument(
+        "--protocol",
+        choices=["openpi", "vla-eval"],
+        default="openpi",
+        help="openpi's websocket protocol (default) or vla-eval's model-server protocol, so that `vla-eval run "
+        "--server-url ws://HOST:PORT` evaluates the policy (one protocol a port: docs/remote.md)",
+    )
+    p.add_argument(
+        "--replan-steps",
+        type=int,
+        help="--protocol vla-eval: actions of each chunk that answer observations before the policy is asked "
+        "again (default: the whole chunk)",
+    )
     return p
+
+
+def check_protocol_options(args, layout: WireLayout) -> None:
+    """Options that mean something under one protocol only are refused under the other."""
+    if args.protocol == "openpi" and args.replan_steps is not None:
+        raise UsageError(
+            "--replan-steps: an openpi client gets the whole chunk and executes what it chooses; the server "
+            "keeps a chunk only under --protocol vla-eval"
+        )
+    if args.replan_steps is not None and args.replan_steps < 1:
+        raise UsageError(f"--replan-steps {args.replan_steps}: at least 1 (actions of a chunk answered)")
+    if args.protocol == "vla-eval":
+        default = WireLayout()
+        fixed = [
+            f for f in ("state", "prompt", "actions", "key") if getattr(layout, f) != getattr(default, f)
+        ]
+        if fixed:
+            raise UsageError(
+                f"--remote-layout {', '.join(fixed)}: vla-eval's observations carry 'states' and 'task_description' "
+                "and its actions 'actions'; under --protocol vla-eval only 'images' (camera -> the benchmark's "
+                'image name, e.g. {"agentview": "primary"}) applies'
+            )
 
 
 def check_listen(host: str, port: int) -> None:
@@ -332,6 +375,7 @@ def cmd_serve(argv: list[str]) -> int:
         layout = WireLayout.parse(args.remote_layout)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
+    check_protocol_options(args, layout)
     check_listen(args.host, args.port)
     device = resolve_device(args.device, None)
     if args.ckpt:
@@ -347,7 +391,13 @@ def cmd_serve(argv: list[str]) -> int:
         )
     else:
         spec = PolicySpec(kind="import", factory=args.policy, device=device)
-    server = PolicyWebsocketServer(
+    if args.protocol == "vla-eval":
+        from evalsuite.serving.vla_eval_server import VlaEvalWebsocketServer
+
+        make_server = functools.partial(VlaEvalWebsocketServer, replan_steps=args.replan_steps)
+    else:
+        make_server = PolicyWebsocketServer
+    server = make_server(
         spec,
         layout,
         args.max_batch,

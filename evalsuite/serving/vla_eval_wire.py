@@ -172,6 +172,8 @@ def _decode_image(obj: dict, max_image_px: int) -> np.ndarray:
                 f"declares {image_format} {shape[0]}x{shape[1]}"
             )
         image = np.asarray(pil)
+    except WireError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise WireError(f"an image that is not {image_format} ({type(e).__name__}: {e})") from e
     if image.ndim == 2:
