@@ -2,6 +2,7 @@
 
     asyncvla-eval SUITE_OR_FAMILY [--ckpt PATH | --policy scripted|random] [--mode ...] ...
     asyncvla-eval report RUN_DIR
+    asyncvla-eval export RUN_DIR --format vla-eval [--out DIR]
     asyncvla-eval record-demos SUITE --out DIR ...
     asyncvla-eval ablations SUITE --ckpt UNIFIED --sfm-ckpt SFM_TRAINED ...
 
@@ -96,6 +97,12 @@ def cmd_serve(argv: list[str]) -> int:
     return serve(argv)
 
 
+def cmd_export(argv: list[str]) -> int:
+    from evalsuite.export import cmd_export as export
+
+    return export(argv)
+
+
 def cmd_nightly(argv: list[str]) -> int:
     from evalsuite.regression.nightly import cmd_nightly as nightly  # matplotlib: only for this job
 
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "ablations": cmd_ablations,
         "nightly": cmd_nightly,  # exit 0 nothing significantly worse, 1 something worse, 2 bad input
         "compare": cmd_compare,
+        "export": cmd_export,  # a run in vla-eval's result layout (evalsuite/export.py)
     }
     # commands that write a run directory: a stop (Ctrl-C, SIGTERM) leaves it whole and resumable
     resumable = not argv or argv[0] not in handlers or argv[0] in ("nightly", "ablations")
