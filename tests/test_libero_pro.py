@@ -170,6 +170,13 @@ def test_fixture_is_what_the_installed_package_registers():
         for task, count in zip(FIXTURE[name]["tasks"], FIXTURE[name]["init_states"]):
             if count:  # loads, with the recorded number of states (else missing_files names it)
                 assert task not in problems or all("initial states" not in why for _, why in problems[task])
+    # docs/libero.md: each perturbed suite draws its own init states, none equal to its base suite's
+    for base in ("libero_spatial", "libero_object", "libero_goal", "libero_10"):
+        for kind in ("swap", "object", "lan", "task"):
+            for task in FIXTURE[f"{base}_{kind}"]["tasks"]:
+                ours = np.load(roots["init_states"] / f"{base}_{kind}" / f"{task}.pruned_init.npz")["states"]
+                original = np.load(roots["init_states"] / base / f"{task}.pruned_init.npz")["states"]
+                assert ours.shape == original.shape and (np.abs(ours - original).max(axis=1) > 1e-3).all()
 
 
 @pytest.mark.libero
