@@ -562,7 +562,7 @@ def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None
         "",
         "chunk = the asyncvla mode: prefix once + SFM (10 steps) + rater + AFM (10 steps), all reusing the prefix's",
         "keys and values. eager: `AsyncVLA.sample_actions`; hf StaticCache: transformers' StaticCache with the layout",
-        "built once per chunk; fast: `asyncvla.fast.FastSampler` (static buffers, layout and time embeddings per chunk,",
+        "built once per chunk; fast: `asyncvla.fast.FastSampler` (static buffers and layout per chunk,",
         "layers driven through their weights, under torch.inference_mode; no_grad: the same under torch.no_grad, as before;",
         "+ graphs: CUDA graphs per batch/prefix bucket; compiled layer: torch.compile). default: prefix / 10 steps / rater:",
         "the default path's stages timed alone (on CUDA each its own graph): vision, embeddings and the prefix pass;",
