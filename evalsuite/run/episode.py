@@ -117,7 +117,7 @@ def run_episode(
     video = None
     if record_video and run.frames:
         outcome = f"{'success' if run.success else 'failure'} after {run.steps} steps"
-        cameras = max(1, len(run.obs.images) or len(getattr(env, "cameras", ())) or 1)
+        cameras = len(run.obs.images) or len(getattr(env, "cameras", ())) or 1
         frames, _ = video_frames(run.frames, cameras, run.obs.instruction or task.instruction, outcome, calls)
         video = encode_mp4(frames, fps=video_fps)
     return EpisodeResult(record, video)
