@@ -243,3 +243,48 @@ def test_the_canonical_axis_angle_is_vla_evals_conversion_of_the_same_quaternion
     robosuite = _quat_to_axisangle_robosuite(quat)
     np.testing.assert_allclose(canonical_axis_angle(robosuite), quat_to_axisangle(quat), atol=2e-6)
     assert np.linalg.norm(robosuite) > np.pi > np.linalg.norm(quat_to_axisangle(quat))
+
+
+class FailingServer(ProbeServer):
+    """Raises inside `predict` from its second chunk on (a model that breaks mid-episode)."""
+
+    def predict(self, obs, ctx):
+        if self.predicted >= 1:
+            self.predicted += 1
+            raise RuntimeError("the model broke")
+        return super().predict(obs, ctx)
+
+
+def test_an_error_answer_fails_the_attempt_and_the_episode_is_recorded_as_an_error(tmp_path, capsys):
+    server = FailingServer()
+    with serve_background(server) as handle:
+        args = ["tabletop", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "12", "--retries", "1"]
+        code = main([*args, "--video", "none", "-q", "--workers", "0", "--policy", "vla-eval+" + handle.url,
+                     "--out", str(tmp_path / "run")])  # fmt: skip
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert code == 3 and record["success"] is None and record["attempts"] == 2
+    assert "answered with an error: observation_failed: RuntimeError: the model broke" in record["error"]
+    assert [e[0] for e in server.events].count("start") == 2  # the retry began a new episode on the server
+
+
+def test_a_resume_against_another_model_server_is_refused_naming_what_differs(tmp_path, capsys):
+    args = [
+        "tabletop",
+        "--tasks",
+        "0",
+        "--episodes-per-task",
+        "1",
+        "--max-steps",
+        "4",
+        "--video",
+        "none",
+        "-q",
+    ]
+    args += ["--workers", "0", "--out", str(tmp_path / "run")]
+    with serve_background(ProbeServer()) as handle:
+        assert main([*args, "--policy", "vla-eval+" + handle.url]) == 0
+    other = {"send_wrist_image": True, "send_state": True, "quat_no_antipodal": False}
+    with serve_background(ProbeServer(observation_params=other)) as handle:
+        assert main([*args, "--policy", "vla-eval+" + handle.url]) == 2
+    err = capsys.readouterr().err
+    assert 'policy.vla_eval.server.observation_params.quat_no_antipodal is "(absent)" there, false now' in err
