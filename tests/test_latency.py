@@ -33,11 +33,12 @@ class NumberedChunks:
     AsyncVLA's inpainting returns them, and are remembered."""
 
     def __init__(self, sleep_s: float = 0.0):
-        self.calls, self.sleep_s, self.committed = 0, sleep_s, []
+        self.calls, self.sleep_s, self.committed, self.blind = 0, sleep_s, [], 0
 
     def act(self, observations, keys):
         time.sleep(self.sleep_s)
         self.calls += 1
+        self.blind += not observations[0].images  # a request sent without its step's images
         chunk = numbered_chunk(self.calls - 1)
         committed = observations[0].committed
         self.committed.append(committed)
@@ -121,10 +122,11 @@ EXECUTED = {
     ("naive", 2): "h h 0.0 0.1 0.2 0.3 0.4 1.0 1.1 1.2 1.3 1.4",
     ("skip", 2): "h h 0.2 0.3 0.4 1.2 1.3 1.4 2.2 2.3 2.4 3.2",
     ("afm-inpaint", 2): "h h 0.2 0.3 0.4 1.2 1.3 1.4 2.2 2.3 2.4 3.2",
-    # d > L - H: naive asks earlier (action L - d) and never pauses; skip keeps L - d actions a chunk
+    # d > L - H: naive asks earlier (action L - d) and never pauses; skip keeps L - d actions a
+    # chunk, all of them run during the next call (it is due as soon as it is joined), then a pause
     ("naive", 3): "h h h 0.0 0.1 0.2 0.3 0.4 1.0 1.1 1.2 1.3",
-    ("skip", 3): "h h h 0.3 0.4 h h 1.3 1.4 h h 2.3",
-    ("afm-inpaint", 3): "h h h 0.3 0.4 h h 1.3 1.4 h h 2.3",
+    ("skip", 3): "h h h 0.3 0.4 h 1.3 1.4 h 2.3 2.4 h",
+    ("afm-inpaint", 3): "h h h 0.3 0.4 h 1.3 1.4 h 2.3 2.4 h",
 }
 
 
@@ -135,6 +137,7 @@ def test_query_ahead_executes_the_documented_actions(tabletop, join, d):
     policy = NumberedChunks()
     record, executed = _run(late, env, policy, max_steps=12)
     assert " ".join(decode(a) for a in executed) == EXECUTED[(join, d)]
+    assert policy.blind == 0  # every request's step was rendered, also one made right at a join
     holds = EXECUTED[(join, d)].split().count("h")
     assert record.info["pause_steps"] == holds
     stale = 0 if join != "naive" else 12 - holds  # naive runs every action d steps late

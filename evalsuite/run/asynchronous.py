@@ -131,19 +131,22 @@ def run_asynchronous(
             calls += 1
             d = latency_steps(suite, time.perf_counter() - asked)
             expected = d if suite.latency == "measured" else expected
-            for _ in range(d):
+            for i in range(d):
                 if run.ended:
                     break
+                # the call's last step renders: the new chunk may be due at once (only d left)
+                last = i == d - 1
                 if current is not None and current.left() > 0:
-                    execute(*current.pop(run.steps), need_images=False)
+                    execute(*current.pop(run.steps), need_images=last)
                 else:
-                    execute(hold_still(run.last, A), False, need_images=False)
+                    execute(hold_still(run.last, A), False, need_images=last)
                     pauses += 1
                 waited += 1
             if run.ended:
                 break
             start = 0 if join in ("naive", "pause") else min(d, len(chunk) - 1)
             current = _Executing(chunk, observed_at, start)
+            continue  # the joined chunk may be due before any of its actions runs
         action, late = current.pop(run.steps)
         current.ran += 1
         # render the step whose observation the next request will send
