@@ -36,7 +36,7 @@ from vla_eval.specs import (  # noqa: E402
 
 from evalsuite.cli import main  # noqa: E402
 from evalsuite.serving import vla_eval_suites as suites  # noqa: E402
-from evalsuite.serving.vla_eval_suites import canonical_axis_angle, spec_mismatches  # noqa: E402
+from evalsuite.serving.vla_eval_suites import canonical_axis_angle, spec_conflicts, spec_mismatches  # noqa: E402
 
 TASKS = ["--tasks", "push_yellow_right,red_on_blue_plate", "--episodes-per-task", "1", "--max-steps", "20"]
 RUN = ["tabletop", *TASKS, "--video", "none", "-q", "--workers", "0"]
@@ -288,3 +288,72 @@ def test_a_resume_against_another_model_server_is_refused_naming_what_differs(tm
         assert main([*args, "--policy", "vla-eval+" + handle.url]) == 2
     err = capsys.readouterr().err
     assert 'policy.vla_eval.server.observation_params.quat_no_antipodal is "(absent)" there, false now' in err
+
+
+class PiLikeServer(ProbeServer):
+    """Declares its specs as vla-eval's pi0 server does: `{"actions": raw}` and an `image` of its own
+    naming. vla-eval warns and runs it on its LIBERO; so do we (only conflicting formats stop a run)."""
+
+    def get_action_spec(self):
+        return {"actions": RAW}
+
+    def get_observation_spec(self):
+        return {"image": IMAGE_RGB, "state": RAW, "language": LANGUAGE}
+
+
+def test_a_server_that_names_its_specs_differently_runs_with_the_warnings_recorded(tmp_path):
+    args = [
+        "tabletop",
+        "--tasks",
+        "0",
+        "--episodes-per-task",
+        "1",
+        "--max-steps",
+        "4",
+        "--video",
+        "none",
+        "-q",
+    ]
+    with serve_background(PiLikeServer()) as handle:
+        assert (
+            main(
+                [*args, "--workers", "0", "--policy", "vla-eval+" + handle.url, "--out", str(tmp_path / "r")]
+            )
+            == 0
+        )
+    record = json.loads((tmp_path / "r" / "run.json").read_text())["policy"]["vla_eval"]["suites"]["tabletop"]
+    assert "action: no overlapping keys between server and benchmark specs" in record["spec_warnings"]
+    assert (
+        "observation [image]: server expects it but benchmark doesn't provide it" in record["spec_warnings"]
+    )
+
+
+def test_oft_servers_announced_env_seed_must_be_the_runs_seed():
+    """vla-eval's OFT server announces env_seed 0 and robosuite's axis-angle: a LIBERO run at our
+    default seed 7 is refused naming --seed; at --seed 0 the options merge as vla-eval merges them."""
+    from evalsuite.serving.vla_eval_suites import PeerMismatch, peer_suite
+    from evalsuite.suites import registry
+
+    announced = {"env_seed": 0, "quat_no_antipodal": True, "send_wrist_image": True, "send_state": True}
+    suite = registry()["libero_spatial"]
+    params, dropped = peer_suite(suite, seed=7, max_steps=None).merge(announced, {})
+    with pytest.raises(PeerMismatch, match=r"env_seed=0 but this run's is 7 \(--seed\)"):
+        peer_suite(suite, seed=7, max_steps=None).check(params)
+    peer = peer_suite(suite, seed=0, max_steps=None)
+    params, dropped = peer.merge(announced, {"quat_no_antipodal": False})  # the URL's query wins
+    peer.check(params)
+    assert (
+        params["quat_no_antipodal"] is False
+        and params["seed"] == 0
+        and params["max_steps"] == 220
+        and not dropped
+    )
+    assert (
+        spec_conflicts(
+            {"actions": RAW.to_dict()},
+            peer.action_spec(),
+            {"state": RAW.to_dict()},
+            peer.observation_spec(params),
+        )
+        == []
+    )

@@ -39,7 +39,13 @@ from envs.base import Observation
 from evalsuite.errors import FatalPolicyError, UsageError
 from evalsuite.policy import PolicySpec
 from evalsuite.serving.remote import MAX_MESSAGE_BYTES, RemotePolicyError
-from evalsuite.serving.vla_eval_suites import PeerMismatch, PeerSuite, peer_suite, spec_mismatches
+from evalsuite.serving.vla_eval_suites import (
+    PeerMismatch,
+    PeerSuite,
+    peer_suite,
+    spec_conflicts,
+    spec_mismatches,
+)
 from evalsuite.serving.vla_eval_wire import PROTOCOL_VERSION, Message, WireError, pack, unpack
 from evalsuite.suites.spec import SuiteSpec
 
@@ -404,7 +410,14 @@ def check_vla_eval_server(
         except PeerMismatch as e:
             raise UsageError(f"--policy {policy.url}: {name}: {e}") from e
         bench_action, bench_obs = peer.action_spec(), peer.observation_spec(params)
-        problems = spec_mismatches(server_action, bench_action, server_obs, bench_obs)
+        problems = spec_conflicts(server_action, bench_action, server_obs, bench_obs)
+        warnings = [
+            w
+            for w in spec_mismatches(server_action, bench_action, server_obs, bench_obs)
+            if w not in problems
+        ]
+        for warning in warnings:  # naming, not a convention: vla-eval warns and runs, so do we
+            log.warning("%s: spec mismatch (vla-eval warns of it too): %s", url, warning)
         if problems:
             raise UsageError(
                 f"--policy {policy.url}: the server's specs do not fit suite {name} ({'; '.join(problems)}): server "
@@ -423,6 +436,7 @@ def check_vla_eval_server(
             "params": params,
             "dropped_params": dropped,
             "specs_checked": bool(server_action or server_obs),
+            "spec_warnings": warnings,
         }
     record["benchmark"] = first.benchmark
     return replace(policy, vla_eval=record)

@@ -24,6 +24,7 @@ same episode whichever connection or batch carries it.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import itertools
 import json
@@ -131,8 +132,8 @@ class VlaEvalWebsocketServer(PolicyWebsocketServer):
             while True:
                 frame = await websocket.recv()
                 received = time.monotonic()
-                try:
-                    message = unpack(frame, self.limits.max_image_px)
+                try:  # off the event loop: decoding a PNG must not hold up the other sessions
+                    message = await asyncio.to_thread(unpack, frame, self.limits.max_image_px)
                 except WireError as e:  # not a message: the seq it carried is unknown
                     await self._send(websocket, "error", {"error": f"bad request: {e}"}, 0)
                     continue

@@ -276,6 +276,26 @@ def spec_mismatches(server_action: dict, bench_action: dict, server_obs: dict, b
     return found
 
 
+def spec_conflicts(server_action: dict, bench_action: dict, server_obs: dict, bench_obs: dict) -> list[str]:
+    """The mismatches that mean the server and the suite disagree on a convention: a component
+    both declare, in formats (or sizes) that differ, neither of them `raw` (no convention). Keys one
+    side declares and the other does not are naming, not a disagreement (vla-eval's pi0 server
+    declares `{"actions": raw}` and an `image`, and runs on its LIBERO): `spec_mismatches` lists
+    those too, as vla-eval warns of them."""
+    found = []
+    for kind, producers, consumers in (
+        ("action", server_action, bench_action),
+        ("observation", bench_obs, server_obs),
+    ):
+        for key in sorted(producers.keys() & consumers.keys()):
+            if "raw" in (producers[key].get("format"), consumers[key].get("format")):
+                continue
+            reason = _incompatible(producers[key], consumers[key])
+            if reason:
+                found.append(f"{kind} [{key}]: {reason}")
+    return found
+
+
 def _incompatible(producer: dict, consumer: dict) -> str:
     """`DimSpec.is_compatible`'s reason ('' when compatible)."""
     name, fmt = producer.get("name"), producer.get("format")
