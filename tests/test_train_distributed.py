@@ -1,8 +1,10 @@
-"""`--num-workers 2`: two torch DDP worker processes (gloo, CPU) train one model and its loss falls."""
+"""`--num-workers 2`: two torch DDP worker processes (gloo, CPU) train one model and its loss falls;
+rank 0's last evaluation keeps no other worker waiting in a collective."""
 
 import csv
 
 import numpy as np
+import pytest
 
 from asyncvla.training.datasets import Episode, write_asyncvla_episodes
 from asyncvla.training.train import TrainConfig, run
@@ -38,3 +40,66 @@ def test_two_worker_ddp_training_loss_falls(tmp_path):
     assert len(loss) == 60  # rank 0 logs the all-reduced loss once per step
     assert loss[-10:].mean() < 0.6 * loss[:10].mean(), (loss[:10].mean(), loss[-10:].mean())
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow  # two workers, a preflight and a 40 s evaluation: ~90 s on 2 shared cores
+def test_a_final_evaluation_longer_than_the_collective_timeout_ends_cleanly(
+    tmp_path, toy_suites, monkeypatch
+):
+    """Issue 35 item 9: rank 0 waited in the evaluator's close while rank 1 waited in the final
+    barrier, so an evaluation longer than the collective timeout failed the training. Here the
+    timeout is 30 s and the last evaluation ~50 s (40 toy steps of 1 s)."""
+    from test_train_hostile import _toy_data
+
+    data = _toy_data(tmp_path / "data")
+    out = tmp_path / "ckpt"
+    monkeypatch.setenv("ASYNCVLA_TOY_STEP_DELAY", "1.0")
+    cfg = TrainConfig(
+        dataset=str(data),
+        out=str(out),
+        steps=2,
+        batch_size=2,
+        num_workers=2,
+        eval_every=2,
+        eval_suite="toy",
+        eval_args="--tasks 0 --max-steps 40 --video none --workers 0",
+        collective_timeout_s=30,
+    )
+    run(cfg)
+    rows = list(csv.DictReader(open(out / "eval_curve.csv")))
+    assert [(int(r["step"]), r["status"], int(r["episodes"])) for r in rows] == [(2, "done", 1)]
+
+
+@pytest.mark.slow  # two workers started, stopped: ~40 s on 2 shared cores
+def test_sigterm_stops_every_worker_and_says_how_to_resume(tmp_path):
+    """Issue 35 item 8 under DDP: SIGTERM to the command reaches its workers; exit 143, one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from test_train import _deterministic
+
+    data = write_asyncvla_episodes(
+        tmp_path / "data", [_deterministic(0), _deterministic(1)], fps=10, source="t"
+    )
+    out = tmp_path / "ckpt"
+    args = [str(data), "--out", str(out), "--steps", "2000", "--batch-size", "2", "--num-workers", "2"]
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "asyncvla.training.train", *args, "--threads", "1"],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not ((out / "loss_policy.csv").exists() and (out / "loss_policy.csv").read_text().count("\n") > 2):
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+        time.sleep(0.1)
+    workers = psutil.Process(trainer.pid).children(recursive=True)
+    trainer.send_signal(signal.SIGTERM)
+    _, stderr = trainer.communicate(timeout=240)
+    assert trainer.returncode == 143 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("asyncvla-train: interrupted; ")
+    gone = psutil.wait_procs(workers, timeout=10)[1] == []
+    assert gone, [p.cmdline() for p in workers if p.is_running()]

@@ -143,6 +143,7 @@ def test_a_bad_flag_is_one_line_before_anything_is_written(tmp_path, data, capsy
         (["--eval-suite", "libero"], "--eval-suite does nothing without --eval-every N"),
         (["--stage", "rater", "--objective", "sfm"], "--objective: the rater stage trains only the rater"),
         (["--init", "."], "--init: only the rater stage starts from another checkpoint"),
+        (["--backbone-dir", "."], "--backbone-dir: the tiny model is built from scratch"),
         (["--resume", "--overwrite"], "not allowed with argument --resume"),
         (["--eval-every", "1", "--eval-args", "--out x"], "--eval-args: --out is set by asyncvla-train"),
         (["--eval-every", "1", "--eval-args", "--tasks 'a"], "No closing quotation"),
@@ -356,6 +357,22 @@ def test_a_save_is_whole_or_absent(tmp_path, monkeypatch):
     assert (out / "config.json").read_text() == "new config" and not (out / saves.STAGING).exists()
 
 
+def test_a_signal_during_a_save_waits_for_the_save_to_end():
+    """Ctrl-C or SIGTERM in a save (saves.commit runs inside `deferred`) stops the training after it."""
+    from asyncvla.training.stopping import Signals
+
+    signals, finished = Signals().install(), []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                finished.append(True)
+        assert finished and signals.exit_code() == 143
+    finally:
+        signals.restore()
+
+
 @pytest.mark.slow  # 2 kills and 4 trainings of 12 steps: ~60 s on the shared 2-core machine
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     """The short version of scripts/kill_train.py (20 kills, results/train/kill_resume.json): kills
@@ -372,9 +389,10 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
 
 # 8 ----------------------------------------------------------------------------------------------
 def _toy_data(path: Path) -> Path:
-    """Episodes the toy suite's checkpoint can be evaluated on (camera "cam", state of 1)."""
+    """Episodes the toy suite's checkpoint can be evaluated on (camera "cam", state of 1), moving away
+    from the goal: its evaluations run their whole step budget."""
     T = 10
-    action = (np.array([0.3, 0, 0, 0, 0, 0, 1]) * np.linspace(1, 2, T)[:, None]).astype(np.float32)
+    action = (np.array([-0.3, 0, 0, 0, 0, 0, 1]) * np.linspace(1, 2, T)[:, None]).astype(np.float32)
     state = np.linspace(0, 1, T, dtype=np.float32)[:, None]
     images = [{"cam": np.full((T, 8, 8, 3), 60 + 80 * k, np.uint8)} for k in range(2)]
     eps = [Episode(images[k], state + k, action, "reach the goal") for k in range(2)]
@@ -400,29 +418,14 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow  # a training stopped while Ray evaluates, then resumed: ~100 s on 2 shared cores
-@pytest.mark.parametrize("sig, code, workers", [(signal.SIGTERM, 143, "1"), (signal.SIGINT, 130, "0")])
-def test_a_stopped_training_stops_its_evaluation_says_how_to_resume_and_redoes_it(
-    tmp_path, toy_suites, sig, code, workers
-):
-    """Item 8: SIGTERM while the evaluation's Ray cluster starts (Ctrl-C with an inline one): exit
-    143 / 130, a line saying how to resume, no process of the evaluation left; the resumed training
-    (SIGTERM case; its evaluations inline, which --eval-args may change) evaluates the lost step."""
+def test_sigterm_stops_the_training_and_its_evaluation_says_how_to_resume_and_redoes_it(tmp_path, toy_suites):
+    """Item 8: SIGTERM while the evaluation's Ray cluster starts: exit 143, a line saying how to
+    resume, no process of the evaluation (asyncvla-eval, Ray) left; the resumed training (its
+    evaluations inline, which --eval-args may change) evaluates the step whose evaluation was lost."""
     data = _toy_data(tmp_path / "data")
     out = tmp_path / "ckpt"
-    args = [
-        data,
-        "--out",
-        out,
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "2",
-        "--eval-suite",
-        "toy",
-    ]
-    args += ["--eval-args", f"--tasks 0 --max-steps 40 --video none --workers {workers}"]
+    args = [data, "--out", out, "--steps", "4", "--batch-size", "4", "--threads", "1", "--eval-every", "2"]
+    args += ["--eval-suite", "toy", "--eval-args", "--tasks 0 --max-steps 40 --video none --workers 1"]
     env = {**os.environ, "ASYNCVLA_TOY_STEP_DELAY": "0.5"}  # an evaluation of 20 s
     trainer = subprocess.Popen(
         [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
@@ -433,15 +436,15 @@ def test_a_stopped_training_stops_its_evaluation_says_how_to_resume_and_redoes_i
     )
     log = out / "evals" / "policy-sfm" / "step-00000002" / "eval.log"
     deadline, seen = time.monotonic() + TIMEOUT_S, set()
-    while not (log.exists() and len(seen) >= (4 if workers == "1" else 1)):  # Ray's processes are starting
+    while not (log.exists() and len(seen) >= 4):  # the evaluation and Ray's first processes
         assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
         seen |= set(_descendants(trainer.pid))
         time.sleep(0.1)
     time.sleep(2)
     seen |= set(_descendants(trainer.pid))
-    trainer.send_signal(sig)
+    trainer.send_signal(signal.SIGTERM)
     _, stderr = trainer.communicate(timeout=TIMEOUT_S)
-    assert trainer.returncode == code, stderr
+    assert trainer.returncode == 143, stderr
     assert "Traceback" not in stderr
     last = error_lines(stderr)[-1]
     resume = "resume with: asyncvla-train " + shlex.join([*map(str, args), "--resume"])
@@ -452,13 +455,37 @@ def test_a_stopped_training_stops_its_evaluation_says_how_to_resume_and_redoes_i
     while any(map(_alive, seen)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in seen if _alive(p)]  # no asyncvla-eval, no Ray process left
-    if sig == signal.SIGINT:
-        return
     args[-1] = args[-1].replace("--workers 1", "--workers 0")
     result = train_cli(*args, "--resume", env={**os.environ, "ASYNCVLA_TOY_STEP_DELAY": "0"})
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(out / "eval_curve.csv")))
     assert [(int(r["step"]), r["status"]) for r in rows] == [(2, "done"), (4, "done")]  # step 2 redone
+
+
+@pytest.mark.slow  # a training of 2 s per step stopped, then resumed: ~30 s
+def test_ctrl_c_is_one_line_with_exit_130_and_the_resume_goes_on(tmp_path, data):
+    """Item 8 (was a traceback): Ctrl-C mid-training; the line's command resumes it."""
+    out = tmp_path / "ckpt"
+    args = [data, "--out", out, "--steps", "30", "--batch-size", "4", "--save-every", "2", "--threads", "1"]
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "train_state_policy.pt").exists():
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+        time.sleep(0.05)
+    trainer.send_signal(signal.SIGINT)
+    _, stderr = trainer.communicate(timeout=TIMEOUT_S)
+    assert trainer.returncode == 130 and "Traceback" not in stderr, stderr
+    last = error_lines(stderr)[-1]
+    assert last.startswith("asyncvla-train: interrupted; the last save is of step "), last
+    resume = shlex.split(last.split("resume with: ")[1])
+    assert resume == ["asyncvla-train", *map(str, args), "--resume"]
+    assert train_cli(*resume[1:]).returncode == 0
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "loss_policy.csv"))] == list(range(1, 31))
 
 
 # 5 ----------------------------------------------------------------------------------------------

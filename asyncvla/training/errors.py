@@ -15,3 +15,10 @@ class DatasetError(TrainError):
 
 class Diverged(TrainError):
     """The loss or the weights became non-finite: training stopped without saving them."""
+
+
+def one_line(e: BaseException) -> str:
+    """The message the command prints for one of our errors or the file system's."""
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)

@@ -86,6 +86,10 @@ def check_device(device: str) -> None:
         raise TrainError(f"--device {device!r}: use cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainError(f"--device {device}: this machine has no usable GPU; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise TrainError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 ..."
+        )
 
 
 def check_paths(cfg) -> None:
@@ -149,6 +153,10 @@ def check_combinations(cfg) -> None:
         raise TrainError("--init: only the rater stage starts from another checkpoint (--stage rater)")
     if cfg.init is not None and cfg.resume:
         raise TrainError("--init with --resume: a resume continues from --out's own state; leave out --init")
+    if cfg.backbone_dir is not None and cfg.size != "qwen2.5-vl-3b" and cfg.stage == "policy":
+        raise TrainError(
+            f"--backbone-dir: the {cfg.size} model is built from scratch; use it with --size qwen2.5-vl-3b"
+        )
     if cfg.init is not None and Path(cfg.init).resolve() == Path(cfg.out).resolve():
         raise TrainError("--init is --out: leave out --init (the rater stage reads --out by default)")
 

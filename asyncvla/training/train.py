@@ -27,11 +27,8 @@ import logging
 import math
 import os
 import shlex
-import signal
-import socket
 import sys
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +42,9 @@ from asyncvla.checkpoint import load_checkpoint, save_checkpoint
 from asyncvla.config import OBJECTIVES, ModelConfig
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
-from asyncvla.training import flags, saves
+from asyncvla.training import flags, saves, workers
 from asyncvla.training.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
-from asyncvla.training.errors import Diverged, TrainError
+from asyncvla.training.errors import Diverged, TrainError, one_line
 from asyncvla.training.provenance import (
     changed_phase,
     check_resume,
@@ -55,10 +52,9 @@ from asyncvla.training.provenance import (
     run_settings,
     training_record,
 )
-from asyncvla.training.stopping import EXIT_SIGINT, EXIT_SIGTERM, SIGNALS, die_with_parent
+from asyncvla.training.stopping import SIGNALS
 
 log = logging.getLogger(__name__)
-WORKER_STOP_S = 60.0  # how long spawned workers get to stop (and stop their evaluation) before SIGKILL
 
 
 @dataclass
@@ -197,7 +193,7 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     """One training process (rank `rank` of `world`): build or load the model, then run the stage's
     steps, logging the loss and saving the checkpoint and the resume state every `save_every`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    rank, world, device = _join_workers(rank, world, cfg)
+    rank, world, device = workers.join_workers(rank, world, cfg)
     try:
         _train(rank, world, device, cfg)
     finally:
@@ -211,7 +207,7 @@ def _train(rank: int, world: int, device: torch.device, cfg: TrainConfig) -> Non
     with saves.claimed(out) if rank == 0 else contextlib.nullcontext() as started:
         plan = saves.plan(cfg) if rank == 0 else None  # again, now that an interrupted save is recovered
         if world > 1:
-            plan = _broadcast(plan)  # the others wait here for rank 0's --out
+            plan = workers.broadcast(plan)  # the others wait here for rank 0's --out
         _train_in(rank, world, device, cfg, episodes, info, plan, started)
 
 
@@ -302,7 +298,7 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
                         loss = net(inputs, actions, ignore, generator)
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
-                    value = _mean_over_workers(loss.detach().float(), world).item()
+                    value = workers.mean_over_workers(loss.detach().float(), world).item()
                     if not math.isfinite(value):
                         raise Diverged(
                             f"the loss is {value} at step {step + 1}: training stopped, {_kept(out, saved)}; "
@@ -312,7 +308,7 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
                     sched.step()
                     step += 1
                     loss_log.write(step, epoch, value, sched.get_last_lr()[-1])
-                    generators = _gather_generators(generator, world)  # every rank takes part
+                    generators = workers.gather_generators(generator, world)  # every rank takes part
                     evaluate = cfg.eval_every is not None and (step % cfg.eval_every == 0 or step == total)
                     if step % cfg.save_every == 0 or step == total or evaluate:
                         _check_finite_weights(model, step, out, saved)  # on every rank: they stop together
@@ -418,25 +414,6 @@ def _evaluator(cfg: TrainConfig):
     )
 
 
-def _join_workers(rank: int, world: int, cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    """This process's rank, the number of processes and its device; with several processes, joins
-    their group (spawned here on one machine, or by torchrun) and shares the CPU threads."""
-    device = torch.device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if world > 1:
-        if "RANK" not in os.environ:  # spawned by us on one machine
-            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
-        timeout = timedelta(seconds=cfg.collective_timeout_s)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-            torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def _optimizer(model: AsyncVLA, cfg: TrainConfig, total: int):
     """AdamW (weight decay 0) over the stage's parameters, with a warm-up then cosine schedule."""
     optim = torch.optim.AdamW(_param_groups(model, cfg), betas=(0.9, 0.999), weight_decay=0.0)
@@ -465,13 +442,6 @@ def _data_loader(dataset: ChunkDataset, cfg: TrainConfig, rank: int, world: int)
         drop_last=len(dataset) >= cfg.batch_size * world,
     )
     return sampler, loader
-
-
-def _mean_over_workers(value: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(value)
-        value /= world
-    return value
 
 
 class _LossLog:
@@ -508,22 +478,6 @@ class _LossLog:
             self.file.close()
 
 
-def _gather_generators(generator: torch.Generator, world: int) -> list[torch.Tensor]:
-    """Every rank's generator state (so a resumed run draws what it would have drawn)."""
-    state = generator.get_state()
-    if world == 1:
-        return [state]
-    states = [torch.empty_like(state) for _ in range(world)]
-    dist.all_gather(states, state)
-    return states
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(cfg: TrainConfig) -> Path:
     """Train as configured; returns the checkpoint directory. A refusal raises TrainError (a
     ValueError) before anything is written: the flags, then --out (`saves.plan`, read only), then
@@ -535,72 +489,8 @@ def run(cfg: TrainConfig) -> Path:
     elif cfg.num_workers == 1:
         train_worker(0, 1, cfg)
     else:
-        _spawn(cfg)
+        workers.spawn(cfg, train_worker)
     return Path(cfg.out)
-
-
-def _broadcast(value):
-    """Rank 0's `value` on every rank (the others pass anything)."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _spawn(cfg: TrainConfig) -> None:
-    """`num_workers` DDP processes on this machine. A worker's error is printed by this process
-    (one line, the first worker's to fail); a stop (Ctrl-C, SIGTERM) is passed on to the workers,
-    which stop their evaluation; a worker still running after WORKER_STOP_S is killed."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    errors = torch.multiprocessing.get_context("spawn").SimpleQueue()
-    context = torch.multiprocessing.start_processes(
-        _spawned_worker,
-        args=(cfg.num_workers, cfg, os.getpid(), errors),
-        nprocs=cfg.num_workers,
-        join=False,
-        start_method="spawn",
-    )
-    try:
-        while not context.join(grace_period=WORKER_STOP_S):
-            pass
-    except KeyboardInterrupt:
-        for process in context.processes:
-            if process.is_alive():
-                os.kill(process.pid, SIGNALS.received or signal.SIGTERM)
-        for process in context.processes:
-            process.join(WORKER_STOP_S)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        raise
-    except torch.multiprocessing.ProcessExitedException as e:
-        if e.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
-            SIGNALS.received = SIGNALS.received or (
-                signal.SIGTERM if e.exit_code == EXIT_SIGTERM else signal.SIGINT
-            )
-            raise KeyboardInterrupt(f"worker {e.error_index} was stopped") from None
-        message = (
-            errors.get() if not errors.empty() else f"worker {e.error_index} exited with code {e.exit_code}"
-        )
-        raise TrainError(message) from None
-
-
-def _spawned_worker(rank: int, world: int, cfg: TrainConfig, parent: int, errors) -> None:
-    die_with_parent(parent)  # and a kill -9 of the command stops the workers too
-    SIGNALS.install()
-    try:
-        train_worker(rank, world, cfg)
-    except KeyboardInterrupt:
-        sys.exit(SIGNALS.exit_code())
-    except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError) and the file system's
-        errors.put(_one_line(e))
-        sys.exit(2)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
-        return f"{e.filename}: {e.strerror or e}"
-    return str(e)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -698,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asyncvla-train: interrupted; {_how_to_resume(cfg, argv)}", file=sys.stderr)
         return signals.exit_code()
     except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError, a missing dataset) and the disk's
-        print(f"asyncvla-train: error: {_one_line(e)}", file=sys.stderr)
+        print(f"asyncvla-train: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         signals.restore()

@@ -1,0 +1,125 @@
+"""Several training processes: joining their group (spawned here on one machine, or by torchrun),
+the collectives the loop uses, and spawning them with the command's stops and errors passed on.
+
+A spawned worker dies with the command (Linux PR_SET_PDEATHSIG), gets the command's Ctrl-C or
+SIGTERM (and stops its evaluation), and reports an error of ours as one line, which the command
+prints; a worker still running WORKER_STOP_S after a stop is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from asyncvla.training.errors import TrainError, one_line
+from asyncvla.training.stopping import EXIT_SIGINT, EXIT_SIGTERM, SIGNALS, die_with_parent
+
+WORKER_STOP_S = 60.0  # how long spawned workers get to stop (and stop their evaluation) before SIGKILL
+
+
+def join_workers(rank: int, world: int, cfg) -> tuple[int, int, torch.device]:
+    """This process's rank, the number of processes and its device; with several processes, joins
+    their group (spawned here on one machine, or by torchrun) and shares the CPU threads."""
+    device = torch.device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if world > 1:
+        if "RANK" not in os.environ:  # spawned by us on one machine
+            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        timeout = timedelta(seconds=cfg.collective_timeout_s)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+            torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def mean_over_workers(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(value)
+        value /= world
+    return value
+
+
+def gather_generators(generator: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's generator state (so a resumed run draws what it would have drawn)."""
+    state = generator.get_state()
+    if world == 1:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(states, state)
+    return states
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def broadcast(value):
+    """Rank 0's `value` on every rank (the others pass anything)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def spawn(cfg, target: Callable) -> None:
+    """`num_workers` DDP processes on this machine. A worker's error is printed by this process
+    (one line, the first worker's to fail); a stop (Ctrl-C, SIGTERM) is passed on to the workers,
+    which stop their evaluation; a worker still running after WORKER_STOP_S is killed. `target(rank,
+    world, cfg)` is the training process (module-level, so that it pickles)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    errors = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    context = torch.multiprocessing.start_processes(
+        _spawned_worker,
+        args=(cfg.num_workers, cfg, os.getpid(), errors, target),
+        nprocs=cfg.num_workers,
+        join=False,
+        start_method="spawn",
+    )
+    try:
+        while not context.join(grace_period=WORKER_STOP_S):
+            pass
+    except KeyboardInterrupt:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, SIGNALS.received or signal.SIGTERM)
+        for process in context.processes:
+            process.join(WORKER_STOP_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        raise
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
+            SIGNALS.received = SIGNALS.received or (
+                signal.SIGTERM if e.exit_code == EXIT_SIGTERM else signal.SIGINT
+            )
+            raise KeyboardInterrupt(f"worker {e.error_index} was stopped") from None
+        message = (
+            errors.get() if not errors.empty() else f"worker {e.error_index} exited with code {e.exit_code}"
+        )
+        raise TrainError(message) from None
+
+
+def _spawned_worker(rank: int, world: int, cfg, parent: int, errors, target: Callable) -> None:
+    die_with_parent(parent)  # and a kill -9 of the command stops the workers too
+    SIGNALS.install()
+    try:
+        target(rank, world, cfg)
+    except KeyboardInterrupt:
+        sys.exit(SIGNALS.exit_code())
+    except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError) and the file system's
+        errors.put(one_line(e))
+        sys.exit(2)
