@@ -8,7 +8,8 @@ The training: the tiny model on two synthetic episodes (tests/test_train.py's), 
 --save-every 1 --threads 1`, so that a save follows every step and kills land in saves. A reference
 runs uninterrupted. Each kill is a SIGKILL to a run of the command, at one of two kinds of random
 moment, alternately: a delay drawn uniformly over the reference's whole wall time (start-up, data,
-model, steps, saves), or the moment the loss log reaches a random row (a save is under way then).
+model, steps, saves), or the moment the run's loss log reaches a random number of steps past the
+save it started from (a save is under way then, or about to be).
 After a kill the same command runs again with `--resume`, and may be killed again, until a run
 finishes. The finished directory must equal the reference: every tensor and the metadata of both
 safetensors files, config.json, the statistics, the tokenizer, the loss log, and the training
@@ -77,16 +78,23 @@ def reference(data: Path, out: Path, steps: int) -> dict:
     return {"wall_s": round(time.monotonic() - start, 2), "first_row_s": round(first_row or 0.0, 2)}
 
 
+def saved_step(out: Path) -> int:
+    state = out / "train_state_policy.pt"
+    return int(torch.load(state, weights_only=True)["step"]) if state.is_file() else 0
+
+
 def run_until_killed(argv: list[str], out: Path, trigger: dict) -> tuple[int | None, str]:
-    """Run `argv`; SIGKILL it at `trigger` ({"after_s": x} or {"at_row": r}). Returns (exit code, or
-    None when it was killed; stderr)."""
+    """Run `argv`; SIGKILL it at `trigger`: {"after_s": x} seconds after its start, or
+    {"steps_in": k} when the loss log reaches k rows past the save it starts from. Returns (exit
+    code, or None when it was killed; stderr)."""
+    target = saved_step(out) + trigger.get("steps_in", 0)
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     start = time.monotonic()
     while process.poll() is None:
         due = (
             time.monotonic() - start >= trigger["after_s"]
             if "after_s" in trigger
-            else loss_rows(out) >= trigger["at_row"]
+            else loss_rows(out) >= target and (out / "loss_policy.csv").stat().st_mtime > start_wall(start)
         )
         if due:
             process.kill()
@@ -94,6 +102,11 @@ def run_until_killed(argv: list[str], out: Path, trigger: dict) -> tuple[int | N
             return None, ""
         time.sleep(0.002)
     return process.returncode, process.communicate()[1]
+
+
+def start_wall(start: float) -> float:
+    """The wall-clock time of the monotonic instant `start` (to compare with a file's mtime)."""
+    return time.time() - (time.monotonic() - start)
 
 
 def what_was_there(out: Path) -> dict:
@@ -166,15 +179,15 @@ def trial(data: Path, out: Path, ref: Path, steps: int, triggers: list[dict]) ->
 
 
 def draw_triggers(rng: random.Random, count: int, timing: dict, steps: int, kind: str) -> list[dict]:
-    """`count` kill moments: "time" (uniform over the whole run), "row" (when the loss log reaches a
-    random row, mid-training), or "mixed" (alternately)."""
+    """`count` kill moments: "time" (uniform over the whole run), "row" (a random number of steps into
+    the run, as its loss log shows them: mid-training, around a save), or "mixed" (alternately)."""
     triggers = []
     for i in range(count):
         use_time = kind == "time" or (kind == "mixed" and i % 2 == 0)
         if use_time:
             triggers.append({"after_s": round(rng.uniform(0.0, timing["wall_s"]), 3)})
         else:
-            triggers.append({"at_row": rng.randint(1, steps - 1)})
+            triggers.append({"steps_in": rng.randint(1, steps - 1)})
     return triggers
 
 
@@ -183,22 +196,20 @@ def run(kills: int, seed: int, steps: int = STEPS, kind: str = "mixed", work: Pa
     work = Path(work or tempfile.mkdtemp(prefix="kill_train-"))
     data = write_data(work / "data")
     timing = reference(data, work / "ref", steps)
-    trials, left, index = [], kills, 0
-    while left > 0:
-        per_trial = min(left, rng.choice([1, 2]))
-        triggers = draw_triggers(rng, per_trial, timing, steps, kind)
-        out = work / f"trial-{index:02d}"
+    trials, done = [], 0
+    while done < kills and len(trials) < 3 * kills:  # a run can outlive its trigger: try again
+        triggers = draw_triggers(rng, min(kills - done, rng.choice([1, 2])), timing, steps, kind)
+        out = work / f"trial-{len(trials):02d}"
         result = trial(data, out, work / "ref", steps, triggers)
         trials.append(result)
-        left -= max(1, len(result["kills"]))  # a trigger the run outlived still counts as tried
-        index += 1
+        done += len(result["kills"])
         shutil.rmtree(out, ignore_errors=True)
-    done = [k for t in trials for k in t["kills"]]
+    killed = [k for t in trials for k in t["kills"]]
     outcomes = [t["outcome"] for t in trials]
     return {
-        "kills": len(done),
-        "kills_during_a_save": sum(k["save_in_progress"] for k in done),
-        "kills_before_the_first_save": sum(k["saved_step"] is None for k in done),
+        "kills": len(killed),
+        "kills_during_a_save": sum(k["save_in_progress"] for k in killed),
+        "kills_before_the_first_save": sum(k["saved_step"] is None for k in killed),
         "trials": len(trials),
         "exact": outcomes.count("exact"),
         "refused": outcomes.count("refused"),
