@@ -8,8 +8,8 @@ The training: the tiny model on two synthetic episodes (tests/test_train.py's), 
 --save-every 1 --threads 1`, so that a save follows every step and kills land in saves. A reference
 runs uninterrupted. Each kill is a SIGKILL to a run of the command, at one of two kinds of random
 moment, alternately: a delay drawn uniformly over the reference's whole wall time (start-up, data,
-model, steps, saves), or the moment the run's loss log reaches a random number of steps past the
-save it started from (a save is under way then, or about to be).
+model, steps, saves), or a random moment within the step (and its save) after the run's loss log
+reaches a random number of steps past the save it started from.
 After a kill the same command runs again with `--resume`, and may be killed again, until a run
 finishes. The finished directory must equal the reference: every tensor and the metadata of both
 safetensors files, config.json, the statistics, the tokenizer, the loss log, and the training
@@ -85,23 +85,31 @@ def saved_step(out: Path) -> int:
 
 def run_until_killed(argv: list[str], out: Path, trigger: dict) -> tuple[int | None, str]:
     """Run `argv`; SIGKILL it at `trigger`: {"after_s": x} seconds after its start, or
-    {"steps_in": k} when the loss log reaches k rows past the save it starts from. Returns (exit
-    code, or None when it was killed; stderr)."""
+    {"steps_in": k, "then_s": d} d seconds after the loss log reaches k rows past the save it starts
+    from. Returns (exit code, or None when it was killed; stderr)."""
     target = saved_step(out) + trigger.get("steps_in", 0)
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    start = time.monotonic()
+    start, reached = time.monotonic(), None
     while process.poll() is None:
-        due = (
-            time.monotonic() - start >= trigger["after_s"]
-            if "after_s" in trigger
-            else loss_rows(out) >= target and (out / "loss_policy.csv").stat().st_mtime > start_wall(start)
-        )
+        if "after_s" in trigger:
+            due = time.monotonic() - start >= trigger["after_s"]
+        else:
+            if reached is None and loss_rows(out) >= target and log_mtime(out) > start_wall(start):
+                reached = time.monotonic()
+            due = reached is not None and time.monotonic() - reached >= trigger["then_s"]
         if due:
             process.kill()
             process.communicate()
             return None, ""
         time.sleep(0.002)
     return process.returncode, process.communicate()[1]
+
+
+def log_mtime(out: Path) -> float:
+    try:
+        return (out / "loss_policy.csv").stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def start_wall(start: float) -> float:
@@ -187,7 +195,10 @@ def draw_triggers(rng: random.Random, count: int, timing: dict, steps: int, kind
         if use_time:
             triggers.append({"after_s": round(rng.uniform(0.0, timing["wall_s"]), 3)})
         else:
-            triggers.append({"steps_in": rng.randint(1, steps - 1)})
+            step_s = (timing["wall_s"] - timing["first_row_s"]) / steps  # a step and its save
+            triggers.append(
+                {"steps_in": rng.randint(1, steps - 1), "then_s": round(rng.uniform(0, step_s), 3)}
+            )
     return triggers
 
 

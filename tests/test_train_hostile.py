@@ -11,6 +11,7 @@ of the same code path for many values call `main` in-process (no 10 s interprete
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -385,6 +386,9 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     result = kill_train.run(kills=2, seed=1, steps=12, kind="row", work=tmp_path)
     assert result["kills"] == 2 and result["wrong"] == 0, result["trial_results"]
     assert result["exact"] + result["refused"] == result["trials"]
+    committed = json.loads((ROOT / "results" / "train" / "kill_resume.json").read_text())
+    assert set(result) <= set(committed)  # the committed figures are the script's, fields and all
+    assert committed["kills"] >= 20 and committed["wrong"] == 0
 
 
 # 8 ----------------------------------------------------------------------------------------------
