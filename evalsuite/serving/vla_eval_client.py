@@ -46,7 +46,8 @@ from evalsuite.serving.vla_eval_suites import (
     spec_conflicts,
     spec_mismatches,
 )
-from evalsuite.serving.vla_eval_wire import PROTOCOL_VERSION, Message, WireError, pack, unpack
+from evalsuite.serving.vla_eval_wire import PROTOCOL_VERSION, Message, pack, unpack
+from evalsuite.serving.wire import WireError
 from evalsuite.suites.spec import SuiteSpec
 
 log = logging.getLogger(__name__)

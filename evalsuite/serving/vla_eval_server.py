@@ -45,7 +45,8 @@ from evalsuite.serving.vla_eval_suites import (
     ROTATION_AA,
     STATE_EEF_POS_AA_GRIP,
 )
-from evalsuite.serving.vla_eval_wire import PROTOCOL_VERSION, Message, WireError, pack, unpack
+from evalsuite.serving.vla_eval_wire import PROTOCOL_VERSION, Message, pack, unpack
+from evalsuite.serving.wire import WireError
 
 log = logging.getLogger(__name__)
 
