@@ -169,6 +169,27 @@ def test_a_vla_eval_model_server_gives_the_in_process_trajectories(tmp_path):
     assert record["suites"]["tabletop"]["params"] == {"send_wrist_image": True, "send_state": True}
 
 
+@pytest.mark.slow
+def test_two_ray_env_workers_each_hold_a_session_and_give_the_in_process_trajectories(tmp_path):
+    server = ProbeServer()
+    with serve_background(server) as handle:
+        ray_run = [
+            *RUN[:-2],
+            "--workers",
+            "2",
+            "--policy",
+            "vla-eval+" + handle.url,
+            "--out",
+            str(tmp_path / "ray"),
+        ]
+        assert main(ray_run) == 0
+    assert main([*RUN, "--policy", "test_vla_eval_client:ProbePolicy", "--out", str(tmp_path / "ours")]) == 0
+    assert final_states(tmp_path / "ray") == final_states(tmp_path / "ours")
+    assert [e[0] for e in server.events].count("start") == 2 and [e[0] for e in server.events].count(
+        "obs"
+    ) == 40
+
+
 def test_a_server_whose_action_spec_does_not_fit_the_suite_is_refused_before_the_first_episode(
     tmp_path, capsys
 ):
