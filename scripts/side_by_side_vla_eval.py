@@ -6,7 +6,8 @@
 One vla-eval 0.8.0 model server (its `PredictModelServer`, `chunk_size=8`, served in this process by
 its `serve_background`) serves `probe_chunk`, a closed-loop policy of everything an observation
 holds: the end effector's position (it steers towards a point chosen by the instruction), its
-axis-angle (the rotation command leans on it, so the quaternion convention changes the actions)
+axis-angle (it turns the hand about the axis it reads until the angle reads 3.3 rad, past pi, where
+the two quaternion conventions disagree, so the convention changes the actions)
 and both images (their means tilt the command, so a flipped, swapped or re-encoded image changes
 it). It asks for both cameras and the state (`observation_params`), as pi0's and OFT's servers do.
 Then, for each quaternion convention (vla-eval's default, the w >= 0 canonical axis-angle; and
@@ -55,7 +56,13 @@ def probe_chunk(state, instruction: str, agentview: np.ndarray, wrist: np.ndarra
     state = np.asarray(state, dtype=np.float32).astype(np.float64)
     action = np.zeros(7)
     action[:3] = np.clip((target - state[:3]) * 8, -1, 1)
-    action[3:6] = 0.05 * np.sin(state[3:6])  # the axis-angle as sent: its convention shows here
+    # the axis-angle as sent: turn about its axis until its angle reads 3.3 rad. In robosuite's
+    # convention the hand turns past pi (w < 0) and stays there; in the canonical one the axis flips
+    # as the angle crosses pi, so the hand swings back and forth across it: either way the two
+    # conventions send different numbers, and each harness must send the peer's
+    angle = float(np.linalg.norm(state[3:6]))
+    if 1e-6 < angle < 3.3:
+        action[3:6] = 0.05 * state[3:6] / angle
     action[3] += 0.02 * (agentview[: agentview.shape[0] // 2].mean() / 255 - 0.5)
     action[5] += 0.02 * (wrist[:, : wrist.shape[1] // 2].mean() / 255 - 0.5)
     action[6] = 1.0 if state[2] < 0.95 else -1.0
@@ -275,6 +282,10 @@ def compare(server, peer: dict, ours: dict, label: str) -> list[dict]:
                 "final_axis_angle_diff": float(final[3:6].max()),
                 "final_gripper_diff": float(final[6:].max()),
                 "final_state_robosuite_angle": ours[episode]["robosuite_angle"],
+                "sent_angle_range": [
+                    float(min(np.linalg.norm(a["states"][3:6]) for a in theirs)),
+                    float(max(np.linalg.norm(a["states"][3:6]) for a in theirs)),
+                ],
                 "final_angle_rad": [
                     float(np.linalg.norm(peer[episode]["final_state"][3:6])),
                     float(np.linalg.norm(ours[episode]["final_state"][3:6])),
@@ -336,8 +347,13 @@ on this 2-core machine, both harnesses one process each.
 COLUMNS = (
     "| convention | ep | observations (peer / ours) | agentview identical | wrist identical | instruction identical "
     "| keys | max abs state diff, sent | final: position / axis-angle / gripper max abs diff | final angle rad "
-    "(peer / ours) | success (peer / ours) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "(peer / ours) | angle sent rad, min-max | success (peer / ours) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _range(row: dict) -> str:
+    low, high = row.get("sent_angle_range", (float("nan"), float("nan")))
+    return f"{low:.3f}-{high:.3f}"
 
 
 def section(run: dict) -> str:
@@ -356,7 +372,8 @@ def section(run: dict) -> str:
             f"{r['agentview_identical']} | {r['wrist_identical']} | "
             f"{'yes' if r['instruction_identical'] else 'NO'} | {_keys(r)} | {r['max_state_diff_sent']:.1e} | "
             f"{r['final_position_diff']:.1e} / {r['final_axis_angle_diff']:.1e} / {r['final_gripper_diff']:.1e} | "
-            f"{r['final_angle_rad'][0]:.3f} / {r['final_angle_rad'][1]:.3f} | {r['success'][0]} / {r['success'][1]} |"
+            f"{r['final_angle_rad'][0]:.3f} / {r['final_angle_rad'][1]:.3f} | {_range(r)} | "
+            f"{r['success'][0]} / {r['success'][1]} |"
         )
     lines += [
         "",

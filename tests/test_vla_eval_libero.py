@@ -6,6 +6,7 @@ script runs both conventions over 5 episodes of 220 steps)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -39,3 +40,6 @@ def test_one_libero_episode_reaches_vla_evals_server_identically_from_both_harne
                            ["images", "states", "task_description"]]  # fmt: skip
     assert row["max_state_diff_sent"] < 1e-6  # float32 rounding of our env's state
     assert row["max_final_state_diff"] < 2e-6  # and our records' 6 decimals
+    # the probe turned the hand past pi: our env's (robosuite's) angle reads above it, the peer's
+    # canonical twin below, and ours was converted to it (the final states above agree)
+    assert row["final_angle_rad"][0] < math.pi < row["final_state_robosuite_angle"]
