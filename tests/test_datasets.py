@@ -113,7 +113,10 @@ def test_lerobot_layout_with_parquet_images(tmp_path):
     assert np.array_equal(read[1].action, eps[1].action) and np.allclose(read[1].state, eps[1].state)
     features["observation.images.image"]["dtype"] = "video"
     (root / "meta" / "info.json").write_text(json.dumps({"fps": 10, "features": features}))
-    with pytest.raises(ValueError, match="stored as video"):
+    with pytest.raises(
+        ValueError,
+        match="stores observation.images.image as video; this reader decodes LeRobot v3 shared videos only",
+    ):
         read_dataset(root)
 
 

@@ -4,7 +4,9 @@ Two readers produce the same `Episode` record:
 - `read_asyncvla_episodes(dir)`: the project's own "asyncvla-episodes" v1 format
   (docs/CONTRACTS.md), written by the tabletop recorder and the LIBERO converter;
 - `read_lerobot(dir)`: the LeRobot dataset layout (meta/info.json + parquet under data/;
-  image features stored in parquet as PNG/JPEG bytes; video features are not decoded here).
+  image features stored in parquet as PNG/JPEG bytes, or v3 video features in shared mp4 files,
+  decoded a frame at a time when a sample asks for it: lerobot_video.py).
+A mixture file lists datasets with weights (mixture.py); `read_dataset` reads it as one.
 A chunk that runs past the episode's end is padded by repeating the last action and marked
 in `action_pad`; steps where the demonstrator paused are marked in `action_pause` (paper Sec. 4.1:
 pause intervals are excluded from the loss). Neither enters the policy's loss nor the rater's labels.
@@ -34,17 +36,20 @@ import numpy as np
 import torch
 
 from asyncvla.normalize import NormStats
+from asyncvla.training import lerobot_video, mixture
 from asyncvla.training.errors import DatasetError
+from asyncvla.training.lerobot_video import TOLERANCE_S, VideoFrames
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Episode:
-    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
+    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8, or VideoFrames decoding on demand
     state: np.ndarray  # (T, S) float32
     action: np.ndarray  # (T, A) float32
     instruction: str
+    sampling_weight: float = 1.0  # relative chance of each of its steps being drawn (mixture.py)
 
 
 @dataclass
@@ -222,12 +227,8 @@ def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tup
         cameras = {k.split(".", 2)[2]: k for k in features if k.startswith("observation.images.")}
     if not cameras:
         raise DatasetError(f"{info_path}: no image features (observation.images.<camera>) among its features")
-    for cam, key in cameras.items():
-        if features.get(key, {}).get("dtype") == "video":
-            raise DatasetError(
-                f"{info_path}: camera {cam!r} ({key}) is stored as video; this reader needs image features in "
-                "parquet (re-export the dataset with images, or decode the videos to frames first)"
-            )
+    videos = [key for key in cameras.values() if features.get(key, {}).get("dtype") == "video"]
+    places = lerobot_video.episode_videos(path, info, videos) if videos else {}
     tasks = _lerobot_tasks(path)
     files = sorted((path / "data").rglob("*.parquet"))
     if not files:
@@ -239,14 +240,9 @@ def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tup
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DatasetError(f"{f}: not a readable parquet file ({e})") from e
     frames = pd.concat(parts, ignore_index=True)
-    for col in [
-        "episode_index",
-        "frame_index",
-        "task_index",
-        "observation.state",
-        "action",
-        *cameras.values(),
-    ]:
+    images = [key for key in cameras.values() if key not in videos]
+    times = ["timestamp"] if videos else []  # a video frame's place within its episode
+    for col in ["episode_index", "frame_index", "task_index", "observation.state", "action", *images, *times]:
         if col not in frames:
             hint = (
                 ": without it the episodes have no instruction (meta/tasks.jsonl maps task_index to the text)"
@@ -267,7 +263,12 @@ def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tup
             )
         try:
             episode = Episode(
-                images={cam: np.stack([_decode_image(c) for c in ep[key]]) for cam, key in cameras.items()},
+                images={
+                    cam: _video_frames(path, features, key, places, int(index), ep["timestamp"])
+                    if key in videos
+                    else np.stack([_decode_image(c) for c in ep[key]])
+                    for cam, key in cameras.items()
+                },
                 state=np.stack(ep["observation.state"].to_numpy()).astype(np.float32),
                 action=np.stack(ep["action"].to_numpy()).astype(np.float32),
                 instruction=tasks[task_index],
@@ -284,7 +285,47 @@ def read_lerobot(path: str | Path, cameras: dict[str, str] | None = None) -> tup
                 f"{name}: action has {episode.action.shape[1]} values per step, episode 0 has {episodes[0].action.shape[1]}"
             )
         episodes.append(episode)
+    _check_videos(episodes, cameras, videos)
     return episodes, {"cameras": list(cameras), "fps": info.get("fps"), "source": str(path)}
+
+
+def _video_frames(path: Path, features: dict, key: str, places: dict, index: int, timestamps) -> VideoFrames:
+    """Episode `index`'s frames of video feature `key`, to be decoded when a sample asks for them."""
+    if index not in places:
+        raise DatasetError(
+            f"{path} episode {index}: not in meta/episodes, so its place in the {key} videos is unknown"
+        )
+    video, start = places[index][key]
+    return VideoFrames(
+        video, start + timestamps.to_numpy(np.float64), _frame_shape(path, features, key), TOLERANCE_S
+    )
+
+
+def _frame_shape(path: Path, features: dict, key: str) -> tuple[int, int, int]:
+    """(H, W, 3) of a video feature; LeRobot names the axes of its shape."""
+    shape, names = features[key].get("shape"), features[key].get("names")
+    if isinstance(names, list) and len(names) == 3 and shape and len(shape) == 3 and "channels" in names:
+        by_name = dict(zip(names, shape))
+        if {"height", "width"} <= set(by_name):
+            return int(by_name["height"]), int(by_name["width"]), 3
+    if shape and len(shape) == 3 and shape[-1] == 3:
+        return int(shape[0]), int(shape[1]), 3
+    raise DatasetError(
+        f"{path / 'meta' / 'info.json'}: feature {key} has shape {shape} (names {names}), expected "
+        "[height, width, 3]"
+    )
+
+
+def _check_videos(episodes: list[Episode], cameras: dict[str, str], videos: list[str]) -> None:
+    """Each video file the episodes use, once: present, decodable, as large and as long as they need."""
+    needed: dict[tuple[str, str], VideoFrames] = {}  # (key, file) -> the frames reaching furthest into it
+    for ep in episodes:
+        for cam, key in cameras.items():
+            frames = ep.images[cam]
+            if key in videos and frames.times.max() > getattr(needed.get((key, frames.path)), "last", -1.0):
+                needed[key, frames.path] = frames
+    for (key, video), frames in needed.items():
+        lerobot_video.check_video(Path(video), key, frames.last, frames.frame_shape, frames.tolerance_s)
 
 
 def _lerobot_tasks(path: Path) -> dict[int, str]:
@@ -321,10 +362,13 @@ def _lerobot_tasks(path: Path) -> dict[int, str]:
 
 def dataset_sha256(path: str | Path) -> str:
     """sha256 over the dataset's files' relative names and bytes, in order: what a checkpoint
-    records as the data it was trained on (for asyncvla-episodes, the episode files)."""
+    records as the data it was trained on (for asyncvla-episodes, the episode files; for a
+    mixture, its members' hashes and weights)."""
     import hashlib
 
     path = Path(path)
+    if mixture.is_mixture(path):
+        return mixture.mixture_sha256(path, dataset_sha256)
     root = path / "episodes" if (path / "episodes").is_dir() else path
     pattern = "*.npz" if root.name == "episodes" else "**/*"
     h = hashlib.sha256()
@@ -335,8 +379,10 @@ def dataset_sha256(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path) -> tuple[list[Episode], dict]:
-    """Either format, recognised by its files."""
+    """Either format, recognised by its files, or a mixture file of them (mixture.py)."""
     path = Path(path)
+    if mixture.is_mixture(path):
+        return mixture.read_mixture(path, read_dataset)
     if (path / "info.json").is_file():
         return read_asyncvla_episodes(path)
     if (path / "meta" / "info.json").is_file():
@@ -344,6 +390,24 @@ def read_dataset(path: str | Path) -> tuple[list[Episode], dict]:
     raise FileNotFoundError(
         f"{path}: neither an asyncvla-episodes directory (info.json) nor a LeRobot dataset (meta/info.json)"
     )
+
+
+def dataset_roots(path: str | Path) -> list[Path]:
+    """The directories a DATASET argument reads: itself, or a mixture's members."""
+    if mixture.is_mixture(path):
+        return [m.path for m in mixture.read_mixture_file(path)]
+    return [Path(path)]
+
+
+def training_sampler(dataset: ChunkDataset, rank: int, world: int, seed: int) -> torch.utils.data.Sampler:
+    """This rank's sampler: every chunk once an epoch, shuffled, or for a mixture draws that
+    follow its weights (mixture.WeightedDistributedSampler)."""
+    weights = np.array([dataset.episodes[e].sampling_weight for e, _ in dataset.index])
+    if len(weights) and np.all(weights == weights[0]):
+        return torch.utils.data.DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
+    return mixture.WeightedDistributedSampler(weights, num_replicas=world, rank=rank, seed=seed)
 
 
 class ChunkDataset(torch.utils.data.Dataset):
