@@ -43,9 +43,11 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing a file, or a file is truncated or does not match config.json."""
 
 
-def _split_state(model: AsyncVLA) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _split_state(
+    model: AsyncVLA, state: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     main, rater = {}, {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if state is None else state).items():
         if key == TIED:
             continue
         (rater if key.startswith("rater.") else main)[key] = value.detach().contiguous().cpu()
@@ -77,13 +79,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def save_checkpoint(path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats) -> Path:
+def save_checkpoint(
+    path: str | Path, model: AsyncVLA, tokenizer, stats: NormStats, state: dict | None = None
+) -> Path:
     """Write the checkpoint, each file atomically (`atomic_write`); config.json carries
     `model.training` (how it was trained: see `asyncvla.training.train.training_record`) when the
-    model has one."""
+    model has one. `state`: the weights to write instead of `model.state_dict()` (a sharded model's,
+    merged: asyncvla.training.sharding.merged_state)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    main, rater = _split_state(model)
+    main, rater = _split_state(model, state)
     cfg = model.cfg.to_dict()
     cfg["backbone_dir"] = None  # the weights are all here now; never reload the base model
     meta = {"format": FORMAT, "version": VERSION}

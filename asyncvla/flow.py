@@ -7,6 +7,9 @@ Euler step towards the action is a <- a - delta * v. A mask m (1 = masked = gene
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 BETA_A = 1.5  # tau ~ Beta(1.5, 1) (Alg. 2, following pi0)
@@ -34,10 +37,44 @@ def target_velocity(a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return n - a
 
 
-def masked_flow_loss(v: torch.Tensor, u: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Eq. (4): mean squared velocity error over masked tokens only (and over action dims)."""
+@dataclass
+class TrainDraws:
+    """Alg. 2's random draws for a batch: the mask m (B, L), the time tau (B,), the noise n (B, L, A)."""
+
+    m: torch.Tensor
+    tau: torch.Tensor
+    n: torch.Tensor
+
+    def rows(self, rank: int, world: int) -> TrainDraws:
+        """Process `rank`'s samples of a batch split across `world` processes (DistributedSampler
+        deals the global batch out in turn: sample i goes to process i % world)."""
+        return TrainDraws(self.m[rank::world], self.tau[rank::world], self.n[rank::world])
+
+
+def draw_train(
+    batch: int, length: int, dims: int, objective: str, generator: torch.Generator | None = None
+) -> TrainDraws:
+    """Alg. 2 lines 4-5 and the noise, in this order (a saved generator state replays them);
+    `objective="sfm"` masks every token (m = 1: the w/o-unified-training ablation)."""
+    m = torch.ones(batch, length) if objective == "sfm" else sample_train_mask(batch, length, generator)
+    tau = sample_tau(batch, generator)
+    return TrainDraws(m, tau, torch.randn(batch, length, dims, generator=generator))
+
+
+def masked_flow_loss(
+    v: torch.Tensor,
+    u: torch.Tensor,
+    m: torch.Tensor,
+    normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Eq. (4): mean squared velocity error over masked tokens only (and over action dims).
+
+    `normalizer` maps this batch's label count to the denominator; data-parallel training passes
+    the mean count over the processes, so that the gradients they average are those of the mean over
+    every process's tokens (per-process means would weigh a token by its process's count)."""
     err = (v - u).pow(2).mean(-1)  # (B, L)
-    return (err * m).sum() / m.sum().clamp(min=1.0)
+    count = m.sum()
+    return (err * m).sum() / (count if normalizer is None else normalizer(count)).clamp(min=1.0)
 
 
 def time_grid(steps: int) -> torch.Tensor:

@@ -77,13 +77,16 @@ def sample_chunk(
     mode: str,
     threshold: float | torch.Tensor,
     skip_empty_afm: bool = True,
+    mask_rate: float | torch.Tensor = 0.5,
 ) -> ChunkResult:
     """Alg. 1 from an embedded prefix: SFM, confidence rater, mask, AFM.
 
     `noise` is `AsyncVLA._draw_noise`'s (SFM noise, AFM noise, random-mask draws). `threshold` may
     be a 0-d tensor (a CUDA graph captures it as an input). `skip_empty_afm`: return SFM's chunk
     when nothing is masked (what AFM would return anyway); a CUDA graph cannot branch on a value,
-    so the captured path runs AFM regardless."""
+    so the captured path runs AFM regardless. `mask_rate`: random-mask mode's chance that a token
+    is regenerated (0.5, the paper's w/o-rater row; the rater's own firing rate makes the row a
+    like-for-like comparison of which tokens are regenerated, not how many)."""
     n_sfm, n_afm, mask_draw = noise
     encoded = path.encode_prefix(prefix)  # the only pass over the prefix in this chunk
     ones = torch.ones(n_sfm.shape[:2], device=n_sfm.device)
@@ -94,8 +97,8 @@ def sample_chunk(
     if mode == "asyncvla":
         confidence = path.rater(encoded.hidden, prefix.valid, sfm)
         m = flow.rater_mask(confidence, threshold)
-    else:  # random-mask: the w/o-rater ablation, each token masked with p = 0.5
-        m = (mask_draw < 0.5).float()
+    else:  # random-mask: the w/o-rater ablation, each token masked with p = mask_rate
+        m = (mask_draw < mask_rate).float()
     if skip_empty_afm and not m.any():
         return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
     afm = path.integrate(encoded, flow.afm_start(sfm, n_afm, m), m)
@@ -291,20 +294,25 @@ class AsyncVLA(nn.Module):
         ignore: torch.Tensor | None = None,
         objective: str = "unified",
         generator: torch.Generator | None = None,
+        workers: tuple[int, int] = (0, 1),
+        normalizer=None,
     ) -> torch.Tensor:
         """Unified AFM/SFM loss (Eq. 4). `objective="sfm"` sets m = 1: the w/o-unified-training ablation.
-        `ignore` (B, L) bool marks tokens without a label (padding past the episode's end, pauses)."""
+        `ignore` (B, L) bool marks tokens without a label (padding past the episode's end, pauses).
+        Data-parallel training passes `workers` = (rank, world) and a `normalizer`
+        (flow.masked_flow_loss): every process draws the whole global batch's masks, times and noise
+        from the same generator and takes its own rows, so N processes train as one would on their
+        global batch."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         B, L, A = actions.shape
-        m = torch.ones(B, L) if objective == "sfm" else flow.sample_train_mask(B, L, generator)
-        tau = flow.sample_tau(B, generator)
-        n = torch.randn(B, L, A, generator=generator)
-        m, tau, n = m.to(self.device), tau.to(self.device), n.to(self.device)
+        rank, world = workers
+        draws = flow.draw_train(B * world, L, A, objective, generator).rows(rank, world)
+        m, tau, n = draws.m.to(self.device), draws.tau.to(self.device), draws.n.to(self.device)
         a_tau = flow.noisy_actions(actions, n, tau, m)
         v = self.full_velocity(self.embed_prefix(inputs), a_tau, tau[:, None] * m)
         weight = m if ignore is None else m * (~ignore).float()  # padded and paused steps carry no label
-        return flow.masked_flow_loss(v, flow.target_velocity(actions, n), weight)
+        return flow.masked_flow_loss(v, flow.target_velocity(actions, n), weight, normalizer)
 
     # -- inference: SFM -> confidence rater -> AFM (Alg. 1) ------------------------------
     def _draw_noise(
@@ -337,6 +345,7 @@ class AsyncVLA(nn.Module):
         threshold: float | None = None,
         committed: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
+        mask_rate: float = 0.5,
     ) -> ChunkResult:
         """Alg. 1 on the reference path (`sample_chunk` with this model as its `ChunkPath`); with
         `committed` and `keep`, the chunk is inpainted around the committed tokens instead
@@ -348,7 +357,7 @@ class AsyncVLA(nn.Module):
             return inpaint_chunk(
                 self, self.embed_prefix(inputs), noise, committed.to(self.device), keep.to(self.device)
             )
-        return sample_chunk(self, self.embed_prefix(inputs), noise, mode, threshold)
+        return sample_chunk(self, self.embed_prefix(inputs), noise, mode, threshold, mask_rate=mask_rate)
 
     @torch.inference_mode()
     def sample_actions_recompute(self, inputs: VLInputs, generators: list[torch.Generator]) -> torch.Tensor:

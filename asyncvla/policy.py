@@ -66,6 +66,7 @@ class AsyncVLAPolicy:
         threshold: float | None = None,
         fast: bool = True,
         batch_invariant: bool | None = None,
+        mask_rate: float = 0.5,
     ):
         """`fast=False` runs the reference path of `asyncvla.model` (debugging, equivalence tests);
         the fast path (`asyncvla.fast`) computes the same chunks without its per-step host work."""
@@ -74,6 +75,8 @@ class AsyncVLAPolicy:
         threshold = model.cfg.threshold if threshold is None else float(threshold)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold T must lie in (0, 1), got {threshold}")
+        if not 0.0 < mask_rate <= 1.0:
+            raise ValueError(f"mask_rate must lie in (0, 1], got {mask_rate}")
         self.model = model.eval()
         self.sampler = FastSampler(model) if fast else model
         self.batch_invariant = model.device.type == "cpu" if batch_invariant is None else batch_invariant
@@ -81,6 +84,7 @@ class AsyncVLAPolicy:
         self.stats = stats
         self.mode = mode
         self.threshold = threshold
+        self.mask_rate = float(mask_rate)  # random-mask mode only
         self.action_dim = model.cfg.action_dim
         self.chunk_length = model.cfg.chunk_length
         self._sizes_checked = False
@@ -155,7 +159,8 @@ class AsyncVLAPolicy:
             generators,
             self.mode,
             self.threshold,
-            *(committed if committed is not None else ()),
+            *(committed if committed is not None else (None, None)),
+            mask_rate=self.mask_rate,
         )
         if result.confidence is not None and not torch.isfinite(result.confidence).all():
             # NaN never compares below T: no token would be masked and asyncvla would silently run as sfm
@@ -212,9 +217,10 @@ def load(
     threshold: float | None = None,
     device: str = "cpu",
     fast: bool = True,
+    mask_rate: float | None = None,
 ) -> AsyncVLAPolicy:
     """A ready policy from a checkpoint directory (bf16 on CUDA, fp32 on CPU); `fast=False`: the
-    reference inference path."""
+    reference inference path; `mask_rate`: random-mask mode's per-token chance (default 0.5)."""
     from asyncvla.checkpoint import check_mode, load_checkpoint
 
     if mode not in MODES:
@@ -222,4 +228,5 @@ def load(
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model, tokenizer, stats = load_checkpoint(path, device=device, dtype=dtype)
     check_mode(path, model.training_record, mode)
-    return AsyncVLAPolicy(model, tokenizer, stats, mode=mode, threshold=threshold, fast=fast)
+    rate = 0.5 if mask_rate is None else mask_rate
+    return AsyncVLAPolicy(model, tokenizer, stats, mode=mode, threshold=threshold, fast=fast, mask_rate=rate)

@@ -246,8 +246,9 @@ class FastSampler:
     def _chunk(self, plan, mode, skip_empty_afm, *tensors) -> ChunkResult:
         """From host-prepared prefix tensors and noise to Alg. 1's result."""
         prefix = self._prefix(plan, *tensors[:7])
-        n_sfm, n_afm, mask_draw, threshold = tensors[7:]
-        return sample_chunk(self, prefix, (n_sfm, n_afm, mask_draw), mode, threshold, skip_empty_afm)
+        n_sfm, n_afm, mask_draw, threshold, mask_rate = tensors[7:]
+        noise = (n_sfm, n_afm, mask_draw)
+        return sample_chunk(self, prefix, noise, mode, threshold, skip_empty_afm, mask_rate)
 
     @torch.inference_mode()
     def sample_actions(
@@ -258,6 +259,7 @@ class FastSampler:
         threshold: float | None = None,
         committed: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
+        mask_rate: float = 0.5,
     ) -> ChunkResult:
         check_mode(mode)
         self._refresh_weights()
@@ -270,13 +272,14 @@ class FastSampler:
             return inpaint_chunk(self, prefix, noise, committed.to(dev), keep.to(dev))
         if not self.graphs_enabled:
             host = self.host_prefix(inputs)
-            return self._chunk(host.plan, mode, True, *host.tensors(), *noise, threshold)
+            return self._chunk(host.plan, mode, True, *host.tensors(), *noise, threshold, mask_rate)
         B, rows = len(generators), batch_bucket(len(generators))
         host = self.host_prefix(inputs, rows, round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE))
         args = (
             *host.tensors(),
             *(pad_rows(t, rows) for t in noise),
             torch.full((), threshold, device=self.model.device),
+            torch.full((), mask_rate, device=self.model.device),
         )
         key = ("chunk", mode, *host.input_ids.shape, host.plan.key)
         call = self._captured(key, functools.partial(self._chunk, host.plan, mode, False), args)

@@ -388,7 +388,8 @@ def read_dataset(path: str | Path) -> tuple[list[Episode], dict]:
     if (path / "meta" / "info.json").is_file():
         return read_lerobot(path)
     raise FileNotFoundError(
-        f"{path}: neither an asyncvla-episodes directory (info.json) nor a LeRobot dataset (meta/info.json)"
+        f"{path}: neither an asyncvla-episodes directory (info.json) nor a LeRobot dataset (meta/info.json) "
+        "nor a mixture file (.json / .yaml)"
     )
 
 

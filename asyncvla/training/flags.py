@@ -172,6 +172,69 @@ def check_config(cfg) -> None:
     check_numbers(cfg)
     check_combinations(cfg)
     check_device(cfg.device)
+    check_launch(cfg)
     check_paths(cfg)
     if cfg.eval_every is not None:
         eval_args(cfg)
+
+
+def strategy(cfg) -> str:
+    from asyncvla.training.sharding import default_strategy
+
+    return cfg.strategy or default_strategy(cfg.size)
+
+
+def backend(cfg) -> str:
+    return cfg.backend or ("nccl" if cfg.device.startswith("cuda") else "gloo")
+
+
+def activation_checkpointing(cfg) -> bool:
+    """Recompute each decoder layer in the backward pass: on by default on CUDA, where activations
+    bound the batch; off on CPU, where memory is rarely what limits a small model."""
+    if cfg.activation_checkpointing is not None:
+        return cfg.activation_checkpointing
+    return cfg.device.startswith("cuda")
+
+
+def launch_world(cfg) -> int:
+    """How many processes will train: torchrun's WORLD_SIZE, else --num-workers."""
+    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else cfg.num_workers
+
+
+def check_launch(cfg) -> None:
+    """A launch that cannot work, refused before any process group starts."""
+    from asyncvla.training.sharding import STRATEGIES, check_fits, estimated_params
+
+    if cfg.strategy is not None and cfg.strategy not in STRATEGIES:
+        raise TrainError(f"--strategy {cfg.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if cfg.backend is not None and cfg.backend not in ("gloo", "nccl"):
+        raise TrainError(f"--backend {cfg.backend!r}: expected gloo (CPU) or nccl (CUDA)")
+    if backend(cfg) == "nccl" and not cfg.device.startswith("cuda"):
+        raise TrainError(
+            f"--backend nccl with --device {cfg.device}: NCCL runs on CUDA devices only; "
+            "use --backend gloo on CPU (or leave --backend out)"
+        )
+    if "WORLD_SIZE" in os.environ:
+        started = os.environ["WORLD_SIZE"]
+        if cfg.num_workers not in (1, int(started)):
+            raise TrainError(
+                f"--num-workers {cfg.num_workers} under torchrun, which started {started} processes "
+                "(--nnodes x --nproc-per-node): leave out --num-workers"
+            )
+        if cfg.ray_address:
+            raise TrainError(
+                "--ray-address under torchrun: Ray Train starts its own processes; launch with one of them"
+            )
+    world = launch_world(cfg)
+    if cfg.device.startswith("cuda") and "WORLD_SIZE" not in os.environ and not cfg.ray_address:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if world > gpus:
+            raise TrainError(
+                f"--num-workers {world} on a machine with {gpus} GPU(s): one process per GPU; "
+                f"use --num-workers {max(gpus, 1)}, or torchrun / --ray-address for several machines"
+            )
+    params = estimated_params(cfg.size) if cfg.stage == "policy" else None
+    if params:
+        check_fits(strategy(cfg), params, world, cfg.device)

@@ -116,11 +116,13 @@ def read_mixture(path: str | Path, read_member) -> tuple[list, dict]:
         for e in eps:
             e.sampling_weight = m.weight / steps
         episodes += eps
-        parts.append({"path": str(m.path), "weight": m.weight, "episodes": len(eps), "fps": info.get("fps")})
-    # a member's renderer settings describe only its own images
-    info = {"cameras": first[2]["cameras"], "source": str(path), "mixture": parts}
-    fps = {p["fps"] for p in parts}
-    info["fps"] = fps.pop() if len(fps) == 1 else None
+        parts.append({"path": str(m.path), "weight": m.weight, "episodes": len(eps), "info": info})
+    info = {"cameras": first[2]["cameras"], "source": str(path)}
+    # the fps and renderer settings describe the mixture only where every member shares them
+    for key in ("fps", "render"):
+        values = [p["info"].get(key) for p in parts]
+        info[key] = values[0] if all(v == values[0] for v in values) else None
+    info["mixture"] = [{k: v for k, v in p.items() if k != "info"} for p in parts]
     return episodes, info
 
 

@@ -2,7 +2,7 @@
 resumed training went through, and the record config.json keeps of both.
 
 - `run_settings`: the data (its hash), the stage's objective, model size, seed, batch size,
-  number of workers, device type, pause threshold, and for the rater stage the policy it was
+  number of workers, device type, pause threshold, strategy (ddp | fsdp), and for the rater stage the policy it was
   trained on. A `--resume` with any of them changed is refused, naming each field and both values.
 - `phase_settings`: the total step count, learning rates and warm-up. A `--resume` may change
   them (train further, lower the learning rate): the change is applied from the step it resumes
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asyncvla.training import flags
 from asyncvla.training.errors import TrainError
 
 # how each setting is named to the user
@@ -27,7 +28,10 @@ SETTING_NAMES = {
     "pause_threshold": "--pause-threshold",
     "policy_steps": "the policy's steps (the rater was trained on another policy)",
     "policy_data_sha256": "the policy's dataset",
+    "strategy": "--strategy",
 }
+# the value of a setting in states saved before it was recorded
+SAVED_BEFORE = {"strategy": "ddp"}
 PHASE_NAMES = {
     "total_steps": "--steps",
     "lr": "--lr",
@@ -40,6 +44,7 @@ def run_settings(cfg, data_sha256: str, world: int, device_type: str, policy_rec
     """What makes two trainings of a stage the same training (refused if they differ on resume)."""
     settings = {"data_sha256": data_sha256, "seed": cfg.seed, "batch_size": cfg.batch_size}
     settings |= {"num_workers": world, "device": device_type, "pause_threshold": cfg.pause_threshold}
+    settings |= {"strategy": flags.strategy(cfg)}
     if cfg.stage == "policy":
         return {**settings, "objective": cfg.objective, "size": cfg.size}
     policy = ((policy_record or {}).get("stages") or {}).get("policy") or {}
@@ -57,9 +62,9 @@ def check_resume(state: dict, settings: dict, state_file: Path, record: dict | N
     save as the checkpoint beside it."""
     saved = state["settings"]
     differ = [
-        f"{SETTING_NAMES.get(k, k)} {_short(saved.get(k))} saved, {_short(v)} now"
+        f"{SETTING_NAMES.get(k, k)} {_short(saved.get(k, SAVED_BEFORE.get(k)))} saved, {_short(v)} now"
         for k, v in settings.items()
-        if saved.get(k) != v
+        if saved.get(k, SAVED_BEFORE.get(k)) != v
     ]
     if differ:
         raise TrainError(

@@ -53,7 +53,11 @@ def is_ours(name: str) -> bool:
     temporary files)."""
     if name in CHECKPOINT_FILES or name in TOKENIZER_FILES or name.startswith("tokenizer"):
         return True
-    if name.startswith(("loss_", "train_state_")) or name in ("eval_curve.csv", "eval_curve.png", "evals"):
+    if name.startswith(("loss_", "train_state_", "sharded_")) or name in (
+        "eval_curve.csv",
+        "eval_curve.png",
+        "evals",
+    ):
         return True
     if name == "preflight":  # periodic_eval.PeriodicEvaluator.preflight's temporary checkpoint
         return True
@@ -269,24 +273,47 @@ def recover(out: Path) -> None:
 def commit(out: Path, write: Callable[[Path], None]) -> None:
     """A save that is whole or absent: `write(dir)` writes every file of it into OUT/.saving/; they
     are flushed, marked complete, then renamed into OUT (config.json last)."""
-    staging = Path(out) / STAGING
+    write(begin(out))
+    finish(out)
+
+
+def staging_path(out: Path) -> Path:
+    return Path(out) / STAGING
+
+
+def begin(out: Path) -> Path:
+    """A new, empty OUT/.saving/ for a save's files (FSDP's processes write their shards into it
+    before rank 0 writes the rest and calls `finish`)."""
+    staging = staging_path(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    write(staging)
-    for path in staging.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    return staging
+
+
+def finish(out: Path) -> None:
+    """Flush every file of the save, mark it complete, rename it into OUT."""
+    staging = staging_path(out)
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            fsync_dir(path)
     names = sorted(p.name for p in staging.iterdir())
     atomic_write(staging / COMPLETE, lambda tmp: tmp.write_text(json.dumps(names)))
     _move_into_place(Path(out))
 
 
 def _move_into_place(out: Path) -> None:
+    """Idempotent (a recovery runs it again): what is still staged replaces OUT's entry of that name;
+    a directory (FSDP's shards) replaces the old one, which rename cannot do over a full directory."""
     staging = out / STAGING
     names = sorted(
         (p.name for p in staging.iterdir() if p.name != COMPLETE), key=lambda n: n == "config.json"
     )
     for name in names:
+        if (staging / name).is_dir() and (out / name).is_dir():
+            shutil.rmtree(out / name)
         os.replace(staging / name, out / name)
     fsync_dir(out)
     shutil.rmtree(staging)

@@ -42,8 +42,15 @@ from asyncvla.checkpoint import load_checkpoint, save_checkpoint
 from asyncvla.config import OBJECTIVES, ModelConfig
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
-from asyncvla.training import flags, saves, workers
-from asyncvla.training.datasets import PAUSE_THRESHOLD, ChunkDataset, Sample, dataset_sha256, read_dataset
+from asyncvla.training import flags, saves, sharding, workers
+from asyncvla.training.datasets import (
+    PAUSE_THRESHOLD,
+    ChunkDataset,
+    Sample,
+    dataset_sha256,
+    read_dataset,
+    training_sampler,
+)
 from asyncvla.training.errors import Diverged, TrainError, one_line
 from asyncvla.training.provenance import (
     changed_phase,
@@ -76,6 +83,10 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # replace the training --out holds (a fresh training refuses it otherwise)
     num_workers: int = 1
+    strategy: str | None = None  # ddp | fsdp (asyncvla/training/sharding.py); default by --size
+    activation_checkpointing: bool | None = None  # recompute each layer in backward; default on CUDA
+    backend: str | None = None  # gloo | nccl; default by --device
+    ray_address: str | None = None  # train on this Ray cluster through Ray Train (ray_launch.py)
     save_every: int = 500
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads per worker (default: torch's, cores / workers under DDP)
@@ -106,44 +117,61 @@ def rater_loss(
     actions: torch.Tensor,
     generator: torch.Generator,
     ignore: torch.Tensor | None = None,
+    workers: tuple[int, int] = (0, 1),
+    normalizer=None,
 ) -> torch.Tensor:
     """Rater stage: SFM actions from the frozen model, Eq. (6) pseudo labels, MSE to the rater's p,
-    over the tokens that carry a label (`ignore` marks padding and pauses)."""
+    over the tokens that carry a label (`ignore` marks padding and pauses). `workers` and
+    `normalizer` as in AsyncVLA.compute_loss."""
     valid = torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
     if ignore is not None:
         valid = ~ignore
+    rank, world = workers
     with torch.no_grad():
         prefix = model.embed_prefix(inputs)
         encoded = model.encode_prefix(prefix)
-        noise = torch.randn(actions.shape, generator=generator).to(actions.device)
+        B, L, A = actions.shape
+        noise = torch.randn(B * world, L, A, generator=generator)[rank::world].to(actions.device)
         sfm = model.integrate(encoded, noise, torch.ones(actions.shape[:2], device=actions.device))
         q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1), valid)
     p = model.rater(encoded.hidden, prefix.valid, sfm)
-    return ((p - q).pow(2) * valid).sum() / valid.sum().clamp(min=1)
+    count = valid.sum()
+    return ((p - q).pow(2) * valid).sum() / (count if normalizer is None else normalizer(count)).clamp(min=1)
 
 
 class _StageLoss(nn.Module):
-    """What DDP wraps: forward() is the stage's loss."""
+    """What DDP or FSDP wraps: forward() is the stage's loss on this process's share of the batch."""
 
-    def __init__(self, model: AsyncVLA, stage: str, objective: str):
+    def __init__(self, model: AsyncVLA, stage: str, objective: str, rank: int = 0, world: int = 1):
         super().__init__()
         self.model, self.stage, self.objective = model, stage, objective
+        self.workers = (rank, world)
 
     def forward(self, inputs, actions, ignore, generator):
+        normalizer = None if self.workers[1] == 1 else self._mean_count
         if self.stage == "rater":
-            return rater_loss(self.model, inputs, actions, generator, ignore)
-        return self.model.compute_loss(inputs, actions, ignore, self.objective, generator)
+            return rater_loss(self.model, inputs, actions, generator, ignore, self.workers, normalizer)
+        return self.model.compute_loss(
+            inputs, actions, ignore, self.objective, generator, self.workers, normalizer
+        )
+
+    def _mean_count(self, count: torch.Tensor) -> torch.Tensor:
+        return workers.mean_over_workers(count.detach().float().clone(), self.workers[1])
+
+
+def _freeze(model: AsyncVLA, stage: str) -> None:
+    """The rater stage trains the rater alone on the frozen policy; the policy stage leaves the rater
+    (trained after it) alone. Before any wrapping: FSDP shards what is trained and what is not alike."""
+    if stage == "rater":
+        for p in model.parameters():
+            p.requires_grad_(False)
+    for p in model.rater.parameters():
+        p.requires_grad_(stage == "rater")
 
 
 def _param_groups(model: AsyncVLA, cfg: TrainConfig) -> list[dict]:
-    if cfg.stage == "rater":  # backbone frozen, rater only
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in model.rater.parameters():
-            p.requires_grad_(True)
+    if cfg.stage == "rater":
         return [{"params": list(model.rater.parameters()), "lr": cfg.lr}]
-    for p in model.rater.parameters():  # trained after the policy
-        p.requires_grad_(False)
     vision = list(model.vlm.model.visual.parameters())
     ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -228,25 +256,29 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
             f"--warmup-steps {cfg.warmup_steps} is more than the {total} steps of the training: the learning "
             "rate would never reach --lr"
         )
-    optim, sched = _optimizer(model, cfg, total)
+    _check_data_fits(model, dataset, info, cfg)
+    _freeze(model, cfg.stage)
+    if flags.activation_checkpointing(cfg):
+        model.vlm.gradient_checkpointing_enable()
+    model.train()
+    strategy = flags.strategy(cfg)
+    net = _stage_net(model, cfg, strategy, rank, world, device)
+    optim, sched = _optimizer(model, cfg, total)  # after FSDP made the parameters its shards
     settings = run_settings(cfg, data_sha256, world, device.type, previous_record)
     phases = [{"from_step": 0, **phase_settings(cfg, total)}]
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    # one generator, the same on every process: each draws the whole global batch's noise and takes
+    # its rows (AsyncVLA.compute_loss), so N processes draw what one would
+    generator = torch.Generator().manual_seed(cfg.seed * 1000)
     step = 0
     if resuming:
-        step, phases = _resume(out, cfg, optim, sched, generator, rank, settings, previous_record, total)
-    _check_data_fits(model, dataset, info, cfg)
+        step, phases = _resume(out, cfg, model, optim, sched, generator, settings, previous_record, total)
     if rank == 0:
         log.info("training config: %s", asdict(cfg))
         log.info("%.1f%% of the recorded steps are pauses (no label)", 100 * dataset.pause_fraction())
-    if device.type == "cuda":
-        model.vlm.gradient_checkpointing_enable()
-    model.train()
-    net = _stage_net(model, cfg, world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     saved = step if resuming else None
 
-    def write_checkpoint(directory: Path, step: int) -> None:
+    def write_checkpoint(directory: Path, step: int, weights: dict | None = None) -> None:
         model.training_record = training_record(
             previous_record,
             cfg,
@@ -259,23 +291,38 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
             phases,
             resuming,
         )
-        save_checkpoint(directory, model, tokenizer, stats)
+        save_checkpoint(directory, model, tokenizer, stats, weights)
 
-    def save(step: int, generators: list[torch.Tensor]) -> None:
-        state = {"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
-        state |= {"generator": generators, "settings": settings, "phases": phases}
+    def save(step: int) -> None:
+        """On every process (FSDP's saves are collectives); rank 0 writes all but the shards."""
+        sharded = strategy == "fsdp"
+        optimizer = "sharded" if sharded else optim.state_dict()  # FSDP's lives in sharding.sharded_dir
+        state = {"step": step, "optimizer": optimizer, "scheduler": sched.state_dict()}
+        state |= {"generator": [generator.get_state()], "settings": settings, "phases": phases}
 
         def write(staging: Path) -> None:
-            write_checkpoint(staging, step)
+            write_checkpoint(staging, step, merged)
             torch.save(state, staging / state_file.name)
 
         with SIGNALS.deferred():  # a Ctrl-C waits for the save to be whole
-            saves.commit(out, write)
+            merged = sharding.merged_state(model) if sharded else None
+            staging = saves.begin(out) if rank == 0 else None
+            if sharded:
+                workers.barrier(world)  # the staging directory is new before any shard goes in
+                sharding.save_sharded(
+                    saves.staging_path(out) / sharding.sharded_dir(out, cfg.stage).name, model, optim
+                )
+            if rank == 0:
+                write(staging)
+                saves.finish(out)
+            workers.barrier(world)
 
     evaluator = _evaluator(cfg) if rank == 0 else None
     try:
+        # FSDP's weights are merged by a collective, so every process takes part before rank 0 writes
+        initial = sharding.merged_state(model) if strategy == "fsdp" and cfg.eval_every else None
         if evaluator is not None:
-            evaluator.preflight(lambda directory: write_checkpoint(directory, step))
+            evaluator.preflight(lambda directory: write_checkpoint(directory, step, initial))
         if rank == 0:
             started()  # from here on --out is this training's
             saves.apply(out, plan)
@@ -308,20 +355,18 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
                     sched.step()
                     step += 1
                     loss_log.write(step, epoch, value, sched.get_last_lr()[-1])
-                    generators = workers.gather_generators(generator, world)  # every rank takes part
                     evaluate = cfg.eval_every is not None and (step % cfg.eval_every == 0 or step == total)
                     if step % cfg.save_every == 0 or step == total or evaluate:
-                        _check_finite_weights(model, step, out, saved)  # on every rank: they stop together
-                        if rank == 0:
-                            save(step, generators)
-                            if evaluate:
-                                evaluator.after_save(step)
+                        _check_finite_weights(model, step, out, saved, world)  # every rank stops
+                        save(step)
+                        if rank == 0 and evaluate:
+                            evaluator.after_save(step)
                         saved = step
                     elif evaluator is not None:
                         evaluator.poll()
                 skip = 0
                 epoch += 1
-        if world > 1:  # every worker is done; rank 0 evaluates alone, no collective waits for it
+        if dist.is_initialized():  # every worker is done; rank 0 evaluates alone, no collective waits for it
             dist.barrier()
             dist.destroy_process_group()
         if evaluator is not None:
@@ -336,14 +381,20 @@ def _kept(out: Path, saved: int | None) -> str:
     return f"{out} keeps the last good save (step {saved})" if saved else "nothing was saved"
 
 
-def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | None) -> None:
-    """Never save a non-finite weight: stop, keeping the last good save."""
-    for name, p in model.named_parameters():
-        if p.requires_grad and not torch.isfinite(p).all():
-            raise Diverged(
-                f"weight {name} became non-finite at step {step}: training stopped without saving it, "
-                f"{_kept(out, saved)}; lower --lr / --vision-lr (a --resume may change them) or check the data"
-            )
+def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | None, world: int) -> None:
+    """Never save a non-finite weight: stop, keeping the last good save. Every process stops (FSDP's
+    shards differ, so one process may see it alone)."""
+    bad = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not torch.isfinite(sharding.local(p)).all()
+    ]
+    name = workers.first_of_any(bad[0] if bad else None, world)
+    if name is not None:
+        raise Diverged(
+            f"weight {name} became non-finite at step {step}: training stopped without saving it, "
+            f"{_kept(out, saved)}; lower --lr / --vision-lr (a --resume may change them) or check the data"
+        )
 
 
 def _check_data_fits(model: AsyncVLA, dataset: ChunkDataset, info: dict, cfg: TrainConfig) -> None:
@@ -360,16 +411,19 @@ def _check_data_fits(model: AsyncVLA, dataset: ChunkDataset, info: dict, cfg: Tr
         )
 
 
-def _resume(out, cfg, optim, sched, generator, rank, settings, record, total) -> tuple[int, list[dict]]:
-    """--resume: the optimizer, schedule and this rank's generator as saved, once the state is
-    checked to be this training's; changed learning rates or step count apply from here, recorded
-    as a new phase. Returns (the step to go on from, the phases)."""
+def _resume(out, cfg, model, optim, sched, generator, settings, record, total) -> tuple[int, list[dict]]:
+    """--resume: the optimizer, schedule and generator as saved (FSDP's weights and optimizer from
+    their shards), once the state is checked to be this training's; changed learning rates or step
+    count apply from here, recorded as a new phase. Returns (the step to go on from, the phases)."""
     state_file = saves.state_path(out, cfg.stage)
     state = saves.read_state(out, cfg.stage)
     check_resume(state, settings, state_file, record, cfg.stage)
-    optim.load_state_dict(state["optimizer"])
+    if isinstance(state["optimizer"], str):  # "sharded"
+        sharding.load_sharded(sharding.sharded_dir(out, cfg.stage), model, optim)
+    else:
+        optim.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"][rank % len(state["generator"])])
+    generator.set_state(state["generator"][0])
     step = int(state["step"])
     phases = [dict(p) for p in state["phases"]]
     phase = phase_settings(cfg, total)
@@ -420,9 +474,14 @@ def _optimizer(model: AsyncVLA, cfg: TrainConfig, total: int):
     return optim, torch.optim.lr_scheduler.LambdaLR(optim, _cosine(total, cfg.warmup_steps))
 
 
-def _stage_net(model: AsyncVLA, cfg: TrainConfig, world: int) -> nn.Module:
-    """The stage's loss as a module, wrapped in DDP when there are several processes."""
-    net = _StageLoss(model, cfg.stage, cfg.objective)
+def _stage_net(
+    model: AsyncVLA, cfg: TrainConfig, strategy: str, rank: int, world: int, device: torch.device
+) -> nn.Module:
+    """The stage's loss as a module: sharded by FSDP2, or wrapped in DDP when there are several
+    processes."""
+    net = _StageLoss(model, cfg.stage, cfg.objective, rank, world)
+    if strategy == "fsdp":
+        return sharding.fully_shard_model(model, net, cfg.stage, device, workers.mesh(device, world))
     if world == 1:
         return net
     tied = model.vlm.config.get_text_config().tie_word_embeddings
@@ -430,10 +489,9 @@ def _stage_net(model: AsyncVLA, cfg: TrainConfig, world: int) -> nn.Module:
 
 
 def _data_loader(dataset: ChunkDataset, cfg: TrainConfig, rank: int, world: int):
-    """This rank's share of the shuffled chunks, in batches of `batch_size` samples."""
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
-    )
+    """This rank's share of the shuffled chunks (a mixture's: drawn by its weights), in batches of
+    `batch_size` samples."""
+    sampler = training_sampler(dataset, rank, world, cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -484,7 +542,11 @@ def run(cfg: TrainConfig) -> Path:
     the data; rank 0 then locks --out and clears what the training replaces."""
     flags.check_config(cfg)
     saves.plan(cfg)
-    if "WORLD_SIZE" in os.environ:  # launched by torchrun (one or several machines)
+    if cfg.ray_address:
+        from asyncvla.training.ray_launch import train_on_ray
+
+        train_on_ray(cfg, train_worker)
+    elif "WORLD_SIZE" in os.environ:  # launched by torchrun (one or several machines)
         train_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), cfg)
     elif cfg.num_workers == 1:
         train_worker(0, 1, cfg)
@@ -511,7 +573,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         prog="asyncvla-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "dataset", help="asyncvla-episodes directory (info.json) or LeRobot dataset (meta/info.json)"
+        "dataset",
+        help="asyncvla-episodes directory (info.json), LeRobot dataset (meta/info.json) or a mixture file "
+        "of them with weights (.json / .yaml, docs/model.md)",
     )
     p.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
     p.add_argument("--stage", choices=["policy", "rater"], default="policy")
@@ -532,7 +596,30 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     r.add_argument(
         "--overwrite", action="store_true", help="replace the training --out holds (refused without it)"
     )
-    p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (torch DDP)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (or Ray Train workers with --ray-address); "
+        "--batch-size is per process",
+    )
+    d = p.add_argument_group("distributed training (docs/training.md)")
+    d.add_argument(
+        "--strategy",
+        choices=["ddp", "fsdp"],
+        help="ddp: a full copy per process; fsdp: FSDP2 sharding of weights, gradients and optimizer "
+        "(default: fsdp for qwen2.5-vl-3b, ddp for tiny)",
+    )
+    d.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        help="recompute each decoder layer in backward (default: on CUDA)",
+    )
+    d.add_argument("--backend", choices=["gloo", "nccl"], help="process group backend (default by --device)")
+    d.add_argument(
+        "--ray-address",
+        help="train on this Ray cluster with Ray Train ('local' starts one here); --num-workers workers",
+    )
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument(
         "--threads", type=int, help="torch CPU threads per worker (on a shared machine, 1 is often fastest)"

@@ -18,6 +18,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from asyncvla.training import flags
 from asyncvla.training.errors import TrainError, one_line
 from asyncvla.training.stopping import EXIT_SIGINT, EXIT_SIGTERM, SIGNALS, die_with_parent
 
@@ -25,16 +26,20 @@ WORKER_STOP_S = 60.0  # how long spawned workers get to stop (and stop their eva
 
 
 def join_workers(rank: int, world: int, cfg) -> tuple[int, int, torch.device]:
-    """This process's rank, the number of processes and its device; with several processes, joins
-    their group (spawned here on one machine, or by torchrun) and shares the CPU threads."""
+    """This process's rank, the number of processes and its device; joins their group (spawned here
+    on one machine, by torchrun, or already joined by Ray Train) and shares the CPU threads. FSDP
+    needs a group even for one process."""
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if world > 1:
+    if world > 1 or flags.strategy(cfg) == "fsdp" or dist.is_initialized():
         if "RANK" not in os.environ:  # spawned by us on one machine
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
-        timeout = timedelta(seconds=cfg.collective_timeout_s)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if not dist.is_initialized():
+            timeout = timedelta(seconds=cfg.collective_timeout_s)
+            dist.init_process_group(flags.backend(cfg), timeout=timeout)
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
         if device.type == "cuda":
@@ -43,21 +48,32 @@ def join_workers(rank: int, world: int, cfg) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def mesh(device: torch.device, world: int):
+    """The one-dimensional mesh FSDP shards over: every process of the group."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world,))
+
+
+def barrier(world: int) -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def first_of_any(value: str | None, world: int) -> str | None:
+    """`value` of the first process that has one, on every process (so that they stop together)."""
+    if not dist.is_initialized():
+        return value
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return next((v for v in values if v is not None), None)
+
+
 def mean_over_workers(value: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         dist.all_reduce(value)
         value /= world
     return value
-
-
-def gather_generators(generator: torch.Generator, world: int) -> list[torch.Tensor]:
-    """Every rank's generator state (so a resumed run draws what it would have drawn)."""
-    state = generator.get_state()
-    if world == 1:
-        return [state]
-    states = [torch.empty_like(state) for _ in range(world)]
-    dist.all_gather(states, state)
-    return states
 
 
 def free_port() -> int:

@@ -1,0 +1,85 @@
+"""`asyncvla-train --ray-address ADDR`: the same training, its processes started by Ray Train's
+`TorchTrainer` on a Ray cluster (the one the evaluations run on, so a team with one cluster trains
+and evaluates on it).
+
+Ray Train starts `--num-workers` workers (one GPU each with --device cuda), joins them in a torch
+process group (gloo or nccl, as torchrun's would be) and runs the training process in each; the
+checkpoints go to --out exactly as under torchrun, written by rank 0 (and, with FSDP, every
+worker's shard), so on several machines --out must be on storage they share. Ray Train's own
+checkpointing is not used: the project's saves are whole-or-absent and resumable by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from asyncvla.training import flags
+from asyncvla.training.errors import TrainError, one_line
+
+log = logging.getLogger(__name__)
+
+FAILED = "asyncvla-train worker failed: "  # how a worker's refusal reaches the command through Ray
+
+
+def train_on_ray(cfg, train_worker: Callable) -> None:
+    """Run `train_worker(rank, world, cfg)` in `cfg.num_workers` Ray Train workers and wait for them.
+    A worker's refusal (bad data, a diverged loss) is the command's one-line error."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if cfg.ray_address == "local":
+        # a cluster of this machine's own: as many CPU slots as workers, whatever the core count
+        # (a CPU worker is one process; it does not need a core to itself)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.num_workers), include_dashboard=False)
+    else:
+        ray.init(address=cfg.ray_address)
+    try:
+        _check_resources(cfg, ray.cluster_resources())
+        gpu = cfg.device.startswith("cuda")
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": cfg, "train_worker": train_worker},
+            torch_config=TorchConfig(backend=flags.backend(cfg), timeout_s=int(cfg.collective_timeout_s)),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu),
+            run_config=RunConfig(name=f"asyncvla-train-{Path(cfg.out).name}-{os.getpid()}"),
+        )
+        try:
+            trainer.fit()
+        except Exception as e:  # Ray wraps the worker's exception in its own
+            raise TrainError(_worker_message(e)) from None
+    finally:
+        ray.shutdown()
+
+
+def _check_resources(cfg, resources: dict) -> None:
+    kind = "GPU" if cfg.device.startswith("cuda") else "CPU"
+    have = int(resources.get(kind, 0))
+    if have < cfg.num_workers:
+        raise TrainError(
+            f"--num-workers {cfg.num_workers} with --device {cfg.device}: the Ray cluster at "
+            f"{cfg.ray_address} has {have} {kind}(s); add nodes or use --num-workers {max(have, 1)}"
+        )
+
+
+def _worker(config: dict) -> None:
+    import ray.train
+
+    context = ray.train.get_context()
+    os.environ.setdefault("LOCAL_RANK", str(context.get_local_rank()))
+    try:
+        config["train_worker"](context.get_world_rank(), context.get_world_size(), config["cfg"])
+    except (ValueError, OSError) as e:  # ours (TrainError, CheckpointError) and the file system's
+        raise RuntimeError(FAILED + one_line(e)) from None
+
+
+def _worker_message(error: Exception) -> str:
+    """The first worker refusal in Ray's report, else Ray's own first line."""
+    text = str(error)
+    for line in text.splitlines():
+        if FAILED in line:
+            return line[line.index(FAILED) + len(FAILED) :].strip()
+    return f"Ray Train failed: {one_line(error)}"
