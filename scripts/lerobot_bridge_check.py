@@ -474,12 +474,17 @@ def probe(port: int, checkpoint: Path) -> dict:
 
 
 def git_commit() -> str:
+    """HEAD, and how many tracked files differed from it (a shared tree: others' edits count too)."""
     try:
-        return subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + (f" with {len(dirty)} tracked files modified" if dirty else "")
 
 
 def stop(proc: subprocess.Popen) -> None:
