@@ -371,6 +371,17 @@ def render(result: dict) -> str:
         "",
         f"`{result['eval_args']}`",
         "",
+    ]
+    size = b["config"]["image_size"]
+    if size != 256:
+        lines += [
+            f"Our LIBERO client sends 256x256 frames (as vla-eval's `LIBEROBenchmark` does); the bridge scales them to "
+            f"the policy's declared {size}x{size} itself (`_resize_to_declared`: bilinear, the same aspect, so no "
+            f"padding). LeRobot's own `--env.type=libero` renders at 360x360 by default (its `LiberoEnv` config), "
+            "so a policy trained on those renders sees upscaled pixels here, not the ones LeRobot's env gives it.",
+            "",
+        ]
+    lines += [
         f"- run.json's `policy.vla_eval.server`: model_server `{r['server']['model_server']}`, vla-eval "
         f"{r['server']['harness_version']}, protocol {r['server']['protocol_version']}, observation_params "
         f"`{json.dumps(r['server']['observation_params'])}`, action_spec `{json.dumps(r['server']['action_spec'])}`, "

@@ -32,13 +32,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import lerobot_bridge_check as check  # noqa: E402
 
-RESULT = ROOT / "results" / "libero" / "lerobot_bridge.json"
+RESULTS = ROOT / "results" / "libero"
 # LeRobot 0.6.1's LiberoEnv.features_map (lerobot/envs/configs.py): what its env calls the cameras
 LEROBOT_LIBERO_CAMERAS = {"agentview": "observation.images.image", "wrist": "observation.images.image2"}
 
 
-def test_committed_result_held_and_renders_from_its_json():
-    result = json.loads(RESULT.read_text())
+@pytest.mark.parametrize("name, size", [("lerobot_bridge", 256), ("lerobot_bridge_360", 360)])
+def test_committed_result_held_and_renders_from_its_json(name, size):
+    """256: what our client sends (vla-eval's `LIBEROBenchmark`'s size); 360: what LeRobot's
+    `--env.type=libero` renders by default (its `LiberoEnv` config), to which the bridge scales ours."""
+    path = RESULTS / f"{name}.json"
+    result = json.loads(path.read_text())
+    assert result["build"]["config"]["image_size"] == size
+    assert result["build"]["input_features"]["observation.images.image"] == [3, size, size]
     assert result["failures"] == []
     assert result["build"]["lerobot"] and result["build"]["policy_type"] == "act"
     for row in result["probe"]["episodes"].values():
@@ -48,7 +54,7 @@ def test_committed_result_held_and_renders_from_its_json():
     assert result["run"]["server"]["model_server"] == "LeRobotModelServer"
     assert [e["steps"] for e in result["run"]["episodes"]] == [20]
     assert result["eval_inferences"] == 2  # 20 steps, chunks of 10
-    assert RESULT.with_suffix(".md").read_text() == check.render(result)
+    assert path.with_suffix(".md").read_text() == check.render(result)
 
 
 def test_bridge_command_names_lerobot_libero_features():
