@@ -71,6 +71,7 @@ STATE_DIM, ACTION_DIM = 8, 7
 PROBE_STEPS = {"A": 12, "B": 3}
 TASK = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 TOLERANCE = 1e-5
+CODE = ("asyncvla", "envs", "evalsuite", "scripts", "pyproject.toml")  # what the run executes of ours
 VENV_HINT = (
     "make one: /root/.pyenv/versions/3.12.1/bin/python -m venv /work/venvs/lerobot-bridge && "
     "/work/venvs/lerobot-bridge/bin/pip install torch==2.9.1 torchvision==0.24.1 && "
@@ -485,17 +486,21 @@ def probe(port: int, checkpoint: Path) -> dict:
 
 
 def git_commit() -> str:
-    """HEAD, and how many tracked files differed from it (a shared tree: others' edits count too)."""
+    """HEAD, and how many of the code's tracked files differed from it (a shared tree: others'
+    uncommitted edits count too)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (f" with {len(dirty)} tracked files modified" if dirty else "")
+    return head + (f" with {len(dirty)} code files modified (uncommitted)" if dirty else "")
 
 
 def stop(proc: subprocess.Popen) -> None:
