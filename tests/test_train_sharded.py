@@ -1,0 +1,197 @@
+"""Issue 41: sharded training (`--strategy fsdp`, torch's FSDP2 on gloo), launched by our spawner
+and by Ray Train, trains what one process trains on the same global batch; its sharded saves
+resume exactly; the merged checkpoint is the sharded model; a launch that cannot work is refused in
+one line before any process group starts.
+
+Tolerances: the trainings run in fp32 on CPU and differ only in the order the gradients of the two
+processes' samples are summed (gloo's reduce-scatter vs one process's backward), about 1e-7 of a
+loss; AdamW's update divides by the gradients' running RMS, which can grow such differences over
+steps, so the curves must agree to 1e-4 (relative) over these few steps. A resume replays the same
+arithmetic (same processes, same shards, same order), so it must agree to 1e-6.
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file
+from test_train import _deterministic
+from test_train_hostile import TIMEOUT_S, error_lines, refused_in_process
+
+from asyncvla.backbone import Preprocessor
+from asyncvla.checkpoint import load_checkpoint, read_training_record
+from asyncvla.training import sharding
+from asyncvla.training.datasets import ChunkDataset, read_dataset, write_asyncvla_episodes
+from asyncvla.training.train import TrainConfig, collate, run
+
+STEPS = 6
+COMMON = dict(lr=3e-3, vision_lr=3e-3, threads=1, save_every=2)
+
+
+def losses(out: Path, stage: str = "policy") -> np.ndarray:
+    return np.array([float(r["loss"]) for r in csv.DictReader(open(out / f"loss_{stage}.csv"))])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return write_asyncvla_episodes(
+        root / "data", [_deterministic(0), _deterministic(1)], fps=10, source="test"
+    )
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory, data) -> Path:
+    """One process, global batch 4: the reference."""
+    out = tmp_path_factory.mktemp("one") / "ckpt"
+    run(TrainConfig(dataset=str(data), out=str(out), steps=STEPS, batch_size=4, **COMMON))
+    return out
+
+
+@pytest.fixture(scope="module")
+def on_ray(tmp_path_factory, data) -> Path:
+    """Two FSDP processes of batch 2 started by Ray Train on a local Ray cluster."""
+    out = tmp_path_factory.mktemp("ray") / "ckpt"
+    cfg = TrainConfig(
+        dataset=str(data), out=str(out), steps=STEPS, batch_size=2, num_workers=2, strategy="fsdp", **COMMON
+    )
+    run(TrainConfig(**{**cfg.__dict__, "ray_address": "local"}))
+    return out
+
+
+def test_two_fsdp_processes_on_ray_train_as_one_process_on_their_global_batch(one, on_ray):
+    assert len(losses(on_ray)) == STEPS
+    np.testing.assert_allclose(losses(on_ray), losses(one), rtol=1e-4)
+    settings = read_training_record(on_ray)["stages"]["policy"]["settings"]
+    assert (settings["strategy"], settings["num_workers"]) == ("fsdp", 2)
+    assert (on_ray / "sharded_policy" / ".metadata").is_file()  # every process's shard, torch DCP
+    # the same checkpoint layout; weights are not compared: AdamW turns the rounding noise of
+    # gradients that are zero in exact arithmetic (the key projection's bias, which softmax ignores)
+    # into steps of the size of the learning rate
+    assert load_file(on_ray / "model.safetensors").keys() == load_file(one / "model.safetensors").keys()
+    assert sorted(p.name for p in one.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in on_ray.iterdir() if not p.name.startswith(".") and p.name != "sharded_policy"
+    )
+
+
+def test_the_merged_checkpoint_is_the_sharded_model(on_ray, data):
+    """The checkpoint asyncvla-eval loads (merged on rank 0) against the shards read straight into an
+    unsharded model: the same weights bit for bit, hence the same actions."""
+    merged, tokenizer, stats = load_checkpoint(on_ray)
+    from_shards, _, _ = load_checkpoint(on_ray)
+    state = {"model": from_shards.state_dict()}
+    for tensor in state["model"].values():
+        tensor.zero_()  # whatever the merge wrote is gone: only the shards fill it
+    dcp.load(state, checkpoint_id=str(on_ray / "sharded_policy"))
+    from_shards.load_state_dict(state["model"])
+    for (name, a), (_, b) in zip(merged.state_dict().items(), from_shards.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    samples = ChunkDataset(read_dataset(data)[0], merged.cfg.chunk_length)
+    inputs, _, _ = collate(
+        [samples[i] for i in (0, 5, 13)], Preprocessor(merged.cfg, tokenizer), stats, "cpu"
+    )
+    actions = [
+        model.eval().sample_actions(inputs, [torch.Generator().manual_seed(i) for i in range(3)]).actions
+        for model in (merged, from_shards)
+    ]
+    assert torch.equal(actions[0], actions[1])
+
+
+def test_a_sharded_training_stopped_mid_run_resumes_to_the_uninterrupted_run(tmp_path, data, on_ray):
+    """Ctrl-C after the first sharded save; the resume reads the shards (weights and AdamW states),
+    the generator and the data position, and ends where the uninterrupted run (on Ray) ended."""
+    out = tmp_path / "ckpt"
+    args = [data, "--out", out, "--steps", STEPS, "--batch-size", 2, "--num-workers", 2, "--strategy", "fsdp"]
+    args += ["--lr", 3e-3, "--vision-lr", 3e-3, "--threads", 1, "--save-every", 2]
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "train_state_policy.pt").exists():
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+        time.sleep(0.05)
+    trainer.send_signal(signal.SIGINT)
+    _, stderr = trainer.communicate(timeout=TIMEOUT_S)
+    assert trainer.returncode == 130, stderr
+    last = error_lines(stderr)[-1]
+    saved = int(last.split("the last save is of step ")[1].split(";")[0])
+    assert saved < STEPS, last  # stopped mid-run, so the resume has steps to train
+    resume = shlex.split(last.split("resume with: ")[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncvla.training.train", *resume[1:]],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(losses(out), losses(on_ray), rtol=1e-6)
+    ours, theirs = load_file(out / "model.safetensors"), load_file(on_ray / "model.safetensors")
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_the_rater_stage_sharded_on_two_processes_trains_as_one_process(tmp_path, data, one):
+    """The rater stage on the 1-process policy: FSDP over the frozen backbone and the fp32 rater."""
+    outs = {}
+    for name, workers, batch in (("one", 1, 4), ("fsdp", 2, 2)):
+        outs[name] = tmp_path / name
+        cfg = TrainConfig(
+            dataset=str(data),
+            out=str(outs[name]),
+            stage="rater",
+            init=str(one),
+            steps=4,
+            batch_size=batch,
+            num_workers=workers,
+            strategy="fsdp" if workers > 1 else None,
+            lr=3e-3,
+            threads=1,
+        )
+        run(cfg)
+    np.testing.assert_allclose(losses(outs["fsdp"], "rater"), losses(outs["one"], "rater"), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--backend", "nccl"], {}, "NCCL runs on CUDA devices only"),
+        (["--num-workers", "3"], {"WORLD_SIZE": "2", "RANK": "0"}, "torchrun, which started 2 processes"),
+        (["--ray-address", "local"], {"WORLD_SIZE": "2", "RANK": "0"}, "--ray-address under torchrun"),
+        (["--strategy", "zero3"], {}, "invalid choice: 'zero3'"),
+    ],
+)
+def test_a_launch_that_cannot_work_is_one_line_before_any_process_group(
+    tmp_path, data, capsys, monkeypatch, args, env, message
+):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    refused_in_process([data, "--out", tmp_path / "ckpt", "--steps", 2, *args], capsys, message)
+    assert not torch.distributed.is_initialized()
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_ddp_of_the_3b_on_a_gpu_too_small_for_a_full_copy_is_refused(monkeypatch):
+    """A 48 GiB GPU cannot hold the 3B's fp32 weights, gradients and AdamW states (65 GB): DDP is
+    refused with the figures and the fix; FSDP over two such GPUs fits."""
+
+    class Props:
+        total_memory = 48 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    with pytest.raises(ValueError, match=r"need 61 GiB per GPU .* 48 GiB; use --strategy fsdp"):
+        sharding.check_fits("ddp", sharding.estimated_params("qwen2.5-vl-3b"), 2, "cuda")
+    sharding.check_fits("fsdp", sharding.estimated_params("qwen2.5-vl-3b"), 2, "cuda")
