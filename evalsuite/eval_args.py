@@ -203,6 +203,12 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
     p.add_argument(
+        "--mask-rate",
+        type=float,
+        help="--mode random-mask: each token's chance of being regenerated (default 0.5); give the "
+        "rater's own firing rate to compare which tokens are regenerated at the same count",
+    )
+    p.add_argument(
         "--eager-inference",
         action="store_true",
         help="run AsyncVLA through the reference path of asyncvla/model.py instead of the fast one "
@@ -425,6 +431,7 @@ def _policy_spec(
         checkpoint=checkpoint,
         mode=args.mode,
         threshold=args.threshold,
+        mask_rate=args.mask_rate,
         eager=args.eager_inference,
         expert_factory=suites[0].expert_factory,
         action_dim=suites[0].action_dim,

@@ -79,6 +79,9 @@ class PolicySpec:
     checkpoint: str | None = None
     mode: str = "asyncvla"  # asyncvla | sfm | random-mask (AsyncVLA inference modes)
     threshold: float = 0.5
+    # random-mask mode: each token's chance of being regenerated; None = 0.5 (the paper's row), and
+    # absent from run.json then, so runs made before the option keep their identity
+    mask_rate: float | None = None
     eager: bool = False  # asyncvla: the reference inference path (asyncvla/model.py), not the fast one
     expert_factory: str | None = None
     action_dim: int = 7
@@ -102,6 +105,8 @@ class PolicySpec:
         skip = {"instance", *(() if self.kind == "object" else ("object_name", "object_version"))}
         if self.vla_eval is None:  # absent, so that the identity of every other run stays as it was
             skip.add("vla_eval")
+        if self.mask_rate is None:  # likewise
+            skip.add("mask_rate")
         values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         if self.kind == "object":
             values["factory"] = f"{type(self.instance).__module__}:{type(self.instance).__qualname__}"
@@ -174,7 +179,12 @@ def _build(spec: PolicySpec) -> Policy:
         import asyncvla
 
         return asyncvla.load(
-            spec.checkpoint, mode=spec.mode, threshold=spec.threshold, device=spec.device, fast=not spec.eager
+            spec.checkpoint,
+            mode=spec.mode,
+            threshold=spec.threshold,
+            device=spec.device,
+            fast=not spec.eager,
+            mask_rate=spec.mask_rate,
         )
     if spec.kind == "remote" and spec.url and spec.url.startswith("vla-eval+"):
         from evalsuite.serving.vla_eval_client import VlaEvalPolicy

@@ -41,7 +41,7 @@ LOCK_INFO = ".lock"  # pid and host of the process that holds the directory's lo
 SETTING_KEYS = ("protocol", "seed", "replan_steps", "latency_conditions")
 IDENTITY_KEYS = ("suites", "policy", "checkpoint_sha256", *SETTING_KEYS)
 # the policy's own settings that change what a policy computes, as opposed to which policy it is
-POLICY_SETTING_KEYS = ("mode", "threshold")
+POLICY_SETTING_KEYS = ("mode", "threshold", "mask_rate")
 # eager: the reference and the fast inference path compute the same chunks (tests/test_fast.py);
 # with `--latency measured` how fast they compute them changes results: the manifest's
 # `latency_conditions` (device, inference path, batching) is identity then

@@ -11,6 +11,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evalsuite.records import EpisodeRecord
@@ -36,7 +37,7 @@ def records_frame(records: list[EpisodeRecord], suites: list[SuiteSpec]) -> pd.D
     for r in records:
         row = r.to_json_dict()
         info = row.pop("info", None) or {}
-        row.update({key: info[key] for key in EXECUTION_INFO if key in info})
+        row.update({key: info[key] for key in EXECUTION_INFO + CHUNK_INFO if key in info})
         for key, value in meta.get((r.suite, r.task), {}).items():
             row.setdefault(key, value)
         rows.append(row)
@@ -47,6 +48,48 @@ def records_frame(records: list[EpisodeRecord], suites: list[SuiteSpec]) -> pd.D
 
 # what asynchronous execution measures per episode (evalsuite/run/asynchronous.py)
 EXECUTION_INFO = ("latency_steps", "pause_steps", "stale_ratio", "jerk")
+# what an AsyncVLA policy says of each chunk (evalsuite/run/episode.py): tokens AFM regenerated
+CHUNK_INFO = ("regenerated_per_call", "chunk_tokens")
+# modes whose chunks are partly regenerated: the rater's (asyncvla) or random masks
+MASKING_MODES = ("asyncvla", "random-mask")
+
+
+def regenerated_tables(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """How much of each chunk AFM regenerated: per task and over all chunks, the mean fraction
+    (the rater's firing rate), its spread over chunks, the share of chunks where nothing was
+    regenerated (AFM skipped: the chunk is SFM's), quantiles; and the distribution of the count
+    per chunk (0..L tokens). Each policy call is one chunk; shares in percent."""
+    have = (
+        records[records["regenerated_per_call"].notna()] if "regenerated_per_call" in records else records[:0]
+    )
+    if have.empty:
+        return {}
+    L = int(have["chunk_tokens"].max())
+    rows, dist = [], []
+    groups = [*have.groupby(["suite", "task"], sort=False), (("all", "all tasks"), have)]
+    for (suite, task), g in groups:
+        counts = np.concatenate([np.asarray(c, dtype=float) for c in g["regenerated_per_call"]])
+        frac = counts / L
+        rows.append(
+            {
+                "suite": suite,
+                "task": task,
+                "chunks": len(counts),
+                # percent: the tables print one decimal
+                "regenerated % (mean)": 100 * frac.mean() if len(frac) else float("nan"),
+                "sd over chunks %": 100 * frac.std() if len(frac) else float("nan"),
+                "chunks with none %": 100 * (counts == 0).mean() if len(counts) else float("nan"),
+                "median tokens": float(np.median(counts)) if len(counts) else float("nan"),
+                "p90 tokens": float(np.quantile(counts, 0.9)) if len(counts) else float("nan"),
+                "max tokens": counts.max() if len(counts) else float("nan"),
+            }
+        )
+        hist = np.bincount(counts.astype(int), minlength=L + 1)[: L + 1]
+        dist.append(
+            {"suite": suite, "task": task}
+            | {f"{k} of {L} %": 100 * h / max(1, len(counts)) for k, h in enumerate(hist)}
+        )
+    return {"regenerated": pd.DataFrame(rows), "regenerated_distribution": pd.DataFrame(dist)}
 
 
 def execution_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -121,6 +164,8 @@ def build_tables(records: pd.DataFrame, suites: list[SuiteSpec]) -> dict[str, pd
     tables = per_task_layout(records, suites)
     if "stale_ratio" in records.columns and records["stale_ratio"].notna().any():
         tables["execution"] = execution_table(records[records["stale_ratio"].notna()])
+    if "mode" in records.columns and records["mode"].isin(MASKING_MODES).any():
+        tables.update(regenerated_tables(records[records["mode"].isin(MASKING_MODES)]))
     for layout in dict.fromkeys(s.layout for s in suites):  # each layout once, in suite order
         if layout in ("per_task", ""):
             continue

@@ -201,6 +201,11 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--threshold {args.threshold}: the rater's threshold T lies strictly between 0 and 1"
         )
+    rate = getattr(args, "mask_rate", None)
+    if rate is not None and (getattr(args, "mode", None) != "random-mask" or not 0 < rate <= 1):
+        raise UsageError(
+            f"--mask-rate {rate}: the chance a token is regenerated, in (0, 1], and only with --mode random-mask"
+        )
 
 
 def resolve_device(device: str, address: str | None) -> str:

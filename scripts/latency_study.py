@@ -202,6 +202,13 @@ def write(rows: list[dict], out: Path, command: str, per_task: int) -> None:
         )
     (out / "latency.md").write_text("\n".join(lines) + "\n")
     plot(table, out / "latency.png")
+    # provenance sidecars (scripts/result_meta.py: tests/test_result_meta.py checks results/tabletop/)
+    from result_meta import write_meta
+
+    from evalsuite.eval_args import resolve_checkpoint
+
+    for name in ("latency.csv", "latency.md", "latency.png"):
+        write_meta(out / name, resolve_checkpoint("demo"), command)
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:

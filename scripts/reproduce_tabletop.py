@@ -17,6 +17,10 @@ Stages, in order (each skips work whose output already exists, so an interrupted
   demo-eval   demo checkpoint (also without AFM and without the rater) vs the random policy vs
               the scripted expert, same episodes
   figure      the demo checkpoint's per-chunk self-correction view (Fig. 3 layout)
+  table4      Table 4 at the demo's regime (scripts/table4.py): the SFM-trained twin of the demo
+              (same data, the same phases and steps, --objective sfm, its rater), then the four rows
+              on 10 tasks x Plan.table4_episodes layouts, same episodes and noise, McNemar vs
+              AsyncVLA, the paper's values beside; --sfm-ckpt skips the training
 
 Work files (datasets, checkpoints, run directories) go to --work (default runs/repro, ignored by
 git); tables and figures to --out (default results/tabletop). Every table's header carries the
@@ -49,7 +53,7 @@ import torch  # noqa: E402
 
 log = logging.getLogger("reproduce_tabletop")
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("record", "demo", "ablations", "efficiency", "ship", "demo-eval", "figure")
+STAGES = ("record", "demo", "ablations", "efficiency", "ship", "demo-eval", "figure", "table4")
 SHIPPED = ("config.json", "model.safetensors", "rater.safetensors", "norm_stats.json")
 SHIPPED += ("tokenizer.json", "tokenizer_config.json", "loss_policy.csv", "loss_rater.csv")
 
@@ -80,6 +84,7 @@ class Plan:
     efficiency_episodes: int = 1  # per task, per snapshot
     workers: int = 2  # env workers: the runner asks Ray for 1 CPU each, so at most the core count
     figure_episodes: int = 3
+    table4_episodes: int = 50  # per task, per row (500 paired episodes a row)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -97,6 +102,7 @@ class Plan:
             rater_steps=10,
             ablation_episodes=1,
             figure_episodes=1,
+            table4_episodes=1,
         )
 
 
@@ -146,14 +152,18 @@ def training_data_note(demos: Path, demo: Path) -> str:
     return json.loads(manifest.read_text())["data"] if manifest.is_file() else "unknown"
 
 
-def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
+def demo_commands(plan: Plan, demos: Path, demo: Path, objective: str = "unified") -> list[list[str]]:
     """The demo checkpoint's `asyncvla-train` commands: per phase, the unified policy trained (or
-    resumed) up to that phase's total step count, then the rater on it."""
+    resumed) up to that phase's total step count, then the rater on it. `objective="sfm"`: the
+    same commands with the SFM objective (Table 4's w/o-unified-training model), one torch thread."""
     train = [sys.executable, "-m", "asyncvla.training.train", str(demos), "--out", str(demo), "--seed", "0"]
+    if objective != "unified":
+        train += ["--threads", "1"]
     commands = []
     for i, total in enumerate(plan.demo_steps):
         commands.append(
             train
+            + (["--objective", objective] if objective != "unified" else [])
             + ["--steps", str(total), "--batch-size", str(plan.demo_batch), "--lr", str(plan.demo_lr)]
             + ["--vision-lr", str(plan.demo_lr), "--warmup-steps", "50", "--save-every", "200"]
             + (["--resume"] if i else [])
@@ -164,12 +174,12 @@ def demo_commands(plan: Plan, demos: Path, demo: Path) -> list[list[str]]:
     return commands
 
 
-def train_demo(plan: Plan, demos: Path, demo: Path, work: Path) -> None:
-    for i, cmd in enumerate(demo_commands(plan, demos, demo)):
+def train_demo(plan: Plan, demos: Path, demo: Path, work: Path, objective: str = "unified") -> None:
+    for i, cmd in enumerate(demo_commands(plan, demos, demo, objective)):
         sh(cmd)
         phase, is_rater = divmod(i, 2)
         if is_rater and phase < len(plan.demo_steps) - 1:  # keep the earlier phase's checkpoint
-            early = work / f"demo-step{plan.demo_steps[phase]}"
+            early = work / f"{demo.name}-step{plan.demo_steps[phase]}"
             shutil.rmtree(early, ignore_errors=True)
             shutil.copytree(demo, early, ignore=shutil.ignore_patterns("*.pt"))
 
@@ -652,6 +662,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/repro", help="datasets, checkpoints, run dirs")
     p.add_argument("--out", default="results/tabletop", help="tables and figures")
     p.add_argument("--demo-ckpt", help="use this demo checkpoint instead of training one")
+    p.add_argument(
+        "--sfm-ckpt", help="table4: use this SFM-trained checkpoint (with its rater) instead of training one"
+    )
+    p.add_argument(
+        "--table4-episodes", type=int, help="table4: layouts per task and row (default: the plan's 50)"
+    )
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     stages = [s.strip() for s in args.stages.split(",")]
@@ -659,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
     torch.set_num_threads(1)
+    import time
+
+    started = time.time()
     plan = Plan.quick() if args.quick else Plan()
     work, out = ROOT / args.work, ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -696,7 +715,48 @@ def main(argv: list[str] | None = None) -> int:
         timed("demo-eval", stage_demo_eval, args, plan, demo, training_data_note(demos, demo))
     if "figure" in stages:
         timed("figure", stage_figure, args, plan, demo)
+    if "table4" in stages:
+        timed("table4", stage_table4, args, plan, demos, demo, work)
+    write_sidecars(out, started, demo, args)
     return 0
+
+
+def write_sidecars(out: Path, since: float, demo: Path, args) -> None:
+    """A provenance sidecar (scripts/result_meta.py) for every file this invocation wrote under
+    OUT that has none newer than itself yet (table4 writes its own, with more detail)."""
+    from result_meta import SUFFIX, write_meta
+
+    command = shlex.join(["python", "scripts/reproduce_tabletop.py", *args.argv])
+    for f in sorted(out.rglob("*")):
+        if not f.is_file() or f.name.endswith(SUFFIX) or f.stat().st_mtime < since:
+            continue
+        side = Path(str(f) + SUFFIX)
+        if side.is_file() and side.stat().st_mtime >= f.stat().st_mtime:
+            continue
+        write_meta(f, demo, command)
+
+
+def stage_table4(args, plan: Plan, demos: Path, demo: Path, work: Path) -> None:
+    """Table 4 at the demo's regime (scripts/table4.py): the SFM-trained model by the demo's own
+    commands with --objective sfm, unless --sfm-ckpt gives it; then the four rows."""
+    from table4 import stage_table4 as run_table4
+
+    sfm = Path(args.sfm_ckpt) if args.sfm_ckpt else work / "demo-sfm"
+    if not args.sfm_ckpt and not (sfm / "loss_rater.csv").is_file():
+        train_demo(plan, demos, sfm, work, objective="sfm")
+    episodes = args.table4_episodes or plan.table4_episodes
+    command = shlex.join(["python", "scripts/reproduce_tabletop.py", *args.argv])
+    text = run_table4(
+        demo,
+        sfm,
+        work,
+        Path(args.out) / "table4",
+        episodes,
+        plan.image_size,
+        command,
+        training_data_note(demos, demo),
+    )
+    print(text)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def run_episode(
     chunk_info: Callable[[str], dict | None] | None = None,
 ) -> EpisodeResult:
     """One episode. `chunk_info(key)`, where the policy has it, says what the policy did for the
-    request `key` (AsyncVLA: how many tokens AFM regenerated); asked only for a recorded video."""
+    request `key` (AsyncVLA: how many tokens AFM regenerated): asked after every call, so the
+    record carries each chunk's regenerated count (`regenerated_per_call`, `chunk_tokens`: the
+    rater's diagnostics in the run's tables) as well as the video strip."""
     task = suite.task(spec.task)
     start = time.perf_counter()
     builds = getattr(env, "builds", None)
@@ -89,9 +91,8 @@ def run_episode(
     def ask(observation: Observation) -> np.ndarray:
         key = f"{spec.draw_key}@{run.steps}"
         chunk = _checked_chunk(act([observation], [key])[0], suite, replan_steps)
-        if record_video:
-            info = (chunk_info(key) if chunk_info else None) or {}
-            calls.append(PolicyCall(run.steps, info.get("regenerated"), info.get("tokens")))
+        info = (chunk_info(key) if chunk_info else None) or {}
+        calls.append(PolicyCall(run.steps, info.get("regenerated"), info.get("tokens")))
         return chunk
 
     if suite.latency is None:
@@ -110,6 +111,7 @@ def run_episode(
             "final_state": [round(float(x), 6) for x in run.obs.state],
             "reset_s": round(reset_s, 3),
             **({"env_built": env.builds != builds} if builds is not None else {}),
+            **_regenerated(calls),
             **measured,
             **_scalars(run.info),
         },
@@ -121,6 +123,14 @@ def run_episode(
         frames, _ = video_frames(run.frames, cameras, run.obs.instruction or task.instruction, outcome, calls)
         video = encode_mp4(frames, fps=video_fps)
     return EpisodeResult(record, video)
+
+
+def _regenerated(calls: list[PolicyCall]) -> dict:
+    """Each call's count of tokens AFM regenerated, where the policy says (AsyncVLA's modes), and
+    the chunk's length: how often the rater fired, per chunk (evalsuite.tables.regenerated_table)."""
+    if not calls or any(c.regenerated is None for c in calls):
+        return {}
+    return {"regenerated_per_call": [int(c.regenerated) for c in calls], "chunk_tokens": int(calls[0].tokens)}
 
 
 def _run_synchronous(
