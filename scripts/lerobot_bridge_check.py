@@ -52,6 +52,8 @@ proof that it ran.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
 import re
@@ -503,6 +505,22 @@ def git_commit() -> str:
     return head + (f" with {len(dirty)} code files modified (uncommitted)" if dirty else "")
 
 
+def _die_with(parent: int, prctl) -> None:
+    """In the child, before exec: SIGTERM when `parent` dies (PR_SET_PDEATHSIG), even by kill -9 or
+    by a signal that lands while the child is being started, so no bridge or evaluation outlives
+    the check."""
+    prctl(1, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def die_with_us():
+    """The `preexec_fn` for every child of the check (Linux; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return functools.partial(_die_with, os.getpid(), ctypes.CDLL(None).prctl)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -541,13 +559,13 @@ def _run(args: argparse.Namespace, lerobot_python: str, work: Path) -> int:
     t0 = time.monotonic()
     subprocess.run(
         [lerobot_python, __file__, "build", str(checkpoint), "--image-size", str(args.image_size)],
-        env=env, check=True,
+        env=env, check=True, preexec_fn=die_with_us(),
     )  # fmt: skip
     timing["build + LeRobot's reference (lerobot venv)"] = time.monotonic() - t0
     build_info = json.loads((checkpoint / "build.json").read_text())
     bridge = subprocess.run(
         [lerobot_python, "-c", "import vla_eval.model_servers.lerobot as m; print(m.__file__)"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=True, preexec_fn=die_with_us(),
     ).stdout.strip()  # fmt: skip
 
     port = free_port()
@@ -555,7 +573,9 @@ def _run(args: argparse.Namespace, lerobot_python: str, work: Path) -> int:
     command = bridge_command(lerobot_python, bridge, port, str(checkpoint))
     t0 = time.monotonic()
     with open(log, "w") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work)
+        proc = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work, preexec_fn=die_with_us()
+        )
     try:
         wait_port(port, proc, 300, log)
         timing["bridge start (import, load, listen)"] = time.monotonic() - t0
@@ -569,7 +589,9 @@ def _run(args: argparse.Namespace, lerobot_python: str, work: Path) -> int:
         evaluation = eval_command(asyncvla_eval, port, args.max_steps, str(run_dir))
         t0 = time.monotonic()
         code = subprocess.run(
-            evaluation, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+            evaluation,
+            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+            preexec_fn=die_with_us(),
         ).returncode
         timing[f"asyncvla-eval libero_spatial, 1 episode of {args.max_steps} steps (env start included)"] = (
             time.monotonic() - t0
@@ -679,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_check(args)
     except KeyboardInterrupt as e:
         print(
-            "lerobot_bridge_check: interrupted; the bridge was stopped; run it again to redo the check",
+            "lerobot_bridge_check: interrupted; the bridge and the evaluation were stopped, nothing is left running; run it again to redo the check",
             file=sys.stderr,
         )
         return 143 if isinstance(e, Terminated) else 130

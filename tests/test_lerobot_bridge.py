@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,56 @@ def test_end_to_end_with_a_lerobot_venv(tmp_path):
     assert result["failures"] == []
     assert result["eval_inferences"] == 1
     assert [e["steps"] for e in result["run"]["episodes"]] == [10]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan killed here may wait for its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+MESSAGE = "lerobot_bridge_check: interrupted; the bridge and the evaluation were stopped, nothing is left running; run it again to redo the check"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(
+    "signum, code, message",
+    [(signal.SIGTERM, 143, MESSAGE), (signal.SIGINT, 130, MESSAGE), (signal.SIGKILL, -9, None)],
+)
+def test_interrupted_leaves_no_child(signum, code, message, tmp_path):
+    """A stand-in for the lerobot venv's python that records its pid and hangs in the build step;
+    the check is signalled (its child is not): exit 130 / 143 with one line, and the child is gone,
+    after kill -9 too (the children die with the check: PR_SET_PDEATHSIG)."""
+    fake = tmp_path / "python"
+    pidfile = tmp_path / "child.pid"
+    fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    err_path = tmp_path / "stderr"
+    with open(err_path, "w") as err:  # a file, not a pipe: an orphaned child would hold a pipe open
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "lerobot_bridge_check.py"), "--lerobot-python", str(fake),
+             "--out", str(tmp_path / "x.md")],
+            stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, err_path.read_text()
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
+        if message:
+            assert err_path.read_text().strip().splitlines() == [message]
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, f"the check's child {child} outlived it"
+            time.sleep(0.05)
+        assert not (tmp_path / "x.md").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
