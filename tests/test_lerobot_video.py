@@ -159,3 +159,19 @@ def test_asyncvla_train_runs_on_the_video_fixture(tmp_path):
     assert policy["data_image_size"] == [64, 64]
     rows = (out / "loss_policy.csv").read_text().splitlines()
     assert len(rows) == 4 and all(np.isfinite(float(r.split(",")[2])) for r in rows[1:])
+
+
+def test_dataloader_workers_decode_the_same_frames_with_their_own_decoders():
+    """Frames decoded in two DataLoader worker processes (forked after the main process opened
+    the files) equal those decoded in the main process."""
+    import torch
+
+    episodes, _ = read_dataset(FIXTURE)
+    ds = ChunkDataset(episodes, chunk_length=4)
+    picks = [0, 13, 20, 36]
+    here = [ds[i].images["wrist_image"] for i in picks]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, picks), batch_size=1, num_workers=2, collate_fn=list, timeout=60
+    )
+    there = [batch[0].images["wrist_image"] for batch in loader]
+    assert all(np.array_equal(x, y) for x, y in zip(here, there))

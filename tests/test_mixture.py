@@ -188,3 +188,19 @@ def test_training_on_a_mixture_of_a_lerobot_video_dataset_and_episodes(tmp_path,
     assert len(episodes) == 5
     every = np.concatenate([e.state for e in episodes])  # 37 + 16 steps, unweighted
     assert np.allclose(stats.state_mean, every.mean(0), atol=1e-5)
+
+
+def test_a_resume_with_other_weights_is_refused_and_out_inside_a_member_too(tmp_path, two, capsys):
+    a, b = two
+    mix = _mixture(tmp_path / "mix.json", [(a, 0.8), (b, 0.2)])
+    out = str(tmp_path / "ckpt")
+    assert main([str(mix), "--out", out, "--steps", "1", "--batch-size", "4", "--threads", "1"]) == 0
+    capsys.readouterr()
+    _mixture(mix, [(a, 0.5), (b, 0.5)])
+    assert main([str(mix), "--out", out, "--steps", "2", "--batch-size", "4", "--resume"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "dataset (sha256 of its files)" in err[0], err
+    inside = str(b / "ckpt")
+    assert main([str(mix), "--out", inside, "--steps", "1"]) == 2
+    assert f"--out {inside} is inside the dataset {b}" in capsys.readouterr().err
+    assert not Path(inside).exists()

@@ -93,15 +93,18 @@ def check_device(device: str) -> None:
 
 
 def check_paths(cfg) -> None:
-    """--out is a directory that can be written, not inside the dataset (its files would change
-    the dataset's hash); --init and --backbone-dir exist; --eval-track is a directory."""
-    out, data = Path(cfg.out).resolve(), Path(cfg.dataset).resolve()
+    """--out is a directory that can be written, not inside the dataset or a mixture's member (its
+    files would change the dataset's hash); --init and --backbone-dir exist; --eval-track is a
+    directory."""
+    from asyncvla.training.datasets import dataset_roots
+
+    out = Path(cfg.out).resolve()
     if out.exists() and not out.is_dir():
         raise TrainError(f"--out {cfg.out} is a file; give a directory (new, or a training to resume)")
-    if out == data or data in out.parents:
-        raise TrainError(
-            f"--out {cfg.out} is inside the dataset {cfg.dataset}; write the checkpoint elsewhere"
-        )
+    for data in dataset_roots(cfg.dataset):
+        data = data.resolve()
+        if out == data or data in out.parents:
+            raise TrainError(f"--out {cfg.out} is inside the dataset {data}; write the checkpoint elsewhere")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TrainError(

@@ -115,7 +115,23 @@ def decode_frame(path: str, t: float, tolerance_s: float = TOLERANCE_S) -> np.nd
             f"{path}: no frame within {tolerance_s:g} s of {t:.4f} s ({nearest}{end}); the episode's "
             "from_timestamp or timestamps in meta/episodes and data/ do not match the video"
         )
-    return best.to_ndarray(format="rgb24")
+    return _rgb(best)
+
+
+_RGB_THREADS = True
+
+
+def _rgb(frame) -> np.ndarray:
+    """The frame as (H, W, 3) RGB. PyAV >= 16's colour conversion runs on a thread pool, which a
+    DataLoader worker forked after the parent converted a frame inherits without its threads
+    (the worker hangs): one thread each, the workers being the parallelism."""
+    global _RGB_THREADS
+    if _RGB_THREADS:
+        try:
+            return frame.to_ndarray(format="rgb24", threads=1)
+        except TypeError:  # PyAV < 16 takes no threads argument and converts on the calling thread
+            _RGB_THREADS = False
+    return frame.to_ndarray(format="rgb24")
 
 
 class VideoFrames:
