@@ -175,3 +175,35 @@ def test_dataloader_workers_decode_the_same_frames_with_their_own_decoders():
     )
     there = [batch[0].images["wrist_image"] for batch in loader]
     assert all(np.array_equal(x, y) for x, y in zip(here, there))
+
+
+def test_a_frame_missing_from_its_video_stops_the_training_in_one_line(tmp_path, capsys):
+    """A timestamp between two frames passes the read (the file is long enough) and is refused
+    when a sample asks for it: asyncvla-train stops with exit 2 naming the file and the time."""
+    from asyncvla.training.train import main
+
+    root = _copy(tmp_path)
+    data = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pd.read_parquet(data)
+    table.loc[12 + 5, "timestamp"] = np.float32(0.55)  # episode 1, frame 5: file time 1.75 s
+    table.to_parquet(data)
+    episodes, _ = read_dataset(root)
+    with pytest.raises(DatasetError, match=r"file-000.mp4: no frame within 0.0001 s of 1.7500 s"):
+        ChunkDataset(episodes, chunk_length=4)[12 + 5]
+    out = tmp_path / "ckpt"
+    argv = [str(root), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--threads", "1"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line and not line.startswith("policy:")]
+    assert len(err) == 1 and err[0].startswith("asyncvla-train: error: "), err
+    assert "file-000.mp4: no frame within 0.0001 s of 1.7500 s" in err[0]
+
+
+def test_frames_of_another_size_than_info_json_says_are_refused(tmp_path):
+    root = _copy(tmp_path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"][KEYS["image"]]["shape"] = [32, 32, 3]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(
+        DatasetError, match=r"frames are \(64, 64, 3\), meta/info.json gives .* \(32, 32, 3\)"
+    ):
+        read_dataset(root)
