@@ -58,6 +58,7 @@ def test_decoded_frames_equal_lerobots_own_decoding_and_match_the_source(source)
             # leave room for another PyAV's colour conversion rounding)
             assert np.abs(ours.astype(int) - theirs).max() <= 2, (e, cam)
             assert np.abs(ours.astype(int) - src).mean() < LOSSY_MEAN, (e, cam)
+    assert np.array_equal(np.asarray(ep.images[cam]), ours)  # a whole episode, for conversions
 
 
 def test_each_frame_is_the_one_at_its_episodes_offset_in_the_shared_file(source):
