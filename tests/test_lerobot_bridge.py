@@ -199,6 +199,7 @@ def test_interrupted_leaves_no_child(signum, code, message, tmp_path):
             [sys.executable, str(ROOT / "scripts" / "lerobot_bridge_check.py"), "--lerobot-python", str(fake),
              "--out", str(tmp_path / "x.md")],
             stderr=err,
+            env={**os.environ, "TMPDIR": str(tmp_path)},  # kill -9 leaves its empty work directory
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
