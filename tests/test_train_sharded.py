@@ -145,7 +145,8 @@ def test_a_sharded_training_stopped_mid_run_resumes_to_the_uninterrupted_run(tmp
 
 
 def test_the_rater_stage_sharded_on_two_processes_trains_as_one_process(tmp_path, data, one):
-    """The rater stage on the 1-process policy: FSDP over the frozen backbone and the fp32 rater."""
+    """The rater stage on the 1-process policy: FSDP over the frozen backbone and the fp32 rater, the
+    blocks' weights freed after each forward (ZeRO-3)."""
     outs = {}
     for name, workers, batch in (("one", 1, 4), ("fsdp", 2, 2)):
         outs[name] = tmp_path / name
@@ -158,6 +159,7 @@ def test_the_rater_stage_sharded_on_two_processes_trains_as_one_process(tmp_path
             batch_size=batch,
             num_workers=workers,
             strategy="fsdp" if workers > 1 else None,
+            fsdp_reshard_after_forward=workers > 1,  # ZeRO-3's path here, ZeRO-2's (the default) above
             lr=3e-3,
             threads=1,
         )
@@ -172,6 +174,7 @@ def test_the_rater_stage_sharded_on_two_processes_trains_as_one_process(tmp_path
         (["--num-workers", "3"], {"WORLD_SIZE": "2", "RANK": "0"}, "torchrun, which started 2 processes"),
         (["--ray-address", "local"], {"WORLD_SIZE": "2", "RANK": "0"}, "--ray-address under torchrun"),
         (["--strategy", "zero3"], {}, "invalid choice: 'zero3'"),
+        (["--fsdp-reshard-after-forward"], {}, "add --strategy fsdp"),
     ],
 )
 def test_a_launch_that_cannot_work_is_one_line_before_any_process_group(

@@ -228,6 +228,11 @@ def check_launch(cfg) -> None:
             raise TrainError(
                 "--ray-address under torchrun: Ray Train starts its own processes; launch with one of them"
             )
+    if cfg.fsdp_reshard_after_forward and strategy(cfg) != "fsdp":
+        raise TrainError(
+            f"--fsdp-reshard-after-forward with --strategy {strategy(cfg)}: it changes only FSDP's sharding; "
+            "add --strategy fsdp or leave it out"
+        )
     world = launch_world(cfg)
     if cfg.device.startswith("cuda") and "WORLD_SIZE" not in os.environ and not cfg.ray_address:
         import torch

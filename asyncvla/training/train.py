@@ -85,6 +85,7 @@ class TrainConfig:
     num_workers: int = 1
     strategy: str | None = None  # ddp | fsdp (asyncvla/training/sharding.py); default by --size
     activation_checkpointing: bool | None = None  # recompute each layer in backward; default on CUDA
+    fsdp_reshard_after_forward: bool = False  # ZeRO-3's memory instead of ZeRO-2's (sharding.py)
     backend: str | None = None  # gloo | nccl; default by --device
     ray_address: str | None = None  # train on this Ray cluster through Ray Train (ray_launch.py)
     save_every: int = 500
@@ -481,7 +482,8 @@ def _stage_net(
     processes."""
     net = _StageLoss(model, cfg.stage, cfg.objective, rank, world)
     if strategy == "fsdp":
-        return sharding.fully_shard_model(model, net, cfg.stage, device, workers.mesh(device, world))
+        mesh = workers.mesh(device, world)
+        return sharding.fully_shard_model(model, net, cfg.stage, device, mesh, cfg.fsdp_reshard_after_forward)
     if world == 1:
         return net
     tied = model.vlm.config.get_text_config().tie_word_embeddings
@@ -614,6 +616,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "--activation-checkpointing",
         action=argparse.BooleanOptionalAction,
         help="recompute each decoder layer in backward (default: on CUDA)",
+    )
+    d.add_argument(
+        "--fsdp-reshard-after-forward",
+        action="store_true",
+        help="free each block's gathered weights after its forward (ZeRO-3: less memory, one more "
+        "all-gather a block); default: keep them to the backward (ZeRO-2, as the paper trains)",
     )
     d.add_argument("--backend", choices=["gloo", "nccl"], help="process group backend (default by --device)")
     d.add_argument(
