@@ -192,7 +192,7 @@ def bench_process(rank: int, world: int, args, results) -> None:
     if args.find_max_batch:
         for strategy in args.strategies:
             for checkpointing in args.activation_checkpointing:
-                for batch in [2**k for k in range(12)]:
+                for batch in [args.batch_sizes[0] * 2**k for k in range(12)]:  # from the first given
                     row = _measured_or_oom(args, strategy, checkpointing, batch, rank, world, device)
                     rows.append(row)
                     if row.get("oom"):
