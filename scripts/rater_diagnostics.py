@@ -29,7 +29,7 @@ Variants (named, non-default options; `paper` is Alg. 1 and stays the default ev
   suffix           every token from the first flagged one to the chunk's end
   whole            the whole chunk regenerated when any token is flagged (AFM noise, all masked)
   soft-c           kept tokens re-noised to time c * (1 - p_l) and integrated from there, so a
-                   doubtful kept token is not trusted fully (c = 0.3, 0.6); masked ones as Alg. 1
+                   doubtful kept token is not trusted fully (c = 0.3, 0.6, 1.0); masked ones as Alg. 1
   expert-context   random mask (rate --expert-rate) with the expert's actions as the kept tokens:
                    can AFM use clean context at all? (beside it: `sfm-context`, the same mask
                    with SFM's tokens kept)
@@ -166,7 +166,7 @@ def chunk_batch(model, inputs, expert: torch.Tensor, keys: list[str], threshold:
         ("whole", m.amax(1, keepdim=True) * ones),
     ):
         out[name], out[f"mask:{name}"] = afm(sfm, mask), mask
-    for c in (0.3, 0.6):
+    for c in (0.3, 0.6, 1.0):
         start = torch.where(m.bool(), torch.ones_like(conf), c * (1 - conf))
         a0 = sfm - start[..., None] * (sfm - n_afm)  # each token noised to its own start time (Eq. 5)
         out[f"soft-{c}"] = integrate_from(model, encoded, a0, start) if (start > 0).any() else sfm

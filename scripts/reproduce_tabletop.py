@@ -668,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--table4-episodes", type=int, help="table4: layouts per task and row (default: the plan's 50)"
     )
+    p.add_argument(
+        "--workers", type=int, help="env workers of the evaluations (default: the plan's; 0 runs inline)"
+    )
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     stages = [s.strip() for s in args.stages.split(",")]
@@ -679,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     plan = Plan.quick() if args.quick else Plan()
+    if args.workers is not None:
+        plan = dataclasses.replace(plan, workers=args.workers)
     work, out = ROOT / args.work, ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(
