@@ -186,3 +186,18 @@ def test_a_short_training_with_two_evaluations_writes_both_rows(tmp_path):
     assert (out / "eval_curve.png").exists() and list(
         (tmp_path / "tb" / "policy-sfm").glob("events.out.tfevents*")
     )
+
+
+def test_an_evaluation_whose_every_episode_crashed_keeps_its_row_and_the_plot_is_drawn(tmp_path):
+    """Was a crash of the training itself: such an evaluation is done with no success rate (every
+    episode an error), and plotting its empty rate raised ValueError in rank 0, after the save."""
+    from asyncvla.training.periodic_eval import plot_curve
+
+    curve = tmp_path / "eval_curve.csv"
+    curve.write_text(
+        "step,stage,mode,suite,status,success_rate,ci_low,ci_high,episodes,run_dir\n"
+        "2,policy,sfm,toy,done,0.5,0.1,0.9,2,run2\n"
+        "4,policy,sfm,toy,done,,0.0,1.0,0,run4\n"
+    )
+    plot_curve(curve, tmp_path / "eval_curve.png")
+    assert (tmp_path / "eval_curve.png").stat().st_size > 1000

@@ -13,6 +13,7 @@ arithmetic (same processes, same shards, same order), so it must agree to 1e-6.
 from __future__ import annotations
 
 import csv
+import os
 import shlex
 import signal
 import subprocess
@@ -25,15 +26,15 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
-from test_train import _deterministic
-from test_train_hostile import TIMEOUT_S, error_lines, refused_in_process
+from test_train_hostile import TIMEOUT_S, _toy_data, error_lines, refused_in_process
 
 from asyncvla.backbone import Preprocessor
 from asyncvla.checkpoint import load_checkpoint, read_training_record
 from asyncvla.training import sharding
-from asyncvla.training.datasets import ChunkDataset, read_dataset, write_asyncvla_episodes
+from asyncvla.training.datasets import ChunkDataset, read_dataset
 from asyncvla.training.train import TrainConfig, collate, run
 
+TESTS = Path(__file__).resolve().parent
 STEPS = 6
 COMMON = dict(lr=3e-3, vision_lr=3e-3, threads=1, save_every=2)
 
@@ -44,10 +45,9 @@ def losses(out: Path, stage: str = "policy") -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    return write_asyncvla_episodes(
-        root / "data", [_deterministic(0), _deterministic(1)], fps=10, source="test"
-    )
+    """Two episodes of 10 steps the toy suite can evaluate the checkpoint on: 20 chunks, so the six
+    steps of batch 4 cross an epoch."""
+    return _toy_data(tmp_path_factory.mktemp("data") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,27 @@ def one(tmp_path_factory, data) -> Path:
 
 @pytest.fixture(scope="module")
 def on_ray(tmp_path_factory, data) -> Path:
-    """Two FSDP processes of batch 2 started by Ray Train on a local Ray cluster."""
+    """Two FSDP processes of batch 2 started by Ray Train on a local Ray cluster, evaluating the
+    last save on the toy suite (rank 0's evaluation subprocess, as under torchrun)."""
     out = tmp_path_factory.mktemp("ray") / "ckpt"
-    cfg = TrainConfig(
-        dataset=str(data), out=str(out), steps=STEPS, batch_size=2, num_workers=2, strategy="fsdp", **COMMON
-    )
-    run(TrainConfig(**{**cfg.__dict__, "ray_address": "local"}))
+    with pytest.MonkeyPatch.context() as patch:  # toy_suites, for a module-scoped fixture
+        patch.setenv("ASYNCVLA_SUITE_MODULES", "toy_suite")
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        run(
+            TrainConfig(
+                dataset=str(data),
+                out=str(out),
+                steps=STEPS,
+                batch_size=2,
+                num_workers=2,
+                strategy="fsdp",
+                ray_address="local",
+                eval_every=STEPS,
+                eval_suite="toy",
+                eval_args="--tasks 0 --max-steps 5 --video none --workers 0",
+                **COMMON,
+            )
+        )
     return out
 
 
@@ -75,12 +90,15 @@ def test_two_fsdp_processes_on_ray_train_as_one_process_on_their_global_batch(on
     settings = read_training_record(on_ray)["stages"]["policy"]["settings"]
     assert (settings["strategy"], settings["num_workers"]) == ("fsdp", 2)
     assert (on_ray / "sharded_policy" / ".metadata").is_file()  # every process's shard, torch DCP
+    curve = list(csv.DictReader(open(on_ray / "eval_curve.csv")))
+    assert [(r["step"], r["status"]) for r in curve] == [(str(STEPS), "done")]
     # the same checkpoint layout; weights are not compared: AdamW turns the rounding noise of
     # gradients that are zero in exact arithmetic (the key projection's bias, which softmax ignores)
     # into steps of the size of the learning rate
     assert load_file(on_ray / "model.safetensors").keys() == load_file(one / "model.safetensors").keys()
+    evaluation = {"sharded_policy", "eval_curve.csv", "eval_curve.png", "evals"}
     assert sorted(p.name for p in one.iterdir() if not p.name.startswith(".")) == sorted(
-        p.name for p in on_ray.iterdir() if not p.name.startswith(".") and p.name != "sharded_policy"
+        p.name for p in on_ray.iterdir() if not p.name.startswith(".") and p.name not in evaluation
     )
 
 

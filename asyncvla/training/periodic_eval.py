@@ -309,7 +309,9 @@ def plot_curve(curve: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     with open(curve) as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
+        # an evaluation whose every episode crashed is done with no rate: its row stays in the
+        # curve's CSV, with nothing to plot
+        rows = [r for r in csv.DictReader(f) if r["status"] == "done" and r["success_rate"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for suite, stage, mode in dict.fromkeys((r["suite"], r["stage"], r["mode"]) for r in rows):
         mine = [r for r in rows if (r["suite"], r["stage"], r["mode"]) == (suite, stage, mode)]
