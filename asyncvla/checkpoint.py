@@ -190,7 +190,7 @@ def check_mode(path: str | Path, record: dict | None, mode: str) -> None:
             path,
         )
         return
-    if mode == "asyncvla" and "rater" not in record.get("stages", {}):
+    if mode in ("asyncvla", "rater-resample") and "rater" not in record.get("stages", {}):
         raise CheckpointError(
             f"{path}: its rater was never trained (stages run: {', '.join(record.get('stages', {})) or 'none'}), "
             "so --mode asyncvla would mask tokens with a random rater; train it with "

@@ -25,7 +25,8 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-MODES = ("asyncvla", "sfm", "random-mask")
+# rater-resample (issue 42, not the paper's): the rater's tokens replaced by a fresh SFM draw's, no AFM
+MODES = ("asyncvla", "sfm", "random-mask", "rater-resample")
 OBJECTIVES = ("unified", "sfm")
 
 

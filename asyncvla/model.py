@@ -94,13 +94,16 @@ def sample_chunk(
     if mode == "sfm":
         return ChunkResult(actions=sfm, sfm=sfm, confidence=None, mask=torch.zeros_like(ones))
     confidence = None
-    if mode == "asyncvla":
+    if mode in ("asyncvla", "rater-resample"):
         confidence = path.rater(encoded.hidden, prefix.valid, sfm)
         m = flow.rater_mask(confidence, threshold)
     else:  # random-mask: the w/o-rater ablation, each token masked with p = mask_rate
         m = (mask_draw < mask_rate).float()
     if skip_empty_afm and not m.any():
         return ChunkResult(actions=sfm, sfm=sfm, confidence=confidence, mask=m)
+    if mode == "rater-resample":  # the flagged tokens from a second, independent SFM draw (AFM's noise)
+        fresh = path.integrate(encoded, n_afm, ones)
+        return ChunkResult(torch.where(m[..., None].bool(), fresh, sfm), sfm, confidence, m)
     afm = path.integrate(encoded, flow.afm_start(sfm, n_afm, m), m)
     return ChunkResult(actions=afm, sfm=sfm, confidence=confidence, mask=m)
 

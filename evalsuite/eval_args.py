@@ -198,8 +198,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         default="asyncvla",
-        choices=["asyncvla", "sfm", "random-mask"],
-        help="AsyncVLA inference mode (default: asyncvla = SFM, rater, AFM)",
+        choices=["asyncvla", "sfm", "random-mask", "rater-resample"],
+        help="AsyncVLA inference mode (default: asyncvla = SFM, rater, AFM; rater-resample, not the "
+        "paper's: the rater's flagged tokens from a fresh SFM draw instead of AFM, issue 42)",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold T of the rater")
     p.add_argument(

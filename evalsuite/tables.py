@@ -51,7 +51,7 @@ EXECUTION_INFO = ("latency_steps", "pause_steps", "stale_ratio", "jerk")
 # what an AsyncVLA policy says of each chunk (evalsuite/run/episode.py): tokens AFM regenerated
 CHUNK_INFO = ("regenerated_per_call", "chunk_tokens")
 # modes whose chunks are partly regenerated: the rater's (asyncvla) or random masks
-MASKING_MODES = ("asyncvla", "random-mask")
+MASKING_MODES = ("asyncvla", "random-mask", "rater-resample")
 
 
 def regenerated_tables(records: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -188,3 +188,24 @@ def test_an_episode_records_each_calls_regenerated_count():
     # a policy that says nothing leaves the record as it was
     plain = run_episode(ToyEnv(), SUITES[0], spec, GainPolicy(0.05).act, None)
     assert "regenerated_per_call" not in plain.record.info
+
+
+def test_rater_resample_takes_the_flagged_tokens_from_a_fresh_sfm_draw(tiny):
+    """rater-resample (issue 42's best offline correction, not the paper's): the rater's mask as in
+    asyncvla mode, the flagged tokens replaced by an SFM draw from AFM's noise, the rest SFM's."""
+    model, tok = tiny
+    inputs, _ = _batch(model.cfg, tok, n=4)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    full = model.sample_actions(inputs, gens(), "asyncvla", threshold=0.6)
+    out = model.sample_actions(inputs, gens(), "rater-resample", threshold=0.6)
+    torch.testing.assert_close(out.mask, full.mask, rtol=0, atol=0)  # same SFM chunk, same rater
+    assert 0 < out.mask.mean() < 1
+    _, n_afm, _ = model._draw_noise(gens())
+    with torch.inference_mode():
+        enc = model.encode_prefix(model.embed_prefix(inputs))
+        fresh = model.integrate(enc, n_afm, torch.ones(out.mask.shape))
+    m = out.mask.bool()
+    torch.testing.assert_close(out.actions[m], fresh[m], rtol=0, atol=0)
+    torch.testing.assert_close(out.actions[~m], out.sfm[~m], rtol=0, atol=0)
+    fast = FastSampler(model, graphs=False).sample_actions(inputs, gens(), "rater-resample", threshold=0.6)
+    torch.testing.assert_close(fast.actions, out.actions, rtol=0, atol=0)
