@@ -26,6 +26,7 @@ from evalsuite.policy import PolicySpec, build_policy  # noqa: E402
 from evalsuite.run.runner_base import RunOptions  # noqa: E402
 from evalsuite.suites import get_suite  # noqa: E402
 from evalsuite.suites.spec import import_object  # noqa: E402
+from evalsuite.tree_state import tree_state  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 
@@ -98,6 +99,7 @@ def main() -> None:
         r["ratio_to_bare"] = r["episodes_per_s"] / results["bare"]["episodes_per_s"]
         r["target_ratio"] = 0.9 * workers
     out = {
+        "meta": tree_state(),  # the commit measured, and whether the tree was exactly it
         "command": "python scripts/bench_harness.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs), load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}",

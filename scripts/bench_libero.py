@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evalsuite.tree_state import tree_state
+
 log = logging.getLogger("bench_libero")
 PAPER_SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
 
@@ -377,19 +379,21 @@ def main(argv: list[str] | None = None) -> int:
         model = json.loads(Path(args.model_bench).read_text())
         result = projection(here, scene_here, scene_node, reset_check, model)
         result["command"] = "python scripts/bench_libero.py --project"
+        result["meta"] = tree_state()
         (out / "projection.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
     if args.reset_memory:
         result = {"command": "python scripts/bench_libero.py --reset-memory " + str(args.reset_memory)}
-        result |= {"versions": versions(), **reset_memory(args.reset_memory), "load_avg": os.getloadavg()}
+        result |= {"meta": tree_state(), "versions": versions(), **reset_memory(args.reset_memory)}
+        result["load_avg"] = os.getloadavg()
         (out / "reset_memory.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
     if args.scene_export:
         return export_scene(Path(args.scene_export))
     if args.scene_bench:
-        result = scene_bench(Path(args.scene_bench), args.procs, args.steps)
+        result = {"meta": tree_state(), **scene_bench(Path(args.scene_bench), args.procs, args.steps)}
         (out / f"scene_bench_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     video = m.pop("video")
     (out / "rollout_random_libero_spatial_task0.mp4").write_bytes(video.pop("bytes"))
     result = {
+        "meta": tree_state(),
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
         "mujoco_gl": f"{os.environ.get('MUJOCO_GL')} ({gl.reason})",

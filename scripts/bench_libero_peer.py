@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from evalsuite.tree_state import tree_state
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER_FILES = ROOT / "scripts" / "peer_vla_eval"
 PEER_VERSION = "0.8.0"
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if pair[who]["episodes"] != args.episodes or set(pair[who]["steps"]) != {220}:
                 raise RuntimeError(f"{who} did not run {args.episodes} episodes x 220 steps: {pair[who]}")
     result = {
+        "meta": tree_state(),
         "command": "python " + " ".join(["scripts/bench_libero_peer.py", *(argv or sys.argv[1:])]),
         "work": f"libero_spatial task 0, init states 0..{args.episodes - 1}, 220 steps each, random 8-step chunks, 2 processes",
         "host": {"cpus": os.cpu_count(), "load_avg_end": os.getloadavg()},

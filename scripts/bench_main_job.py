@@ -27,14 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from evalsuite.tree_state import tree_state
+
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["tabletop", "--ckpt", "demo", "--episodes-per-task", "5"]
 EPISODE = ("suite", "task", "episode_index", "seed")  # the same episode on both sides
-
-
-def git_commit(tree: Path) -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def run_job(tree: Path, work: Path, label: str) -> dict:
@@ -168,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["speedup_of_medians"] = summary["before_median_s"] / summary["after_median_s"]
     summary |= paired_outcomes(pairs)
+    # each tree's commit and whether its tracked files were exactly that commit
+    before, after = tree_state(args.before), tree_state(args.after)
     result = {
+        "meta": tree_state(),
         "command": command,
-        "before_commit": git_commit(args.before),
-        "after_commit": git_commit(args.after),
+        "before_commit": (before["commit"] or "?")[:7],
+        "before_clean_tree": before["clean_tree"],
+        "after_commit": (after["commit"] or "?")[:7],
+        "after_clean_tree": after["clean_tree"],
         "after_note": args.after_note,
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "pairs": pairs,

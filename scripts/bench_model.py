@@ -57,6 +57,7 @@ from asyncvla.fast.sampler import FastSampler
 from asyncvla.model import AsyncVLA, Prefix, additive_mask, make_attention_mask
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
+from evalsuite.tree_state import tree_state
 
 
 def timed(fn, repeats: int, warmup: int, sync) -> float:
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": cfg.image_size,
         "repeats": args.repeats,
         "note": "random weights; medians; every row measured in this run; the machine may be shared (see load)",
+        **tree_state(),  # the commit measured, and whether the tree was exactly it
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -525,12 +527,20 @@ def rerender(path: Path) -> int:
     return 0
 
 
+def _commit(meta: dict) -> str:
+    """The commit a stored run names, as its table quotes it (records made before it was recorded: unknown)."""
+    if not meta.get("commit"):
+        return "an unrecorded commit"
+    clean = {True: "", False: " with uncommitted changes (not for committing)", None: " (tree state unknown)"}
+    return f"commit {meta['commit'][:7]}{clean[meta.get('clean_tree')]}"
+
+
 def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None:
     cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
     lines = [
         f"# AsyncVLA per-chunk latency: {args.size}, {meta['device']}, {args.dtype}",
         "",
-        f"`{meta['command']}`; torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} threads, "
+        f"`{meta['command']}` at {_commit(meta)}; torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} threads, "
         f"{params / 1e6:.2f} M parameters (rater {rater_params / 1e6:.2f} M), L = {cfg.chunk_length}, "
         f"{cfg.flow_steps} Euler steps, {len(cfg.cameras)} cameras at {cfg.image_size}px. Random weights; milliseconds, "
         f"medians of {args.repeats}; 1-min load average at the end {meta['loadavg_1min']}.",

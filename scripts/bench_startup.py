@@ -35,6 +35,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from evalsuite.tree_state import tree_state
+
 ROOT = Path(__file__).resolve().parents[1]
 # recorded with the figures: their start and import times are what is measured
 PACKAGES = ("ray", "numpy", "pandas", "scipy", "statsmodels", "torch", "matplotlib", "mujoco", "robosuite")
@@ -179,6 +181,7 @@ def main() -> int:
             print(f"libero build: {libero}", flush=True)
 
     result = {
+        "meta": tree_state(),
         "command": "python scripts/bench_startup.py " + " ".join(sys.argv[1:]),
         "host": {
             "name": platform.node(),

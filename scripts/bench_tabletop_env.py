@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from envs.tabletop import TASKS, make_env  # noqa: E402
 from envs.tabletop.expert import TabletopExpert  # noqa: E402
+from evalsuite.tree_state import tree_state  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -418,7 +419,12 @@ def write_expert(out: Path, rows: dict, noisy: dict | None, noise: float, comman
             *_success_table(noisy),
         ]
     (out / "expert.md").write_text("\n".join(lines) + "\n")
-    record = {"versions": vers, "tasks": rows, "noisy": {"noise": noise, "tasks": noisy}}
+    record = {
+        "meta": tree_state(),
+        "versions": vers,
+        "tasks": rows,
+        "noisy": {"noise": noise, "tasks": noisy},
+    }
     (out / "expert.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -437,12 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     vers = versions()
     if args.episodes > 0:
-        result = {"versions": vers, "command": command, **measure_steps(args.episodes, args.image_size)}
+        result = {
+            "meta": tree_state(),
+            "versions": vers,
+            "command": command,
+            **measure_steps(args.episodes, args.image_size),
+        }
         write_step_cost(args.out, result, command)
         print((args.out / "step_cost.md").read_text())
     if args.render_options:
         sizes = (56, 128)
-        result = {"versions": vers, "command": command, "load_before": os.getloadavg()}
+        result = {"meta": tree_state(), "versions": vers, "command": command, "load_before": os.getloadavg()}
         result["sizes"] = {str(n): measure_render_options(n, args.rounds) for n in sizes}
         result["load_after"] = os.getloadavg()
         write_render_options(args.out, result, command)

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from asyncvla.model import AsyncVLA  # noqa: E402
 from asyncvla.normalize import NormStats  # noqa: E402
 from asyncvla.training import train, workers  # noqa: E402
 from asyncvla.training.datasets import Sample  # noqa: E402
+from evalsuite.tree_state import tree_state  # noqa: E402
 
 # dense bf16 peak FLOP/s by GPU name (vendor datasheets, SXM parts)
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
@@ -224,21 +224,11 @@ def bench_process(rank: int, world: int, args, results) -> None:
     dist.destroy_process_group()
 
 
-def git_state() -> dict:
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "clean_tree": git("status", "--porcelain", "--untracked-files=no") == "",
-    }
-
-
 def render(meta: dict, rows: list[dict]) -> str:
     lines = [
         f"# asyncvla-train throughput: {meta['size']} on {meta['device']} x {meta['processes']}",
         "",
-        f"`{meta['command']}` at commit {meta['commit'][:12]} (clean tree: {meta['clean_tree']}); "
+        f"`{meta['command']}` at commit {(meta['commit'] or '?')[:12]} (clean tree: {meta['clean_tree']}); "
         f"torch {meta['torch']}; {meta['note']}",
         "",
         "| strategy | activation ckpt | batch / process | step (s) | samples/s | peak memory (GiB) | MFU |",
@@ -318,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": os.getloadavg(),
         "note": "random weights, synthetic batches; step: the median over --repeats rounds of each round's "
         "median timed step, the configurations alternating within a round; every row measured in this run",
-        **git_state(),
+        **tree_state(),  # the commit measured, and whether the tree was exactly it
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def test_the_model_benchmark_writes_every_row_and_its_profile(tmp_path):
+    head_before = _head()
     subprocess.run(
         [
             sys.executable,
@@ -36,7 +43,13 @@ def test_the_model_benchmark_writes_every_row_and_its_profile(tmp_path):
         check=True,
         capture_output=True,
     )
-    rows = json.loads((tmp_path / "model_latency_cpu.json").read_text())["rows"]
+    stored = json.loads((tmp_path / "model_latency_cpu.json").read_text())
+    rows = stored["rows"]
+    # the commit measured, and whether the tree was exactly it (a figure from a dirty tree is no commit's)
+    # (HEAD read before and after: the shared tree may gain a commit while the benchmark runs)
+    assert stored["meta"]["commit"] in (head_before, _head())
+    head = stored["meta"]["commit"]
+    assert isinstance(stored["meta"]["clean_tree"], bool)
     assert [r["batch"] for r in rows] == [1, 2]
     for r in rows:
         assert not [k for k in r if k.endswith("_error")], r
@@ -63,5 +76,6 @@ def test_the_model_benchmark_writes_every_row_and_its_profile(tmp_path):
     assert profile.count("one chunk, fast path without graphs") == 2
     assert "aten::mm" in profile
     table = (tmp_path / "model_latency_cpu.md").read_text()
+    assert f"at commit {head[:7]}" in table
     assert "| floor (profiled) | eager / floor |" in table
     assert "| default: prefix | default: 10 steps | default: rater |" in table
