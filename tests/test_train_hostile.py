@@ -47,6 +47,23 @@ def train_cli(*args, env: dict | None = None, timeout: float = TIMEOUT_S) -> sub
     )
 
 
+def ctrl_c_after_first_save(args: list, out: Path) -> subprocess.CompletedProcess:
+    """asyncvla-train with `args`, Ctrl-C'd once its first save is in `out`."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "train_state_policy.pt").exists():
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
+        time.sleep(0.05)
+    trainer.send_signal(signal.SIGINT)
+    _, stderr = trainer.communicate(timeout=TIMEOUT_S)
+    return subprocess.CompletedProcess(trainer.args, trainer.returncode, "", stderr)
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
@@ -471,19 +488,9 @@ def test_ctrl_c_is_one_line_with_exit_130_and_the_resume_goes_on(tmp_path, data)
     """Item 8 (was a traceback): Ctrl-C mid-training; the line's command resumes it."""
     out = tmp_path / "ckpt"
     args = [data, "--out", out, "--steps", "30", "--batch-size", "4", "--save-every", "2", "--threads", "1"]
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not (out / "train_state_policy.pt").exists():
-        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
-        time.sleep(0.05)
-    trainer.send_signal(signal.SIGINT)
-    _, stderr = trainer.communicate(timeout=TIMEOUT_S)
-    assert trainer.returncode == 130 and "Traceback" not in stderr, stderr
+    stopped = ctrl_c_after_first_save(args, out)
+    stderr = stopped.stderr
+    assert stopped.returncode == 130 and "Traceback" not in stderr, stderr
     last = error_lines(stderr)[-1]
     assert last.startswith("asyncvla-train: interrupted; the last save is of step "), last
     resume = shlex.split(last.split("resume with: ")[1])

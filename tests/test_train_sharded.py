@@ -15,10 +15,6 @@ from __future__ import annotations
 import csv
 import os
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
-from test_train_hostile import TIMEOUT_S, _toy_data, error_lines, refused_in_process
+from test_train_hostile import _toy_data, ctrl_c_after_first_save, error_lines, refused_in_process, train_cli
 
 from asyncvla.backbone import Preprocessor
 from asyncvla.checkpoint import load_checkpoint, read_training_record
@@ -131,30 +127,13 @@ def test_a_sharded_training_stopped_mid_run_resumes_to_the_uninterrupted_run(tmp
     out = tmp_path / "ckpt"
     args = [data, "--out", out, "--steps", STEPS, "--batch-size", 2, "--num-workers", 2, "--strategy", "fsdp"]
     args += ["--lr", 3e-3, "--vision-lr", 3e-3, "--threads", 1, "--save-every", 2]
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "asyncvla.training.train", *map(str, args)],
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not (out / "train_state_policy.pt").exists():
-        assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()
-        time.sleep(0.05)
-    trainer.send_signal(signal.SIGINT)
-    _, stderr = trainer.communicate(timeout=TIMEOUT_S)
-    assert trainer.returncode == 130, stderr
-    last = error_lines(stderr)[-1]
+    stopped = ctrl_c_after_first_save(args, out)
+    assert stopped.returncode == 130, stopped.stderr
+    last = error_lines(stopped.stderr)[-1]
     saved = int(last.split("the last save is of step ")[1].split(";")[0])
     assert saved < STEPS, last  # stopped mid-run, so the resume has steps to train
     resume = shlex.split(last.split("resume with: ")[1])
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncvla.training.train", *resume[1:]],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-    )
+    done = train_cli(*resume[1:])
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(losses(out), losses(on_ray), rtol=1e-6)
     ours, theirs = load_file(out / "model.safetensors"), load_file(on_ray / "model.safetensors")
