@@ -88,9 +88,22 @@ class AsyncVLAPolicy:
         self.action_dim = model.cfg.action_dim
         self.chunk_length = model.cfg.chunk_length
         self._sizes_checked = False
-        # request key -> {"regenerated": tokens AFM regenerated, "tokens": L}, for rollout videos;
+        # request key -> {"regenerated": tokens AFM regenerated, "tokens": L, "path": the inference
+        # path}, for rollout videos and run.json;
         # bounded: a long evaluation makes millions of calls
         self.chunk_info: dict[str, dict] = {}
+
+    @property
+    def fast_path(self) -> str | None:
+        """The inference path the last chunk took: `reference` (`fast=False`), else the fast
+        sampler's (`FastSampler.fast_path`: `graphs+compiled`, `graphs`, `compiled`, `no graphs`;
+        None before the first chunk). A fallback from the optimised path shows here."""
+        return self.sampler.fast_path if isinstance(self.sampler, FastSampler) else "reference"
+
+    @property
+    def paths_run(self) -> dict[str, int]:
+        """Calls per inference path so far (`FastSampler.paths_run`; {} on the reference path)."""
+        return dict(self.sampler.paths_run) if isinstance(self.sampler, FastSampler) else {}
 
     def _check_image_sizes(self, images: dict[str, np.ndarray]) -> None:
         """Warn once when the environment's images differ from the training images' native size by
@@ -188,7 +201,12 @@ class AsyncVLAPolicy:
         if len(self.chunk_info) > 10_000:
             self.chunk_info.clear()
         for key, mask in zip(keys, result.mask.sum(dim=1).tolist()):
-            self.chunk_info[key] = {"regenerated": int(mask), "tokens": self.chunk_length}
+            # path: which inference path computed it (run.json's `inference_paths` counts them)
+            self.chunk_info[key] = {
+                "regenerated": int(mask),
+                "tokens": self.chunk_length,
+                "path": self.fast_path,
+            }
         actions = self.stats.unnormalize_action(result.actions.cpu().numpy())
         if result.sfm is None:  # inpainted: the committed actions come back exactly as they were given
             for i, obs in enumerate(observations):

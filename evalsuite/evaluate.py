@@ -175,11 +175,15 @@ def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dic
                 video_name(specs[record.episode_id], bool(record.success)), video
             )
         store.append(record)
+        path = record.info.get("inference_path")
+        if path:
+            paths[path] = paths.get(path, 0) + 1
         return record
 
     start = time.perf_counter()
     progress = Progress(len(plan), done) if show_progress else None
     ended: dict = {}
+    paths: dict[str, int] = {}  # episodes per inference path the policy reported (AsyncVLA's)
     try:
         if todo:
             run_plan(
@@ -199,9 +203,24 @@ def _run(config: EvalConfig, plan: list[EpisodeSpec], store: RunStore, done: dic
         if progress:
             progress.close()
         try:
-            store.update_manifest(last_wall_time_s=round(time.perf_counter() - start, 2), **ended)
+            store.update_manifest(
+                last_wall_time_s=round(time.perf_counter() - start, 2),
+                **ended,
+                **_inference_paths(store, paths),
+            )
         except OSError as e:  # a full disk: the records are safe; do not hide the run's own error
             log.warning("could not update %s: %s", store.manifest_path, e)
+
+
+def _inference_paths(store: RunStore, paths: dict[str, int]) -> dict:
+    """run.json's `inference_paths`: episodes per inference path the policy's chunks took (e.g.
+    {"graphs+compiled": 40}; AsyncVLA's fast path falls back to slower paths where a compile or a
+    CUDA graph capture fails), added to those of the invocations before a resume. Not part of the
+    run's identity. Absent when the policy says nothing of its path."""
+    if not paths:
+        return {}
+    before = store.read_manifest().get("inference_paths") or {}
+    return {"inference_paths": {p: before.get(p, 0) + paths.get(p, 0) for p in sorted({*before, *paths})}}
 
 
 def report(run_dir: Path, suites: list[SuiteSpec], plan: list[EpisodeSpec] | None = None) -> RunSummary:

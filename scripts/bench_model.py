@@ -169,6 +169,16 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
     for name, policy in policies.items():
         chunks[f"act_{name}_ms"] = lambda p=policy: p.act(obs, keys)
     r.update(timed_together(chunks, args.repeats, args.warmup, sync))
+    # which path each fast row and act() actually ran: a compile or capture that failed falls back
+    # to a slower path, and its row must not pass for the optimised one
+    for name, sampler in samplers.items():
+        if isinstance(sampler, FastSampler):
+            r[f"{name}_path"] = sampler.fast_path
+            if sampler.fallbacks:
+                r[f"{name}_fallbacks"] = list(sampler.fallbacks)
+    r["act_fast_path"] = policies["fast"].fast_path
+    if policies["fast"].sampler.fallbacks:
+        r["act_fast_fallbacks"] = list(policies["fast"].sampler.fallbacks)
     best = samplers["fast"] if "fast" in samplers else plain
     pairs = {
         "eager_sfm_ms": lambda: model.sample_actions(inputs, gens(), "sfm"),
@@ -190,14 +200,11 @@ def bench_batch(model, samplers, policies, pre, cfg, B: int, rng, args, sync) ->
             sync,
         )
         r["floor_ms"] = r["fast_no_graphs_ms"] * floor["floor"] / floor["chunk"]
-    # the default path, what act() runs: on CUDA graphs with the compiled layer if it compiled, on
-    # CPU the fast path neither compiled nor graphed
-    default = (
-        "fast_no_graphs"
-        if device.type == "cpu"
-        else next(k for k in ("fast_fused", "fast") if f"{k}_ms" in r)
-    )
-    r["default_row"] = f"{default}_ms"
+    # the default path, what act() runs (on CUDA graphs with the compiled layer, on CPU the fast
+    # path neither compiled nor graphed): the chunk row that ran the path act() ran, by the paths
+    # recorded, not by which rows raised nothing
+    r["default_row"] = default_row(r)
+    default = r["default_row"].removesuffix("_ms")
     try:
         r.update(fast_stages(samplers[default], inputs, gens, run))
     except Exception as e:  # optional rows: say why they are missing, keep the others
@@ -247,6 +254,19 @@ def eager_stages(model, inputs, run) -> dict:
         "rater_ms": run(lambda: model.rater(encoded.hidden, prefix.valid, sfm)),
         "afm_steps_ms": run(lambda: model.integrate(encoded, flow.afm_start(sfm, noise, m), m)),
     }
+
+
+def default_row(r: dict) -> str:
+    """The chunk row (column name) that ran the path act() took; a row without such a path, where
+    none matches (act() fell back to a path no row measured), named in `default_row_note`."""
+    rows = ("fast_fused", "fast", "fast_no_graphs")
+    for name in rows:
+        if f"{name}_ms" in r and r.get(f"{name}_path") == r["act_fast_path"]:
+            return f"{name}_ms"
+    r["default_row_note"] = (
+        f"no chunk row ran act()'s path ({r['act_fast_path']}); the fastest fast row stands in"
+    )
+    return next(f"{k}_ms" for k in rows if f"{k}_ms" in r)
 
 
 def compile_rows(samplers, inputs, gens, args, sync, r: dict) -> dict:
@@ -361,6 +381,7 @@ COLUMNS = [
     ("fast_ms", "chunk: fast + graphs"),
     ("fast_fused_ms", "chunk: fast + compiled layer (in graphs on CUDA)"),
     ("compiled_chunk_ms", "chunk: fast, whole chunk compiled"),
+    ("act_fast_path", "default path (act())"),
     ("speedup_fast_vs_eager", "eager / default"),
     ("fast_prefix_ms", "default: prefix"),
     ("fast_steps_ms", "default: 10 steps"),
@@ -551,6 +572,17 @@ def write_table(path: Path, meta, rows, cfg, params, rater_params, args) -> None
     for r in rows:
         cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in rows:  # the path each fast row ran: a row that fell back says so here
+        paths = ", ".join(f"{k.removesuffix('_path')}: {v}" for k, v in r.items() if k.endswith("_path"))
+        if not paths:  # a record made before the paths were recorded
+            continue
+        lines.append(
+            f"paths run at B = {r['batch']}: {paths}"
+            + (f" ({r['default_row_note']})" if "default_row_note" in r else "")
+        )
+        for k in (k for k in r if k.endswith("_fallbacks")):
+            lines.append(f"- fallback, {k.removesuffix('_fallbacks')}: " + "; ".join(r[k]))
     if any("compiled_chunk_compile_s" in r for r in rows):
         lines.append("")
         lines.append(

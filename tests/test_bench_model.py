@@ -66,6 +66,9 @@ def test_the_model_benchmark_writes_every_row_and_its_profile(tmp_path):
         ):
             assert r[key] > 0, key
         assert r["default_row"] == "fast_no_graphs_ms"
+        # the path each fast row and act() ran, recorded (CPU: no graphs, nothing compiled)
+        assert r["act_fast_path"] == r["fast_no_graphs_path"] == "no graphs"
+        assert not [k for k in r if k.endswith("_fallbacks")], r
         # the floor is the arithmetic share of the fast chunk, so below it, and the ratios are
         # derived from the row's own figures
         assert 0 < r["floor_ms"] < r["fast_no_graphs_ms"]
@@ -77,5 +80,26 @@ def test_the_model_benchmark_writes_every_row_and_its_profile(tmp_path):
     assert "aten::mm" in profile
     table = (tmp_path / "model_latency_cpu.md").read_text()
     assert f"at commit {head[:7]}" in table
+    assert "| default path (act()) |" in table and "paths run at B = 2: fast_no_graphs: no graphs" in table
     assert "| floor (profiled) | eager / floor |" in table
     assert "| default: prefix | default: 10 steps | default: rater |" in table
+
+
+def test_the_default_row_is_the_one_that_ran_act_paths():
+    """On CUDA the compiled row was labelled the default whenever nothing raised; a row whose
+    compile fell back (to graphs without it) measured another path and must not stand for it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "scripts" / "bench_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"fast_fused_ms": 1.0, "fast_ms": 2.0, "fast_no_graphs_ms": 9.0}
+    paths = {"fast_fused_path": "graphs+compiled", "fast_path": "graphs", "fast_no_graphs_path": "no graphs"}
+    assert bench.default_row({**row, **paths, "act_fast_path": "graphs+compiled"}) == "fast_fused_ms"
+    # act() fell back to graphs without the compiled layer: the graphs row is the default
+    no_fused_row = {k: v for k, v in {**row, **paths}.items() if not k.startswith("fast_fused")}
+    assert bench.default_row({**no_fused_row, "act_fast_path": "graphs"}) == "fast_ms"
+    # the compiled row fell back, act() did not: no row measured act()'s path, and the row says so
+    fell_back = {**row, **paths, "fast_fused_path": "graphs", "act_fast_path": "graphs+compiled"}
+    bench.default_row(fell_back)
+    assert "graphs+compiled" in fell_back["default_row_note"]

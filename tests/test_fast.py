@@ -7,6 +7,7 @@ and run in scripts/gpu_check.sh.
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from asyncvla.fast.sampler import FastSampler
 from asyncvla.model import AsyncVLA
 from asyncvla.normalize import NormStats
 from asyncvla.policy import AsyncVLAPolicy
+from evalsuite.run.watchdog import TimeLimitExceeded
 
 INSTRUCTIONS = [
     "pick up the red cube",
@@ -206,6 +208,9 @@ def test_cuda_graphs_equal_the_fast_path_without_graphs(batch, mode):
         assert r.actions.shape == plain.actions.shape
         assert (r.actions - plain.actions).abs().max().item() < 1e-4
         assert torch.equal(r.mask, plain.mask) or mode == "asyncvla"  # a confidence at T may flip
+    # both calls ran in a captured graph with the compiled layer: a fallback (which would agree
+    # with the plain path as well) fails here
+    assert graphed.paths_run == {"graphs+compiled": 2} and not graphed.fallbacks, graphed.fallbacks
 
 
 @cuda
@@ -213,8 +218,10 @@ def test_cuda_bf16_fast_path_is_close_to_eager():
     model, tok = _scaled_3b(torch.bfloat16, "cuda")
     inputs = _inputs(model.cfg, tok, 4).to("cuda")
     eager = model.sample_actions(inputs, _gens(4), "sfm")
-    fast = FastSampler(model).sample_actions(inputs, _gens(4), "sfm")
+    sampler = FastSampler(model)
+    fast = sampler.sample_actions(inputs, _gens(4), "sfm")
     assert (eager.actions - fast.actions).abs().max().item() < 0.1  # bf16: other kernels, other rounding
+    assert sampler.fast_path == "graphs+compiled" and not sampler.fallbacks, sampler.fallbacks
 
 
 @pytest.mark.parametrize("size", ["tiny", "qwen2.5-vl-3b"])
@@ -242,6 +249,16 @@ def test_cuda_default_compiled_graphs_equal_the_fast_path_without_graphs():
     for _ in range(2):
         r = default.sample_actions(inputs, _gens(2), "random-mask")
         assert (r.actions - plain.actions).abs().max().item() < 1e-3
+    # graphs captured with the compiled layer and replayed, not a silent fallback to either
+    assert default.paths_run == {"graphs+compiled": 2} and not default.fallbacks, default.fallbacks
+    assert default.layer_fn is not decoder_layer
+    policy = AsyncVLAPolicy(model, tok, NormStats.identity(model.cfg.state_dim, model.cfg.action_dim))
+    from envs.base import Observation
+
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for c in model.cfg.cameras}
+    policy.act([Observation(images, np.zeros(model.cfg.state_dim, np.float32), "go")], ["e@0"])
+    assert policy.fast_path == "graphs+compiled" and policy.chunk_info["e@0"]["path"] == "graphs+compiled"
 
 
 @pytest.mark.parametrize("mode", ["asyncvla", "random-mask"])
@@ -291,8 +308,8 @@ def test_the_policy_answers_a_batch_exactly_as_each_observation_alone(tiny):
     keys = [f"episode{i}@0" for i in range(len(obs))]
     calls = []
     sample = policy.sampler.sample_actions
-    policy.sampler.sample_actions = lambda inputs, *a: (
-        calls.append(len(inputs.input_ids)) or sample(inputs, *a)
+    policy.sampler.sample_actions = lambda inputs, *a, **kw: (
+        calls.append(len(inputs.input_ids)) or sample(inputs, *a, **kw)
     )
     batched = policy.act(obs, keys)
     assert policy.batch_invariant
@@ -353,3 +370,166 @@ def test_afm_inpaint_keeps_the_committed_actions_and_regenerates_the_rest(tiny, 
     quick = FastSampler(model).sample_actions(inputs, _gens(1), committed=full, keep=keep)
     assert torch.equal(eager.actions[0, :3], full[0, :3]) and torch.equal(eager.actions, quick.actions)
     assert eager.sfm is None and torch.equal(eager.mask[0], 1 - keep[0])
+
+
+# -- fallbacks: only a failed compile or capture falls back, and the path taken is recorded ------
+def _compile_failure():
+    """What torch.compile raises when its backend fails (inductor's errors reach the caller so)."""
+    return torch._dynamo.exc.BackendCompilerFailed(lambda: None, RuntimeError("injected"), None)
+
+
+def _raising_compile(error):
+    """A stand-in for torch.compile whose compiled function raises `error()` when called (the
+    compile happens at the first call), and otherwise is the layer."""
+
+    def compile_(fn, **kwargs):
+        def compiled(*args):
+            raise error()
+
+        return compiled
+
+    return compile_
+
+
+def test_a_failed_compile_falls_back_to_the_uncompiled_layer_and_says_so(tiny, monkeypatch):
+    model, tok, _ = tiny
+    monkeypatch.setattr(torch, "compile", _raising_compile(_compile_failure))
+    fused = FastSampler(model, graphs=False, fuse=True)
+    assert fused.compiled
+    inputs = _inputs(model.cfg, tok, 2)
+    r = fused.sample_actions(inputs, _gens(2), "asyncvla")
+    assert torch.equal(r.actions, model.sample_actions(inputs, _gens(2), "asyncvla").actions)
+    assert fused.fast_path == "no graphs" and fused.paths_run == {"no graphs": 1}
+    assert not fused.compiled
+    assert len(fused.fallbacks) == 1 and "BackendCompilerFailed" in fused.fallbacks[0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory (injected)"),
+        # dynamo wraps a backend's errors, an out-of-memory one during autotuning included
+        lambda: torch._dynamo.exc.BackendCompilerFailed(
+            lambda: None, torch.OutOfMemoryError("CUDA out of memory (injected)"), None
+        ),
+        lambda: TimeLimitExceeded("the harness's step time limit (injected)"),
+    ],
+    ids=["oom", "oom-inside-compile-error", "time-limit"],
+)
+def test_a_transient_error_or_a_time_limit_during_compile_is_not_taken_for_a_failed_compile(
+    tiny, monkeypatch, error
+):
+    """Out of memory is transient and a time limit belongs to the caller: neither may switch the
+    compiled layer off for the rest of the process nor be swallowed."""
+    model, tok, _ = tiny
+    monkeypatch.setattr(torch, "compile", _raising_compile(error))
+    fused = FastSampler(model, graphs=False, fuse=True)
+    with pytest.raises(type(error())):
+        fused.sample_actions(_inputs(model.cfg, tok, 1), _gens(1), "sfm")
+    assert fused.compiled and not fused.fallbacks and fused.fast_path is None
+
+
+class _FakeCapture:
+    """CUDA graph capture stood in for on CPU: it runs the function as the capture's warm-up does
+    (so a compile happens inside it) and replays by calling it; `fail` makes it raise as a failed
+    capture would."""
+
+    fail: BaseException | None = None
+
+    def __init__(self, fn, example_inputs):
+        self.fn = fn
+        fn(*example_inputs)
+        if _FakeCapture.fail is not None:
+            raise _FakeCapture.fail
+
+    def __call__(self, *inputs):
+        return self.fn(*inputs)
+
+
+def _graphed_sampler(model, monkeypatch, fuse: bool, fail: BaseException | None = None) -> FastSampler:
+    import asyncvla.fast.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "CapturedCall", _FakeCapture)
+    monkeypatch.setattr(_FakeCapture, "fail", fail)
+    sampler = FastSampler(model, graphs=False, fuse=fuse)
+    sampler.graphs_enabled = True  # the graph path's logic, on CPU, with the capture stood in for
+    return sampler
+
+
+def test_the_graph_path_records_graphs_and_the_compiled_layer(tiny, monkeypatch):
+    model, tok, _ = tiny
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: fn(*a))  # "compiles" fine
+    sampler = _graphed_sampler(model, monkeypatch, fuse=True)
+    inputs = _inputs(model.cfg, tok, 3)
+    for _ in range(2):
+        r = sampler.sample_actions(inputs, _gens(3), "asyncvla")
+    assert sampler.paths_run == {"graphs+compiled": 2} and not sampler.fallbacks
+    plain = FastSampler(model, graphs=False).sample_actions(inputs, _gens(3), "asyncvla")
+    assert (r.actions - plain.actions).abs().max().item() < 1e-4  # padding reorders sums only
+
+
+def test_a_compile_failing_inside_the_capture_falls_back_to_graphs_without_it(tiny, monkeypatch):
+    model, tok, _ = tiny
+    monkeypatch.setattr(torch, "compile", _raising_compile(_compile_failure))
+    sampler = _graphed_sampler(model, monkeypatch, fuse=True)
+    sampler.sample_actions(_inputs(model.cfg, tok, 2), _gens(2), "sfm")
+    assert sampler.fast_path == "graphs" and not sampler.compiled
+    assert len(sampler.fallbacks) == 1 and "compiled decoder layer failed" in sampler.fallbacks[0]
+
+
+def test_a_failed_capture_runs_op_by_op_and_says_so(tiny, monkeypatch):
+    model, tok, _ = tiny
+    failure = RuntimeError("CUDA error: operation not permitted when stream is capturing (injected)")
+    sampler = _graphed_sampler(model, monkeypatch, fuse=False, fail=failure)
+    inputs = _inputs(model.cfg, tok, 2)
+    sampler.sample_actions(inputs, _gens(2), "sfm")
+    sampler.sample_actions(inputs, _gens(2), "sfm")  # the failed shape is not captured again
+    assert sampler.paths_run == {"no graphs": 2}
+    assert len(sampler.fallbacks) == 1 and "capture failed" in sampler.fallbacks[0]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [torch.OutOfMemoryError("CUDA out of memory (injected)"), TimeLimitExceeded("(injected)")],
+    ids=["oom", "time-limit"],
+)
+def test_out_of_memory_or_a_time_limit_during_capture_propagates(tiny, monkeypatch, failure):
+    model, tok, _ = tiny
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: fn(*a))
+    sampler = _graphed_sampler(model, monkeypatch, fuse=True, fail=failure)
+    with pytest.raises(type(failure)):
+        sampler.sample_actions(_inputs(model.cfg, tok, 1), _gens(1), "sfm")
+    # nothing switched off: the next call may capture with the compiled layer
+    assert sampler.compiled and not sampler.fallbacks and not sampler._graphs
+
+
+def test_the_policy_names_its_inference_path(tiny):
+    from envs.base import Observation
+
+    model, tok, _ = tiny
+    cfg = model.cfg
+    stats = NormStats.identity(cfg.state_dim, cfg.action_dim)
+    rng = np.random.default_rng(0)
+    images = {
+        c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras
+    }
+    obs = Observation(images, np.zeros(cfg.state_dim, np.float32), INSTRUCTIONS[0])
+    fast, reference = AsyncVLAPolicy(model, tok, stats), AsyncVLAPolicy(model, tok, stats, fast=False)
+    assert fast.fast_path is None  # nothing ran yet
+    fast.act([obs], ["e@0"])
+    reference.act([obs], ["e@0"])
+    assert fast.fast_path == "no graphs" and fast.paths_run == {"no graphs": 1}
+    assert fast.chunk_info["e@0"]["path"] == "no graphs"
+    assert reference.fast_path == "reference" and reference.chunk_info["e@0"]["path"] == "reference"
+
+
+def test_run_json_names_the_inference_path(tmp_path):
+    """The harness records, per episode and in run.json, which path the checkpoint's chunks took."""
+    from evalsuite import evaluate_suite
+
+    out = tmp_path / "run"
+    summary = evaluate_suite(
+        "tabletop", checkpoint="demo", tasks=[0], episodes_per_task=1, max_steps=8, out=out
+    )
+    assert [r.info["inference_path"] for r in summary.records] == ["no graphs"]
+    assert json.loads((out / "run.json").read_text())["inference_paths"] == {"no graphs": 1}

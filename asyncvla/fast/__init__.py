@@ -19,7 +19,10 @@ same `asyncvla.model.sample_chunk` (Alg. 1 is written once) with:
   handful of graphs serve any batch. With graphs the decoder layer is also compiled by
   `torch.compile` once per shape and reused by all layers (fusing the small element-wise
   kernels). A compile that fails falls back to the uncompiled layer, and a capture that fails
-  to running op by op, each with a warning.
+  to running op by op, each with a warning; only what a failed compile or capture raises is
+  caught (an out-of-memory error or a time limit propagates), and the path each call took is
+  recorded (`FastSampler.fast_path`, `paths_run`, `fallbacks`; the policy's `fast_path`, run.json's
+  `inference_paths`, the benchmark's `fast_path` columns), so a fallback is visible.
 
 The suffix's embedding (`embed_suffix`), the velocity head and the Euler step are the model's,
 called, not copied. Host synchronisations left in a chunk: on CUDA none between the prefix and

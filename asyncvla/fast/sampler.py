@@ -30,6 +30,31 @@ from asyncvla.model import (
 
 log = logging.getLogger(__name__)
 
+# What a failed torch.compile raises: dynamo's errors (a graph break under fullgraph=True, a backend
+# or inductor failure, wrapped as BackendCompilerFailed / InductorError) derive from
+# TorchDynamoException; past the recompile limit a fullgraph compile raises FailOnRecompileLimitHit
+# (an Exception, not a RuntimeError) instead of running eagerly unseen.
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+# What a failed CUDA graph capture raises: RuntimeError (an operation not permitted while capturing,
+# a host synchronisation, a capture that could not begin or end; torch.AcceleratorError is one too),
+# and the compile errors when the compiled layer compiles during the capture's warm-up.
+CAPTURE_ERRORS = (RuntimeError, *COMPILE_ERRORS)
+# the inference paths a chunk can take (`FastSampler.fast_path`)
+PATHS = ("graphs+compiled", "graphs", "compiled", "no graphs")
+
+
+def transient(e: BaseException) -> bool:
+    """An out-of-memory error, or one raised because of it (dynamo wraps a backend's error in its
+    own): it says nothing about whether the path works, so it is raised, not taken for a failed
+    compile or capture that would switch the path off for the rest of the process."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, torch.OutOfMemoryError):
+            return True
+        seen.add(id(e))
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return False
+
 
 @dataclass
 class ChunkState:
@@ -72,7 +97,11 @@ class FastSampler:
     """`AsyncVLA.sample_actions` without per-step host work; same results.
 
     `graphs` (default: on CUDA) captures CUDA graphs; `fuse` (default: with graphs) compiles the
-    decoder layer."""
+    decoder layer. A compile or capture that fails falls back (slower, not wrong); which path each
+    call actually ran is recorded: `fast_path` (the last call's, one of `PATHS`: `graphs+compiled`,
+    `graphs`, `compiled` without graphs, `no graphs`), `paths_run` (calls per path: a chunk, or a
+    step of the paper-style pipeline) and `fallbacks` (why each fallback happened), so that a
+    silent fallback cannot pass for the optimised path (in the policy, run.json and the benchmark)."""
 
     def __init__(self, model: AsyncVLA, graphs: bool | None = None, fuse: bool | None = None):
         self.model = model
@@ -98,6 +127,10 @@ class FastSampler:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.layer_fn = torch.compile(decoder_layer, dynamic=False, fullgraph=True)
         self._graphs: dict[tuple, CapturedCall | None] = {}
+        self._graph_paths: dict[tuple, str] = {}  # per captured graph: with the compiled layer or not
+        self.fast_path: str | None = None
+        self.paths_run: dict[str, int] = {}
+        self.fallbacks: list[str] = []
         self._plans: dict[tuple, VisionPlan] = {}
         self._positions: dict[tuple, torch.Tensor] = {}
 
@@ -267,12 +300,20 @@ class FastSampler:
         noise = self.model._draw_noise(generators)
         if committed is not None:  # op by op, also on CUDA: no graph is captured for inpainting
             host = self.host_prefix(inputs)
-            prefix = self._prefix(host.plan, *host.tensors())
             dev = self.model.device
-            return inpaint_chunk(self, prefix, noise, committed.to(dev), keep.to(dev))
+
+            def inpaint():
+                prefix = self._prefix(host.plan, *host.tensors())
+                return inpaint_chunk(self, prefix, noise, committed.to(dev), keep.to(dev))
+
+            return self._op_by_op(inpaint)
         if not self.graphs_enabled:
             host = self.host_prefix(inputs)
-            return self._chunk(host.plan, mode, True, *host.tensors(), *noise, threshold, mask_rate)
+            return self._op_by_op(
+                functools.partial(
+                    self._chunk, host.plan, mode, True, *host.tensors(), *noise, threshold, mask_rate
+                )
+            )
         B, rows = len(generators), batch_bucket(len(generators))
         host = self.host_prefix(inputs, rows, round_up(inputs.input_ids.shape[1], PREFIX_MULTIPLE))
         args = (
@@ -282,27 +323,74 @@ class FastSampler:
             torch.full((), mask_rate, device=self.model.device),
         )
         key = ("chunk", mode, *host.input_ids.shape, host.plan.key)
-        call = self._captured(key, functools.partial(self._chunk, host.plan, mode, False), args)
-        out = call(*args) if call else self._chunk(host.plan, mode, False, *args)
+        chunk = functools.partial(self._chunk, host.plan, mode, False)
+        out = self._graphed(key, chunk, args)
         return ChunkResult(
             *(None if t is None else t[:B].clone() for t in (out.actions, out.sfm, out.confidence, out.mask))
         )
 
+    # -- which path runs, and the fallbacks ------------------------------------------------------
+    @property
+    def compiled(self) -> bool:
+        return self.layer_fn is not decoder_layer
+
+    def _ran(self, path: str) -> None:
+        self.fast_path = path
+        self.paths_run[path] = self.paths_run.get(path, 0) + 1
+
+    def _fell_back(self, what: str, e: BaseException) -> None:
+        why = f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        log.warning("%s", why)
+        self.fallbacks.append(why)
+
+    def _drop_compiled(self, e: BaseException) -> None:
+        self._fell_back("the compiled decoder layer failed; using the uncompiled one", e)
+        self.layer_fn = decoder_layer
+        self._graphs.clear()  # they hold the compiled layer's kernels: captured again without
+
+    def _op_by_op(self, fn):
+        """`fn()` without graphs, with the compiled layer if there is one; a compile that fails
+        drops it and runs `fn` again uncompiled. Only compile errors are caught: an out-of-memory
+        error, a time limit (a BaseException) or a bug propagates."""
+        compiled = self.compiled
+        try:
+            out = fn()
+        except COMPILE_ERRORS as e:
+            if not compiled or transient(e):
+                raise
+            self._drop_compiled(e)
+            compiled, out = False, fn()
+        self._ran("compiled" if compiled else "no graphs")
+        return out
+
+    def _graphed(self, key, fn, args):
+        """`fn(*args)` through the CUDA graph for `key`, or op by op where capture failed."""
+        call = self._captured(key, fn, args)
+        if call is None:
+            return self._op_by_op(functools.partial(fn, *args))
+        out = call(*args)
+        self._ran(self._graph_paths[key])
+        return out
+
     def _captured(self, key, fn, args) -> CapturedCall | None:
         """The CUDA graph for `key`, captured on first use; None where capture failed (that shape
-        then runs op by op: slower, not wrong). A failed compile drops the compiled layer first."""
+        then runs op by op: slower, not wrong). A failure with the compiled layer drops it and
+        captures again without it. Only what a failed compile or capture raises is caught (module
+        constants); an out-of-memory error (transient: it would switch the path off for the whole
+        process) and BaseExceptions such as the harness's time limit propagate."""
         if key not in self._graphs:
+            compiled = self.compiled
             try:
                 self._graphs[key] = CapturedCall(fn, args)
-            except Exception as e:  # torch.compile's and CUDA's errors have no common base
-                if self.layer_fn is decoder_layer:
-                    log.warning("CUDA graph capture failed (%s); shape %s runs without graphs", e, key)
-                    self._graphs[key] = None
-                else:
-                    log.warning("the compiled decoder layer failed (%s); using the uncompiled one", e)
-                    self.layer_fn = decoder_layer
-                    self._graphs.clear()
+                self._graph_paths[key] = "graphs+compiled" if compiled else "graphs"
+            except CAPTURE_ERRORS as e:
+                if transient(e):
+                    raise
+                if compiled:
+                    self._drop_compiled(e)
                     return self._captured(key, fn, args)
+                self._fell_back(f"CUDA graph capture failed; shape {key} runs without graphs", e)
+                self._graphs[key] = None
         return self._graphs[key]
 
     # -- the paper-style pipeline (Appendix B) with the same optimisations, for comparison ----
@@ -333,9 +421,9 @@ class FastSampler:
         step = functools.partial(self._full_step, host.plan)
         for tau, delta in zip(self.taus, self.deltas):
             args = (*host.tensors(), a, tau * ones)
-            call = None
             if self.graphs_enabled:
-                call = self._captured(("recompute", *host.input_ids.shape, host.plan.key), step, args)
-            v = call(*args) if call else step(*args)
+                v = self._graphed(("recompute", *host.input_ids.shape, host.plan.key), step, args)
+            else:
+                v = self._op_by_op(functools.partial(step, *args))
             a = flow.euler_step(a, v, delta, ones)
         return a

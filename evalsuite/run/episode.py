@@ -87,12 +87,15 @@ def run_episode(
     run = _Rollout(env, suite, obs, max_steps or task.max_steps, record_video, step_timeout_s)
 
     calls: list[PolicyCall] = []
+    paths: set[str] = set()  # the inference paths the policy says its chunks took (AsyncVLA)
 
     def ask(observation: Observation) -> np.ndarray:
         key = f"{spec.draw_key}@{run.steps}"
         chunk = _checked_chunk(act([observation], [key])[0], suite, replan_steps)
         info = (chunk_info(key) if chunk_info else None) or {}
         calls.append(PolicyCall(run.steps, info.get("regenerated"), info.get("tokens")))
+        if info.get("path"):
+            paths.add(str(info["path"]))
         return chunk
 
     if suite.latency is None:
@@ -112,6 +115,9 @@ def run_episode(
             "reset_s": round(reset_s, 3),
             **({"env_built": env.builds != builds} if builds is not None else {}),
             **_regenerated(calls),
+            # which inference path computed the episode's chunks (a fallback from the optimised one
+            # shows here and in run.json's `inference_paths`); several joined by " / "
+            **({"inference_path": " / ".join(sorted(paths))} if paths else {}),
             **measured,
             **_scalars(run.info),
         },
