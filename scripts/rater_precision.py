@@ -104,6 +104,9 @@ def closed_loop(ckpt: str, episodes_per_task: int, work: Path) -> dict:
             policy_version=1,
             episodes_per_task=episodes_per_task,
             out=work / use,
+            # rendered at the checkpoint's image size, as a run of the checkpoint itself renders
+            # (a policy object is rendered at the suite's 128 px otherwise)
+            extra_args=["--set", f"image_size={policy.model.cfg.image_size}"],
         )
         runs[use] = {r.episode_id: r for r in summary.records}
     ids = sorted(runs["fp32"])
