@@ -669,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
         "--table4-episodes", type=int, help="table4: layouts per task and row (default: the plan's 50)"
     )
     p.add_argument(
+        "--sfm-extra",
+        nargs="*",
+        default=[],
+        help="table4: earlier snapshots of the SFM-trained model (with raters), one more row each",
+    )
+    p.add_argument(
         "--workers", type=int, help="env workers of the evaluations (default: the plan's; 0 runs inline)"
     )
     args = p.parse_args(argv)
@@ -760,6 +766,7 @@ def stage_table4(args, plan: Plan, demos: Path, demo: Path, work: Path) -> None:
         plan.image_size,
         command,
         training_data_note(demos, demo),
+        sfm_extra=tuple(Path(x) for x in args.sfm_extra),
     )
     print(text)
 

@@ -77,22 +77,24 @@ def paper_values() -> dict[str, float]:
     return dict(zip(paper["variant"], paper["average"], strict=True))
 
 
-def build_table(frames: dict[str, pd.DataFrame], steps: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The four rows (paper order) and a per-task table; frames are keyed by row label."""
+def build_table(
+    frames: dict[str, pd.DataFrame], steps: dict[str, str], variants: tuple = ROWS
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows (paper order) and a per-task table; frames are keyed by row label."""
     from evalsuite.ablations import mcnemar_exact, paired_discordance
     from evalsuite.tables import rate_row
 
     paper = paper_values()
     full = frames["AsyncVLA"]
     rows, tasks = [], []
-    for label, _, _, mode in ROWS:
+    for label, _, _, mode in variants:
         if label not in frames:
             continue
         frame = frames[label]
         stats = rate_row(frame["success"])
         row = {
             "variant": label,
-            "paper (WidowX, %)": paper.get(label, float("nan")),
+            "paper (WidowX, %)": paper.get(label.split(" (")[0], float("nan")),
             "ours (%)": 100 * stats["success_rate"],
             "95% CI (Wilson)": f"{100 * stats['ci_low']:.1f}-{100 * stats['ci_high']:.1f}",
             "successes / episodes": f"{stats['successes']} / {stats['episodes']}",
@@ -133,17 +135,32 @@ def stage_table4(
     command: str,
     note: str,
     rows: tuple[str, ...] | None = None,
+    sfm_extra: tuple[Path, ...] = (),
 ) -> str:
     """Evaluate the rows (AsyncVLA first: the random-mask row needs its rate), write the tables
-    with their provenance sidecars, copy each row's episode records beside them."""
+    with their provenance sidecars, copy each row's episode records beside them. `sfm_extra`:
+    earlier snapshots of the SFM-trained model (each with its rater), one more row each, labelled
+    with its policy steps (where the SFM twin could not be trained to the demo's steps in time)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from result_meta import write_meta
 
     from evalsuite.tables import write_tables
 
-    wanted = rows or tuple(r[0] for r in ROWS)
-    order = ["AsyncVLA"] + [r[0] for r in ROWS if r[0] != "AsyncVLA"]
-    spec = {r[0]: r for r in ROWS}
+    table_rows = list(ROWS)
+    extra_ckpts = {}
+    for ckpt in sfm_extra:
+        n = json.loads((Path(ckpt) / "config.json").read_text())["training"]["stages"]["policy"]["steps"]
+        label = f"w/o unified training ({n} steps)"
+        table_rows.insert(0, (label, f"wo_unified_training_step{n}", "sfm-extra", "asyncvla"))
+        extra_ckpts[label] = Path(ckpt)
+    wanted = rows or tuple(r[0] for r in table_rows)
+    order = ["AsyncVLA"] + [r[0] for r in table_rows if r[0] != "AsyncVLA"]
+    spec = {r[0]: r for r in table_rows}
+
+    def checkpoint_of(label):
+        which = spec[label][2]
+        return extra_ckpts[label] if which == "sfm-extra" else sfm if which == "sfm" else demo
+
     frames: dict[str, pd.DataFrame] = {}
     commands: dict[str, str] = {}
     rate = None
@@ -153,15 +170,15 @@ def stage_table4(
         _, dirname, which, mode = spec[label]
         if which == "sfm" and sfm is None:
             continue
-        ckpt = sfm if which == "sfm" else demo
+        ckpt = checkpoint_of(label)
         mask_rate = rate if mode == "random-mask" else None
         argv = row_argv(str(ckpt), mode, work / "table4" / dirname, episodes, image_size, mask_rate)
         frames[label] = run_row(argv)
         commands[label] = "asyncvla-eval " + " ".join(argv)
         if label == "AsyncVLA":
             rate = regenerated_share(frames[label])
-    steps = {label: training_steps(sfm if spec[label][2] == "sfm" else demo) for label in frames}
-    table, per_task = build_table(frames, steps)
+    steps = {label: training_steps(checkpoint_of(label)) for label in frames}
+    table, per_task = build_table(frames, steps, tuple(table_rows))
     out.mkdir(parents=True, exist_ok=True)
     header = (
         "> Table 4 at the demo checkpoint's regime, tabletop suite: the same episodes and noise in every row "
@@ -175,12 +192,13 @@ def stage_table4(
     episodes_dir = out / "episodes"
     episodes_dir.mkdir(exist_ok=True)
     sfm_role = {"sfm-trained (w/o unified training)": sfm} if sfm is not None else {}
+    sfm_role |= {f"sfm-trained snapshot ({label})": ckpt for label, ckpt in extra_ckpts.items()}
     extra = {"row_commands": commands, "episodes_per_task": episodes}
     for label in frames:
         src = work / "table4" / spec[label][1] / "episodes.jsonl"
         dst = episodes_dir / f"{spec[label][1]}.jsonl"
         shutil.copy2(src, dst)
-        roles = sfm_role if spec[label][2] == "sfm" else {}
+        roles = {"checkpoint": checkpoint_of(label)} if spec[label][2] != "demo" else {}
         write_meta(dst, demo, commands[label], {"episodes_per_task": episodes}, roles, image_size)
     for name in ("table4", "table4_per_task"):
         for ext in ("md", "csv", "tex"):
