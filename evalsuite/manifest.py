@@ -40,26 +40,15 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> dict[str, str | bool | None]:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+    """run.json's `git`: the commit and whether tracked files differed from it (None: unknown),
+    from the benchmarks' shared `evalsuite.tree_state`."""
+    from evalsuite.tree_state import tree_state
+
+    state = tree_state()
+    return {
+        "commit": state["commit"],
+        "dirty": None if state["clean_tree"] is None else not state["clean_tree"],
+    }
 
 
 def host_info() -> dict[str, object]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,12 +71,13 @@ def scene_settings(image_size: int = 56) -> dict:
 
 
 def git_state() -> dict:
-    def run(*cmd):
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    """The sidecar's commit and `dirty` flag, from the benchmarks' shared `tree_state`."""
+    from evalsuite.tree_state import tree_state
 
+    state = tree_state(ROOT)
     return {
-        "commit": run("git", "rev-parse", "HEAD"),
-        "dirty": bool(run("git", "status", "--porcelain", "-uno")),
+        "commit": state["commit"],
+        "dirty": None if state["clean_tree"] is None else not state["clean_tree"],
     }
 
 
