@@ -13,7 +13,8 @@ import pytest
 from evalsuite.tree_state import STAMP, stamp_differences, tree_state, write_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("scripts/gpu_check.sh", "evalsuite/__init__.py", "evalsuite/tree_state.py")
+COPIED = ("scripts/gpu_check.sh", "scripts/gpu_train_check.sh", "scripts/gpu_prelude.sh")
+COPIED += ("evalsuite/__init__.py", "evalsuite/tree_state.py")
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -61,11 +62,11 @@ def test_a_copy_without_git_is_checked_against_the_stamp(repo, tmp_path):
     assert tree_state(copy) == {"commit": None, "clean_tree": None}  # unknown, never clean
 
 
-def _gpu_check(repo: Path, out: Path, **env) -> subprocess.CompletedProcess:
+def _gpu_check(repo: Path, out: Path, script: str, **env) -> subprocess.CompletedProcess:
     # python3 on the GPU machine has torch; here the project's interpreter stands in for it
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.run(
-        ["bash", "scripts/gpu_check.sh"],
+        ["bash", script],
         cwd=repo,
         env={**os.environ, "PATH": path, "OUT": str(out), **env},
         capture_output=True,
@@ -75,28 +76,29 @@ def _gpu_check(repo: Path, out: Path, **env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_gpu_check_refuses_a_dirty_tree_unless_told_to_try(repo, tmp_path):
+@pytest.mark.parametrize("script", ["scripts/gpu_check.sh", "scripts/gpu_train_check.sh"])
+def test_gpu_check_refuses_a_dirty_tree_unless_told_to_try(repo, tmp_path, script):
     (repo / "data.txt").write_text("uncommitted\n")
-    refused = _gpu_check(repo, tmp_path / "out")
+    refused = _gpu_check(repo, tmp_path / "out", script)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to write results" in lines[0], refused.stderr
     assert "data.txt" in lines[0] and "GPU_CHECK_ALLOW_DIRTY=1" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
     # the override runs on (here to the GPU check, which fails on this machine) and marks the output
-    tried = _gpu_check(repo, tmp_path / "out", GPU_CHECK_ALLOW_DIRTY="1")
+    tried = _gpu_check(repo, tmp_path / "out", script, GPU_CHECK_ALLOW_DIRTY="1")
     assert "no CUDA GPU" in tried.stderr or "no CUDA GPU" in tried.stdout, tried
     assert "not for committing" in (tmp_path / "out" / "NOT_FOR_COMMIT.txt").read_text()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_gpu_check_accepts_a_clean_tree_and_a_stamped_copy(repo, tmp_path):
-    clean = _gpu_check(repo, tmp_path / "a")
+    clean = _gpu_check(repo, tmp_path / "a", "scripts/gpu_check.sh")
     assert "refusing" not in clean.stderr and "no CUDA GPU" in clean.stderr + clean.stdout, clean
     write_stamp(repo)
     copy = tmp_path / "copy"
     shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git"))
-    stamped = _gpu_check(copy, tmp_path / "b")
+    stamped = _gpu_check(copy, tmp_path / "b", "scripts/gpu_check.sh")
     assert "refusing" not in stamped.stderr and "no CUDA GPU" in stamped.stderr + stamped.stdout, stamped
     assert not (tmp_path / "b" / "NOT_FOR_COMMIT.txt").exists()
 
