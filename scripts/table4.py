@@ -14,6 +14,9 @@ episode by episode (McNemar's exact test), beside Wilson intervals and the paper
 |                        |                                              | the rater regenerated in  |
 |                        |                                              | the AsyncVLA row          |
 | AsyncVLA               | the demo                                     | asyncvla                  |
+| rater-resample (extra) | the demo                                     | rater-resample: the rater's|
+|                        |                                              | tokens from a fresh SFM   |
+|                        |                                              | draw, no AFM (issue 42)   |
 
 The random-mask row regenerates each token with the AsyncVLA row's measured fraction, so the
 rows differ in which tokens are regenerated, not how many (the paper does not give its rate;
@@ -40,6 +43,8 @@ ROWS = (  # (label, run dir, which checkpoint, mode)
     ("w/o AFM inference", "wo_afm_inference", "demo", "sfm"),
     ("w/o confidence rater", "wo_confidence_rater", "demo", "random-mask"),
     ("AsyncVLA", "asyncvla", "demo", "asyncvla"),
+    # not a row of the paper's: issue 42's best offline correction, run closed loop beside the rows
+    ("rater-resample (not in the paper)", "rater_resample", "demo", "rater-resample"),
 )
 
 
