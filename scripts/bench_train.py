@@ -18,6 +18,7 @@ tree was clean.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -167,6 +168,8 @@ def _measured_or_oom(args, strategy, checkpointing, batch, rank, world, device) 
         row, failed = measure(args, strategy, checkpointing, batch, rank, world, device), False
     except torch.OutOfMemoryError:
         row, failed = None, True
+    if failed:  # outside the handler: its traceback no longer holds the row's model
+        gc.collect()
         torch.cuda.empty_cache()
     if _agree(failed, world):
         return {
