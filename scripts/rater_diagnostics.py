@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(rel, (out / "reliability.json").open("w"), indent=1)
     plot_reliability(rel, args.threshold, out / "reliability.png", header.splitlines()[0][2:][:180])
     ckpt = resolve_checkpoint(args.ckpt)
+    demo = resolve_checkpoint("demo")  # the shipped demo of the day (the sidecars' staleness key)
     extra = {
         "data": info.get("source"),
         "stride": args.stride,
@@ -400,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in ("diagnostics", "variants"):
         for ext in ("md", "csv", "tex"):
-            write_meta(out / f"{name}.{ext}", ckpt, command, extra)
+            write_meta(out / f"{name}.{ext}", demo, command, extra, {"diagnosed": ckpt})
     for name in ("reliability.png", "reliability.json"):
-        write_meta(out / name, ckpt, command, extra)
+        write_meta(out / name, demo, command, extra, {"diagnosed": ckpt})
     print(text)
     print((out / "diagnostics.md").read_text())
     print((out / "variants.md").read_text())
