@@ -28,7 +28,7 @@ from asyncvla.backbone import Preprocessor
 from asyncvla.checkpoint import load_checkpoint, read_training_record
 from asyncvla.training import sharding
 from asyncvla.training.datasets import ChunkDataset, read_dataset
-from asyncvla.training.train import TrainConfig, collate, run
+from asyncvla.training.train import TrainConfig, collate, main, run
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 6
@@ -172,6 +172,9 @@ def test_the_rater_stage_sharded_on_two_processes_trains_as_one_process(tmp_path
         (["--ray-address", "local"], {"WORLD_SIZE": "2", "RANK": "0"}, "--ray-address under torchrun"),
         (["--strategy", "zero3"], {}, "invalid choice: 'zero3'"),
         (["--fsdp-reshard-after-forward"], {}, "add --strategy fsdp"),
+        (["--backend", "gloo"], {}, "--backend gloo with one process"),
+        (["--ray-address", "127.0.0.1:1"], {}, "no Ray cluster answers there"),
+        (["--ray-address", "headnode"], {}, "expected HOST:PORT"),
     ],
 )
 def test_a_launch_that_cannot_work_is_one_line_before_any_process_group(
@@ -195,3 +198,19 @@ def test_ddp_of_the_3b_on_a_gpu_too_small_for_a_full_copy_is_refused(monkeypatch
     with pytest.raises(ValueError, match=r"need 61 GiB per GPU .* 48 GiB; use --strategy fsdp"):
         sharding.check_fits("ddp", sharding.estimated_params("qwen2.5-vl-3b"), 2, "cuda")
     sharding.check_fits("fsdp", sharding.estimated_params("qwen2.5-vl-3b"), 2, "cuda")
+
+
+def test_a_resume_with_another_strategy_or_world_size_is_refused_naming_both(tmp_path, data, capsys):
+    """The shards of one strategy are not the state of another: a resume that changes --strategy
+    or the number of processes is refused, naming the setting and both values."""
+    out = tmp_path / "ckpt"
+    base = [data, "--out", out, "--steps", 2, "--batch-size", 2, "--threads", 1]
+    assert main([str(a) for a in base]) == 0
+    refused_in_process(
+        [*base, "--resume", "--strategy", "fsdp"], capsys, "--strategy 'ddp' saved, 'fsdp' now"
+    )
+    # and nothing of the refused FSDP process's group stays in this process (its environment was
+    # read as a torchrun launch by the next call)
+    assert not torch.distributed.is_initialized()
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+    refused_in_process([*base, "--resume", "--num-workers", 2], capsys, "--num-workers 1 saved, 2 now")

@@ -217,6 +217,12 @@ def check_launch(cfg) -> None:
             f"--backend nccl with --device {cfg.device}: NCCL runs on CUDA devices only; "
             "use --backend gloo on CPU (or leave --backend out)"
         )
+    alone = launch_world(cfg) == 1 and not cfg.ray_address and strategy(cfg) == "ddp"
+    if cfg.backend is not None and alone:
+        raise TrainError(
+            f"--backend {cfg.backend} with one process and --strategy ddp: no process group is formed; "
+            "leave it out (or add processes)"
+        )
     if "WORLD_SIZE" in os.environ:
         started = os.environ["WORLD_SIZE"]
         if cfg.num_workers not in (1, int(started)):

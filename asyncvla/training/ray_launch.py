@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
         # (a CPU worker is one process; it does not need a core to itself)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.num_workers), include_dashboard=False)
     else:
+        _check_reachable(cfg.ray_address)
         ray.init(address=cfg.ray_address)
     try:
         _check_resources(cfg, ray.cluster_resources())
@@ -53,6 +55,22 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
             raise TrainError(_worker_message(e)) from None
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT nothing answers on, refused in seconds: ray.init would retry it for minutes."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise TrainError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise TrainError(
+            f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+            "`ray start --head` on that host, or use --ray-address local"
+        ) from None
 
 
 def _check_resources(cfg, resources: dict) -> None:

@@ -225,8 +225,8 @@ def train_worker(rank: int, world: int, cfg: TrainConfig) -> None:
     rank, world, device = workers.join_workers(rank, world, cfg)
     try:
         _train(rank, world, device, cfg)
-    finally:
-        if world > 1 and dist.is_initialized():
+    finally:  # FSDP forms a group for one process too: never left behind in the caller's process
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 

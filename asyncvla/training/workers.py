@@ -33,13 +33,20 @@ def join_workers(rank: int, world: int, cfg) -> tuple[int, int, torch.device]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if world > 1 or flags.strategy(cfg) == "fsdp" or dist.is_initialized():
-        if "RANK" not in os.environ:  # spawned by us on one machine
-            os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
-        if not dist.is_initialized():
-            timeout = timedelta(seconds=cfg.collective_timeout_s)
-            dist.init_process_group(flags.backend(cfg), timeout=timeout)
+        ours = {}  # spawned by us on one machine, or one FSDP process in the caller's process
+        if "RANK" not in os.environ:
+            ours = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1"}
+            ours = {k: v for k, v in ours.items() if k not in os.environ}
+            if "MASTER_PORT" not in os.environ:
+                ours["MASTER_PORT"] = str(free_port())
+        os.environ.update(ours)
+        try:
+            if not dist.is_initialized():
+                timeout = timedelta(seconds=cfg.collective_timeout_s)
+                dist.init_process_group(flags.backend(cfg), timeout=timeout)
+        finally:  # read once, by the group's start: a later training in this process is not "torchrun"
+            for key in ours:
+                os.environ.pop(key, None)
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
         if device.type == "cuda":
@@ -94,16 +101,23 @@ def spawn(cfg, target: Callable) -> None:
     (one line, the first worker's to fail); a stop (Ctrl-C, SIGTERM) is passed on to the workers,
     which stop their evaluation; a worker still running after WORKER_STOP_S is killed. `target(rank,
     world, cfg)` is the training process (module-level, so that it pickles)."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # the workers' rendezvous, in their environment only: a later training in this process picks
+    # a new free port
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    rendezvous = {k: v for k, v in rendezvous.items() if k not in os.environ}
+    os.environ.update(rendezvous)
     errors = torch.multiprocessing.get_context("spawn").SimpleQueue()
-    context = torch.multiprocessing.start_processes(
-        _spawned_worker,
-        args=(cfg.num_workers, cfg, os.getpid(), errors, target),
-        nprocs=cfg.num_workers,
-        join=False,
-        start_method="spawn",
-    )
+    try:
+        context = torch.multiprocessing.start_processes(
+            _spawned_worker,
+            args=(cfg.num_workers, cfg, os.getpid(), errors, target),
+            nprocs=cfg.num_workers,
+            join=False,
+            start_method="spawn",
+        )
+    finally:
+        for key in rendezvous:
+            os.environ.pop(key, None)
     try:
         while not context.join(grace_period=WORKER_STOP_S):
             pass
