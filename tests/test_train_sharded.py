@@ -122,10 +122,13 @@ def test_the_merged_checkpoint_is_the_sharded_model(on_ray, data):
 
 
 def test_a_sharded_training_stopped_mid_run_resumes_to_the_uninterrupted_run(tmp_path, data, on_ray):
-    """Ctrl-C after the first sharded save; the resume reads the shards (weights and AdamW states),
-    the generator and the data position, and ends where the uninterrupted run (on Ray) ended."""
+    """Ctrl-C a training on Ray Train after its first sharded save: exit 130 and the line saying how to
+    resume (Ray Train's own handler aborted with exit 1 and no such line); the resume reads the shards
+    (weights and AdamW states), the generator and the data position, and ends where the
+    uninterrupted run ended."""
     out = tmp_path / "ckpt"
     args = [data, "--out", out, "--steps", STEPS, "--batch-size", 2, "--num-workers", 2, "--strategy", "fsdp"]
+    args += ["--ray-address", "local"]
     args += ["--lr", 3e-3, "--vision-lr", 3e-3, "--threads", 1, "--save-every", 2]
     stopped = ctrl_c_after_first_save(args, out)
     assert stopped.returncode == 130, stopped.stderr

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     if cfg.ray_address == "local":
         # a cluster of this machine's own: as many CPU slots as workers, whatever the core count
         # (a CPU worker is one process; it does not need a core to itself)
@@ -39,6 +42,9 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
     else:
         _check_reachable(cfg.ray_address)
         ray.init(address=cfg.ray_address)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():  # ray.init's SIGTERM handler exits mid-run: ours again
+            signal.signal(sig, handler)
     try:
         _check_resources(cfg, ray.cluster_resources())
         gpu = cfg.device.startswith("cuda")
@@ -49,12 +55,29 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu),
             run_config=RunConfig(name=f"asyncvla-train-{Path(cfg.out).name}-{os.getpid()}"),
         )
+        _fit(trainer)
+    finally:
+        ray.shutdown()  # on a stop too: the workers (and rank 0's evaluation, which dies with it) end
+
+
+def _fit(trainer) -> None:
+    """`trainer.fit()` off the main thread, so that Ray Train does not replace the command's
+    Ctrl-C handler with its own (which aborts and exits 1, with no line on how to resume): a stop
+    raises KeyboardInterrupt here, and the command reports it as any other stop."""
+    outcome: dict = {}
+
+    def fit() -> None:
         try:
             trainer.fit()
         except Exception as e:  # Ray wraps the worker's exception in its own
-            raise TrainError(_worker_message(e)) from None
-    finally:
-        ray.shutdown()
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise TrainError(_worker_message(outcome["error"]))
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
