@@ -15,6 +15,9 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,14 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
-from test_train_hostile import _toy_data, ctrl_c_after_first_save, error_lines, refused_in_process, train_cli
+from test_train_hostile import (
+    _toy_data,
+    assert_refused,
+    ctrl_c_after_first_save,
+    error_lines,
+    refused_in_process,
+    train_cli,
+)
 
 from asyncvla.backbone import Preprocessor
 from asyncvla.checkpoint import load_checkpoint, read_training_record
@@ -217,3 +227,29 @@ def test_a_resume_with_another_strategy_or_world_size_is_refused_naming_both(tmp
     assert not torch.distributed.is_initialized()
     assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
     refused_in_process([*base, "--resume", "--num-workers", 2], capsys, "--num-workers 1 saved, 2 now")
+
+
+def test_a_ray_cluster_with_fewer_cpus_than_workers_is_refused_before_training(tmp_path, data):
+    """A one-CPU cluster (`ray start --head --num-cpus 1`) cannot host two CPU workers: Ray Train
+    would wait for them forever; the command says so in one line, exit 2, nothing written."""
+    port = 6490 + os.getpid() % 100
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus", "1", "--port", str(port),
+         "--block", "--include-dashboard", "false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out = tmp_path / "ckpt"
+        args = [data, "--out", out, "--steps", 2, "--num-workers", 2, "--ray-address", f"127.0.0.1:{port}"]
+        deadline = time.monotonic() + 60
+        while True:  # until the head answers (a refused connection is the other refusal)
+            refused = train_cli(*args, env=env)
+            if "no Ray cluster answers" not in refused.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert_refused(refused, "--num-workers 2", "has 1 CPU(s)", started=True)
+        assert not out.exists()
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
