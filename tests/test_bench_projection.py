@@ -38,4 +38,8 @@ def test_the_committed_projection_is_what_its_inputs_give(tmp_path):
         capture_output=True,
     )
     projected = json.loads((tmp_path / "projection.json").read_text())
-    assert projected == json.loads((LIBERO / "projection.json").read_text())
+    committed = json.loads((LIBERO / "projection.json").read_text())
+    # the commit each was computed at (meta) differs by nature; every figure must agree
+    assert {k: v for k, v in projected.items() if k != "meta"} == {
+        k: v for k, v in committed.items() if k != "meta"
+    }
