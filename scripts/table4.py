@@ -17,6 +17,7 @@ episode by episode (McNemar's exact test), beside Wilson intervals and the paper
 | rater-resample (extra) | the demo                                     | rater-resample: the rater's|
 |                        |                                              | tokens from a fresh SFM   |
 |                        |                                              | draw, no AFM (issue 42)   |
+| SFM-trained, SFM only  | the SFM-trained twin                         | sfm (plain flow matching) |
 
 The random-mask row regenerates each token with the AsyncVLA row's measured fraction, so the
 rows differ in which tokens are regenerated, not how many (the paper does not give its rate;
@@ -45,6 +46,8 @@ ROWS = (  # (label, run dir, which checkpoint, mode)
     ("AsyncVLA", "asyncvla", "demo", "asyncvla"),
     # not a row of the paper's: issue 42's best offline correction, run closed loop beside the rows
     ("rater-resample (not in the paper)", "rater_resample", "demo", "rater-resample"),
+    # plain flow matching: the SFM-trained twin without rater and AFM (the toy study's fifth row)
+    ("SFM-trained, SFM only (not in the paper)", "sfm_trained_sfm_only", "sfm", "sfm"),
 )
 
 
