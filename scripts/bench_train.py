@@ -293,13 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     args.activation_checkpointing = [v == "on" for v in args.activation_checkpointing]
     if args.device == "cuda" and torch.cuda.device_count() < args.workers:
         p.error(f"--workers {args.workers} needs as many GPUs; this machine has {torch.cuda.device_count()}")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(workers.free_port()))
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
-    torch.multiprocessing.start_processes(
-        bench_process, args=(args.workers, args, results), nprocs=args.workers, start_method="spawn"
-    )
+    # the processes' rendezvous, in their environment only (main() may run inside another program)
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(workers.free_port())}
+    before = {key: os.environ.get(key) for key in rendezvous}
+    os.environ.update(rendezvous)
+    try:
+        torch.multiprocessing.start_processes(
+            bench_process, args=(args.workers, args, results), nprocs=args.workers, start_method="spawn"
+        )
+    finally:
+        for key, value in before.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
     rows = results.get()
     meta = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),

@@ -2,6 +2,7 @@
 rows (the figures themselves are results/bench/train_throughput_*; never asserted here)."""
 
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,7 +13,9 @@ def test_the_training_benchmark_writes_a_row_per_strategy_with_its_commit(tmp_pa
     import bench_train
 
     argv = ["--workers", "1", "--steps", "1", "--warmup", "0", "--repeats", "1", "--batch-sizes", "2"]
+    environment = {key: os.environ.get(key) for key in ("MASTER_ADDR", "MASTER_PORT")}
     assert bench_train.main([*argv, "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert {key: os.environ.get(key) for key in environment} == environment  # nothing left behind
     result = json.loads((tmp_path / "train_throughput_tiny_cpu.json").read_text())
     rows = {row["strategy"]: row for row in result["rows"]}
     assert set(rows) == {"ddp", "fsdp"}

@@ -217,6 +217,8 @@ def test_a_resume_with_another_strategy_or_world_size_is_refused_naming_both(tmp
     """The shards of one strategy are not the state of another: a resume that changes --strategy
     or the number of processes is refused, naming the setting and both values."""
     out = tmp_path / "ckpt"
+    rendezvous = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    environment = {key: os.environ.get(key) for key in rendezvous}
     base = [data, "--out", out, "--steps", 2, "--batch-size", 2, "--threads", 1]
     assert main([str(a) for a in base]) == 0
     refused_in_process(
@@ -225,7 +227,7 @@ def test_a_resume_with_another_strategy_or_world_size_is_refused_naming_both(tmp
     # and nothing of the refused FSDP process's group stays in this process (its environment was
     # read as a torchrun launch by the next call)
     assert not torch.distributed.is_initialized()
-    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+    assert {key: os.environ.get(key) for key in rendezvous} == environment
     refused_in_process([*base, "--resume", "--num-workers", 2], capsys, "--num-workers 1 saved, 2 now")
 
 
