@@ -61,23 +61,17 @@ def train_on_ray(cfg, train_worker: Callable) -> None:
 
 
 def _fit(trainer) -> None:
-    """`trainer.fit()` off the main thread, so that Ray Train does not replace the command's
-    Ctrl-C handler with its own (which aborts and exits 1, with no line on how to resume): a stop
-    raises KeyboardInterrupt here, and the command reports it as any other stop."""
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except Exception as e:  # Ray wraps the worker's exception in its own
-            outcome["error"] = e
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if "error" in outcome:
-        raise TrainError(_worker_message(outcome["error"]))
+    """`trainer.fit()` with the command's own Ctrl-C handling: Ray Train replaces the process's
+    SIGINT handler with one that aborts the run and exits 1, with no line on how to resume. Without
+    it a stop raises KeyboardInterrupt in fit()'s wait, `ray.shutdown` (the caller's) ends the
+    workers, and the command reports it as any other stop. (Running fit() on another thread instead
+    raced: `ray.shutdown` under a thread still waiting in Ray made Ray exit the process with 1.)"""
+    if hasattr(trainer, "_register_sigint_handler"):  # Ray Train v2 (ray >= 2.49)
+        trainer._register_sigint_handler = lambda controller: None
+    try:
+        trainer.fit()
+    except Exception as e:  # Ray wraps the worker's exception in its own
+        raise TrainError(_worker_message(e)) from None
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
