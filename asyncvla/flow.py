@@ -72,9 +72,18 @@ def masked_flow_loss(
     `normalizer` maps this batch's label count to the denominator; data-parallel training passes
     the mean count over the processes, so that the gradients they average are those of the mean over
     every process's tokens (per-process means would weigh a token by its process's count)."""
-    err = (v - u).pow(2).mean(-1)  # (B, L)
-    count = m.sum()
-    return (err * m).sum() / (count if normalizer is None else normalizer(count)).clamp(min=1.0)
+    return masked_mean((v - u).pow(2).mean(-1), m, normalizer)
+
+
+def masked_mean(
+    values: torch.Tensor,
+    weight: torch.Tensor,
+    normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The mean of `values` over the entries `weight` marks (weighted); `normalizer`: as in
+    masked_flow_loss, the denominator from this batch's count."""
+    count = weight.sum()
+    return (values * weight).sum() / (count if normalizer is None else normalizer(count)).clamp(min=1.0)
 
 
 def time_grid(steps: int) -> torch.Tensor:

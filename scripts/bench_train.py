@@ -295,17 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--workers {args.workers} needs as many GPUs; this machine has {torch.cuda.device_count()}")
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
-    # the processes' rendezvous, in their environment only (main() may run inside another program)
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(workers.free_port())}
-    before = {key: os.environ.get(key) for key in rendezvous}
-    os.environ.update(rendezvous)
-    try:
+    with workers.rendezvous():  # in the processes' environment only: main() may run inside a program
         torch.multiprocessing.start_processes(
             bench_process, args=(args.workers, args, results), nprocs=args.workers, start_method="spawn"
         )
-    finally:
-        for key, value in before.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
     rows = results.get()
     meta = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),

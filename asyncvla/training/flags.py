@@ -217,7 +217,8 @@ def check_launch(cfg) -> None:
             f"--backend nccl with --device {cfg.device}: NCCL runs on CUDA devices only; "
             "use --backend gloo on CPU (or leave --backend out)"
         )
-    alone = launch_world(cfg) == 1 and not cfg.ray_address and strategy(cfg) == "ddp"
+    world = launch_world(cfg)
+    alone = world == 1 and not cfg.ray_address and strategy(cfg) == "ddp"
     if cfg.backend is not None and alone:
         raise TrainError(
             f"--backend {cfg.backend} with one process and --strategy ddp: no process group is formed; "
@@ -239,7 +240,6 @@ def check_launch(cfg) -> None:
             f"--fsdp-reshard-after-forward with --strategy {strategy(cfg)}: it changes only FSDP's sharding; "
             "add --strategy fsdp or leave it out"
         )
-    world = launch_world(cfg)
     if cfg.device.startswith("cuda") and "WORLD_SIZE" not in os.environ and not cfg.ray_address:
         import torch
 

@@ -16,6 +16,7 @@ layer's compute, and the peak memory is one unsharded layer above the shards.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -95,17 +96,12 @@ def fully_shard_model(
     mixed = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
     )
-    units = [*model.vlm.model.visual.blocks, *model.vlm.model.language_model.layers]
-    for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=mixed, reshard_after_forward=reshard_after_forward)
+    shard = functools.partial(fully_shard, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    for unit in [*model.vlm.model.visual.blocks, *model.vlm.model.language_model.layers]:
+        shard(unit, mp_policy=mixed)
     if stage == "rater":
-        fully_shard(
-            model.rater,
-            mesh=mesh,
-            mp_policy=MixedPrecisionPolicy(),
-            reshard_after_forward=reshard_after_forward,
-        )
-    return fully_shard(stage_net, mesh=mesh, mp_policy=mixed, reshard_after_forward=reshard_after_forward)
+        shard(model.rater, mp_policy=MixedPrecisionPolicy())
+    return shard(stage_net, mp_policy=mixed)
 
 
 def local(p: torch.Tensor) -> torch.Tensor:

@@ -136,8 +136,7 @@ def rater_loss(
         sfm = model.integrate(encoded, noise, torch.ones(actions.shape[:2], device=actions.device))
         q = flow.pseudo_labels((sfm - actions).pow(2).mean(-1), valid)
     p = model.rater(encoded.hidden, prefix.valid, sfm)
-    count = valid.sum()
-    return ((p - q).pow(2) * valid).sum() / (count if normalizer is None else normalizer(count)).clamp(min=1)
+    return flow.masked_mean((p - q).pow(2), valid, normalizer)
 
 
 class _StageLoss(nn.Module):
@@ -309,14 +308,12 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
             merged = sharding.merged_state(model) if sharded else None
             staging = saves.begin(out) if rank == 0 else None
             if sharded:
-                workers.barrier(world)  # the staging directory is new before any shard goes in
-                sharding.save_sharded(
-                    saves.staging_path(out) / sharding.sharded_dir(out, cfg.stage).name, model, optim
-                )
+                workers.barrier()  # the staging directory is new before any shard goes in
+                sharding.save_sharded(sharding.sharded_dir(saves.staging_path(out), cfg.stage), model, optim)
             if rank == 0:
                 write(staging)
                 saves.finish(out)
-            workers.barrier(world)
+            workers.barrier()
 
     evaluator = _evaluator(cfg) if rank == 0 else None
     try:
@@ -358,7 +355,7 @@ def _train_in(rank, world, device, cfg: TrainConfig, episodes, info, plan: saves
                     loss_log.write(step, epoch, value, sched.get_last_lr()[-1])
                     evaluate = cfg.eval_every is not None and (step % cfg.eval_every == 0 or step == total)
                     if step % cfg.save_every == 0 or step == total or evaluate:
-                        _check_finite_weights(model, step, out, saved, world)  # every rank stops
+                        _check_finite_weights(model, step, out, saved)  # every rank stops
                         save(step)
                         if rank == 0 and evaluate:
                             evaluator.after_save(step)
@@ -382,7 +379,7 @@ def _kept(out: Path, saved: int | None) -> str:
     return f"{out} keeps the last good save (step {saved})" if saved else "nothing was saved"
 
 
-def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | None, world: int) -> None:
+def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | None) -> None:
     """Never save a non-finite weight: stop, keeping the last good save. Every process stops (FSDP's
     shards differ, so one process may see it alone)."""
     bad = [
@@ -390,7 +387,7 @@ def _check_finite_weights(model: AsyncVLA, step: int, out: Path, saved: int | No
         for name, p in model.named_parameters()
         if p.requires_grad and not torch.isfinite(sharding.local(p)).all()
     ]
-    name = workers.first_of_any(bad[0] if bad else None, world)
+    name = workers.first_of_any(bad[0] if bad else None)
     if name is not None:
         raise Diverged(
             f"weight {name} became non-finite at step {step}: training stopped without saving it, "
@@ -612,7 +609,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = p.add_argument_group("distributed training (docs/training.md)")
     d.add_argument(
         "--strategy",
-        choices=["ddp", "fsdp"],
+        choices=sharding.STRATEGIES,
         help="ddp: a full copy per process; fsdp: FSDP2 sharding of weights, gradients and optimizer "
         "(default: fsdp for qwen2.5-vl-3b, ddp for tiny)",
     )

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -33,20 +34,13 @@ def join_workers(rank: int, world: int, cfg) -> tuple[int, int, torch.device]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if world > 1 or flags.strategy(cfg) == "fsdp" or dist.is_initialized():
-        ours = {}  # spawned by us on one machine, or one FSDP process in the caller's process
-        if "RANK" not in os.environ:
-            ours = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1"}
-            ours = {k: v for k, v in ours.items() if k not in os.environ}
-            if "MASTER_PORT" not in os.environ:
-                ours["MASTER_PORT"] = str(free_port())
-        os.environ.update(ours)
-        try:
+        # spawned by us on one machine, or one FSDP process in the caller's process: read once, by
+        # the group's start (a later training in this process must not take itself for torchrun)
+        ours = {} if "RANK" in os.environ else {"RANK": str(rank), "WORLD_SIZE": str(world)}
+        with rendezvous(ours):
             if not dist.is_initialized():
                 timeout = timedelta(seconds=cfg.collective_timeout_s)
                 dist.init_process_group(flags.backend(cfg), timeout=timeout)
-        finally:  # read once, by the group's start: a later training in this process is not "torchrun"
-            for key in ours:
-                os.environ.pop(key, None)
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
         if device.type == "cuda":
@@ -62,12 +56,29 @@ def mesh(device: torch.device, world: int):
     return init_device_mesh(device.type, (world,))
 
 
-def barrier(world: int) -> None:
+@contextmanager
+def rendezvous(variables: dict[str, str] | None = None):
+    """`variables` and a local MASTER_ADDR / MASTER_PORT (a free port), each only where the
+    environment has none, set for the block's processes and group starts only: removed after, so
+    the caller's process keeps no trace of them."""
+    wanted = {"MASTER_ADDR": "127.0.0.1", **(variables or {})}
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    if "MASTER_PORT" not in os.environ:
+        added["MASTER_PORT"] = str(free_port())
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
 
-def first_of_any(value: str | None, world: int) -> str | None:
+def first_of_any(value: str | None) -> str | None:
     """`value` of the first process that has one, on every process (so that they stop together)."""
     if not dist.is_initialized():
         return value
@@ -101,13 +112,8 @@ def spawn(cfg, target: Callable) -> None:
     (one line, the first worker's to fail); a stop (Ctrl-C, SIGTERM) is passed on to the workers,
     which stop their evaluation; a worker still running after WORKER_STOP_S is killed. `target(rank,
     world, cfg)` is the training process (module-level, so that it pickles)."""
-    # the workers' rendezvous, in their environment only: a later training in this process picks
-    # a new free port
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    rendezvous = {k: v for k, v in rendezvous.items() if k not in os.environ}
-    os.environ.update(rendezvous)
     errors = torch.multiprocessing.get_context("spawn").SimpleQueue()
-    try:
+    with rendezvous():  # in the workers' environment only: a later training here picks a new port
         context = torch.multiprocessing.start_processes(
             _spawned_worker,
             args=(cfg.num_workers, cfg, os.getpid(), errors, target),
@@ -115,9 +121,6 @@ def spawn(cfg, target: Callable) -> None:
             join=False,
             start_method="spawn",
         )
-    finally:
-        for key in rendezvous:
-            os.environ.pop(key, None)
     try:
         while not context.join(grace_period=WORKER_STOP_S):
             pass
