@@ -606,7 +606,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="data-parallel processes on this machine (or Ray Train workers with --ray-address); "
         "--batch-size is per process",
     )
-    d = p.add_argument_group("distributed training (docs/training.md)")
+    d = p.add_argument_group("distributed training (docs/distributed.md)")
     d.add_argument(
         "--strategy",
         choices=sharding.STRATEGIES,
